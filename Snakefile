@@ -1,0 +1,48 @@
+"""NeuroClips as a reproducible pipeline: raw cc2017 files → aligned fMRI and clip frames.
+
+Wiring only: configuration, validation, rule modules and the default target.
+All logic lives in the ``pipeline`` package.
+"""
+
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# Rules call `python -m pipeline`: make the package importable in any (conda) env, and
+# without --use-conda run it with the interpreter that runs Snakemake (e.g. the venv's).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+)
+os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+
+from pipeline.config import uses_demo, validate_config
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+validate_config(config)
+
+
+include: "rules/common.smk"
+
+
+if uses_demo(config):
+
+    include: "rules/demo.smk"
+
+
+include: "rules/fmri.smk"
+include: "rules/stimuli.smk"
+
+
+rule all:
+    """The furthest outputs that exist: aligned fMRI of every subject and frames of every stimulus."""
+    input:
+        aligned_stores,
+        frame_stores,
+    default_target: True

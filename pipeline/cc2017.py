@@ -1,0 +1,368 @@
+"""Reader for the cc2017 raw layout (Wen et al. 2018, Purdue PURR 2809).
+
+::
+
+    {root}/video_fmri_dataset/stimuli/{seg1..}.mp4, {test1..}.mp4
+    {root}/video_fmri_dataset/{subject}/fmri/{segment}/cifti/{segment}_{rep}_Atlas.dtseries.nii
+
+Subjects, segments and repetitions are discovered from the files; cortical
+vertices come from the CIFTI brain-model axis (CORTEX_LEFT + CORTEX_RIGHT).
+The number of clips of a run is the stimulus duration over the TR; the
+leading volumes are ``n_volumes - n_clips - trailing``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import nibabel as nib
+import numpy as np
+from nibabel import cifti2
+
+__all__ = [
+    "CORTEX_STRUCTURES",
+    "DataError",
+    "Dataset",
+    "RunTiming",
+    "StimulusInfo",
+    "cortex_columns",
+    "discover_dataset",
+    "parse_run_path",
+    "read_cortex_bold",
+    "read_stimulus_info",
+    "run_path",
+    "run_timing",
+    "stimulus_path",
+]
+
+log = logging.getLogger(__name__)
+
+#: Brain structures whose surface vertices form "the cortex".
+CORTEX_STRUCTURES = ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT")
+
+DATASET_DIR = "video_fmri_dataset"
+_RUN_RE = re.compile(r"^(?P<segment>[A-Za-z]+\d+)_(?P<rep>\d+)_Atlas\.dtseries\.nii$")
+_SEGMENT_RE = re.compile(r"^(?P<prefix>[A-Za-z]+)(?P<index>\d+)$")
+
+
+class DataError(ValueError):
+    """A raw input file is missing, unreadable or inconsistent with the others."""
+
+
+def stimulus_path(root: str | os.PathLike, segment: str) -> Path:
+    """Path of the stimulus video of ``segment`` under the dataset root."""
+    return Path(root) / DATASET_DIR / "stimuli" / f"{segment}.mp4"
+
+
+def run_path(root: str | os.PathLike, subject: str, segment: str, repetition: int) -> Path:
+    """Path of the CIFTI dense time series of one run."""
+    return (
+        Path(root) / DATASET_DIR / subject / "fmri" / segment / "cifti"
+        / f"{segment}_{repetition}_Atlas.dtseries.nii"
+    )
+
+
+def parse_run_path(path: str | os.PathLike) -> tuple[str, int]:
+    """Return ``(segment, repetition)`` from a run file name."""
+    match = _RUN_RE.match(Path(path).name)
+    if match is None:
+        raise DataError(f"{path}: not a cc2017 run file name ({{segment}}_{{rep}}_Atlas.dtseries.nii)")
+    return match["segment"], int(match["rep"])
+
+
+def _segment_key(name: str) -> tuple[str, int]:
+    match = _SEGMENT_RE.match(name)
+    return (match["prefix"], int(match["index"])) if match else (name, 0)
+
+
+@dataclass
+class Dataset:
+    """What a dataset root holds: segments, subjects and the repetitions of every run.
+
+    Attributes
+    ----------
+    root : Path
+    train_segments, test_segments : list of str
+        Segment names in natural order (seg1, seg2, ..., seg10).
+    runs : dict
+        ``runs[subject][segment]`` is the sorted list of repetitions present.
+    warnings : list of str
+        Missing repetitions, reported but not fatal.
+    """
+
+    root: Path
+    train_segments: list[str]
+    test_segments: list[str]
+    runs: dict[str, dict[str, list[int]]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.runs)
+
+    @property
+    def segments(self) -> list[str]:
+        return self.train_segments + self.test_segments
+
+    def run_files(self, subject: str) -> list[Path]:
+        """Every run file of ``subject``, segment by segment."""
+        return [
+            run_path(self.root, subject, seg, rep)
+            for seg in self.segments
+            for rep in self.runs[subject][seg]
+        ]
+
+    def stimulus_files(self) -> list[Path]:
+        return [stimulus_path(self.root, seg) for seg in self.segments]
+
+
+def discover_dataset(
+    root: str | os.PathLike,
+    subjects: list[str] | None = None,
+    train_prefix: str = "seg",
+    test_prefix: str = "test",
+    train_repetitions: int = 2,
+    test_repetitions: int = 10,
+) -> Dataset:
+    """Find the segments, subjects and runs of a cc2017-layout dataset on disk.
+
+    Parameters
+    ----------
+    root : path
+        Directory containing ``video_fmri_dataset/``.
+    subjects : list of str, optional
+        Subjects to use; default every ``subject*`` folder.
+    train_prefix, test_prefix : str
+        Stimulus name prefixes of training and test segments.
+    train_repetitions, test_repetitions : int
+        Repetitions expected per run; fewer found is a warning, none an error.
+
+    Raises
+    ------
+    DataError
+        If the root, the stimuli or a subject's runs of a segment are missing.
+    """
+    root = Path(root)
+    base = root / DATASET_DIR
+    stimuli_dir = base / "stimuli"
+    if not stimuli_dir.is_dir():
+        raise DataError(
+            f"{stimuli_dir}: no stimulus folder; dataset.root must contain {DATASET_DIR}/stimuli "
+            "(the cc2017 raw layout)"
+        )
+    segments = {"train": [], "test": []}
+    for mp4 in stimuli_dir.glob("*.mp4"):
+        match = _SEGMENT_RE.match(mp4.stem)
+        if match is None:
+            continue
+        if match["prefix"] == train_prefix:
+            segments["train"].append(mp4.stem)
+        elif match["prefix"] == test_prefix:
+            segments["test"].append(mp4.stem)
+    for kind, prefix in (("train", train_prefix), ("test", test_prefix)):
+        if not segments[kind]:
+            raise DataError(f"{stimuli_dir}: no {kind} stimuli named {prefix}<k>.mp4")
+        segments[kind].sort(key=_segment_key)
+
+    if subjects:
+        missing = [s for s in subjects if not (base / s).is_dir()]
+        if missing:
+            raise DataError(f"{base}: subject folder(s) not found: {', '.join(missing)}")
+    else:
+        subjects = sorted(
+            (p.name for p in base.glob("subject*") if p.is_dir()), key=_segment_key
+        )
+        if not subjects:
+            raise DataError(f"{base}: no subject* folders")
+
+    expected = {seg: train_repetitions for seg in segments["train"]}
+    expected |= {seg: test_repetitions for seg in segments["test"]}
+    runs: dict[str, dict[str, list[int]]] = {}
+    warnings: list[str] = []
+    for subject in subjects:
+        runs[subject] = {}
+        for segment, n_expected in expected.items():
+            folder = run_path(root, subject, segment, 1).parent
+            reps = sorted(
+                parse_run_path(p)[1]
+                for p in folder.glob(f"{segment}_*_Atlas.dtseries.nii")
+            )
+            if not reps:
+                raise DataError(
+                    f"{folder}: no fMRI run of {subject} for segment {segment} "
+                    f"(expected {segment}_<rep>_Atlas.dtseries.nii, e.g. "
+                    f"{run_path(root, subject, segment, 1)})"
+                )
+            if len(reps) < n_expected:
+                absent = sorted(set(range(1, n_expected + 1)) - set(reps))
+                warnings.append(
+                    f"{subject} {segment}: {len(reps)} of {n_expected} repetitions present "
+                    f"(missing {absent}); averages use the repetitions present"
+                )
+            runs[subject][segment] = reps
+    for message in warnings:
+        log.warning(message)
+    return Dataset(root, segments["train"], segments["test"], runs, warnings)
+
+
+@dataclass(frozen=True)
+class StimulusInfo:
+    """Stream properties of a stimulus video."""
+
+    path: Path
+    fps: Fraction
+    n_frames: int
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.n_frames / self.fps)
+
+
+def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
+    """Read frame rate, frame count and size of a video from its container (no decoding).
+
+    Raises
+    ------
+    DataError
+        If the file is missing, is not a readable video (e.g. truncated) or
+        declares no frame count or rate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: stimulus video not found")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = stream.average_rate
+            n_frames = stream.frames
+            if not n_frames and stream.duration is not None and fps:
+                n_frames = round(stream.duration * stream.time_base * fps)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except av.error.FFmpegError as exc:
+        raise DataError(
+            f"{path}: cannot open the stimulus video ({exc}); the file may be truncated"
+        ) from exc
+    if not fps or not n_frames:
+        raise DataError(f"{path}: the container declares no frame rate or frame count")
+    return StimulusInfo(path, Fraction(fps), int(n_frames), width, height)
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """Volumes of one run: ``n_leading`` before the stimulus, ``n_clips`` during, ``n_trailing`` after."""
+
+    n_volumes: int
+    n_leading: int
+    n_clips: int
+    n_trailing: int
+
+
+def run_timing(
+    n_volumes: int,
+    stimulus: StimulusInfo,
+    tr_s: float,
+    n_trailing: int,
+    max_leading: int,
+    run_file: str | os.PathLike = "",
+) -> RunTiming:
+    """Split a run's volumes into leading, clip and trailing volumes.
+
+    ``n_clips = stimulus duration / TR``; ``n_leading = n_volumes - n_clips -
+    n_trailing``. cc2017: 245 volumes → 1 leading, 246 → 2, both 240 clips.
+
+    Raises
+    ------
+    DataError
+        If the stimulus is not a whole number of TRs, or the fMRI is too short
+        or too long for it.
+    """
+    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
+    frame = 1 / stimulus.fps / Fraction(str(tr_s))
+    n_clips = int(clips)
+    if clips - n_clips > frame:  # a stray frame at the end is tolerated
+        raise DataError(
+            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
+            f"TRs ({tr_s} s)"
+        )
+    n_leading = n_volumes - n_clips - n_trailing
+    if not 0 <= n_leading <= max_leading:
+        raise DataError(
+            f"{run_file}: {n_volumes} volumes do not fit stimulus {stimulus.path.name} "
+            f"({n_clips} clips of {tr_s} s + {n_trailing} trailing volumes leaves "
+            f"{n_leading} leading volumes; expected 0..{max_leading}): stimulus and fMRI "
+            "lengths disagree"
+        )
+    return RunTiming(n_volumes, n_leading, n_clips, n_trailing)
+
+
+def cortex_columns(axis: cifti2.BrainModelAxis, path: str | os.PathLike = "") -> np.ndarray:
+    """Grayordinate indices of the cortical surface vertices (left then right).
+
+    Raises
+    ------
+    DataError
+        If the brain model has no cortical surface structure.
+    """
+    columns = [
+        np.arange(sl.start or 0, sl.stop if sl.stop is not None else axis.size)
+        for name, sl, _ in axis.iter_structures()
+        if name in CORTEX_STRUCTURES
+    ]
+    if not columns:
+        raise DataError(f"{path}: CIFTI brain-model axis has no CORTEX_LEFT/CORTEX_RIGHT")
+    return np.concatenate(columns)
+
+
+def read_cortex_bold(
+    path: str | os.PathLike,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Read the cortical vertices of one CIFTI-2 dense time series.
+
+    Returns
+    -------
+    bold : ndarray of shape (n_volumes, n_cortex_vertices), float32
+    columns : ndarray of shape (n_cortex_vertices,), int
+        Grayordinate index of every returned column.
+    tr_s : float
+        Series step in seconds from the file's time axis.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, unreadable or not a dense time series.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: fMRI run file not found")
+    try:
+        img = nib.load(str(path))
+        series, models = img.header.get_axis(0), img.header.get_axis(1)
+    except Exception as exc:  # nibabel raises many types for a broken header
+        raise DataError(f"{path}: cannot read as CIFTI-2 ({exc})") from exc
+    if not isinstance(series, cifti2.SeriesAxis) or not isinstance(
+        models, cifti2.BrainModelAxis
+    ):
+        raise DataError(f"{path}: not a CIFTI-2 dense time series (dtseries)")
+    columns = cortex_columns(models, path)
+    contiguous = columns[-1] - columns[0] + 1 == columns.size
+    try:
+        if contiguous:  # the usual layout: cortex first, a single slice read
+            bold = np.asarray(img.dataobj[:, columns[0] : columns[-1] + 1], dtype=np.float32)
+        else:
+            bold = np.asarray(img.dataobj[:, :], dtype=np.float32)[:, columns]
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the data block ({exc}); file truncated?") from exc
+    step = float(series.step)
+    if series.unit == "MSEC":
+        step /= 1000.0
+    return bold, columns, step

@@ -1,0 +1,155 @@
+"""Command line: one subcommand per stage (what the Snakemake rules call) plus ``inspect``.
+
+Run ``python -m pipeline --help`` (or ``pipeline --help`` once installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.cc2017 import DataError
+from pipeline.config import ConfigError
+from pipeline.stores import StoreError
+
+__all__ = ["main"]
+
+log = logging.getLogger("pipeline")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pipeline.demo import DemoSettings, generate_demo
+
+    settings = json.loads(args.settings)
+    generate_demo(DemoSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in settings.items()}), args.root)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> None:
+    from pipeline.preprocess import preprocess_subject
+
+    preprocess_subject(
+        args.runs, args.stimuli, args.output, subject=args.subject, tr_s=args.tr_s,
+        trailing_volumes=args.trailing_volumes, max_leading_volumes=args.max_leading_volumes,
+        detrend_order=args.detrend_order,
+    )
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    from pipeline.selection import select_vertices
+
+    select_vertices(args.preprocessed, args.output, train_segments=args.train_segments,
+                    alpha=args.alpha, alternative=args.alternative)
+
+
+def _cmd_align(args: argparse.Namespace) -> None:
+    from pipeline.alignment import align_subject
+
+    align_subject(args.preprocessed, args.selection, args.output,
+                  train_segments=args.train_segments, test_segments=args.test_segments,
+                  shift_s=args.shift_s, tr_s=args.tr_s)
+
+
+def _cmd_frames(args: argparse.Namespace) -> None:
+    from pipeline.frames import extract_frames
+
+    extract_frames(args.video, args.output, tr_s=args.tr_s, fps=args.fps, size=args.size,
+                   threads=args.threads)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from pipeline.stores import inspect_store
+
+    print(inspect_store(args.path, show_provenance=args.provenance))
+
+
+def _cmd_lag_scan(args: argparse.Namespace) -> None:
+    from pipeline.analysis import lag_profile_from_stores
+
+    stores = {Path(p).name.removesuffix(".zarr"): p for p in args.frames}
+    scores = lag_profile_from_stores(args.preprocessed, args.selection, stores, args.lags)
+    print("lag_volumes\tcv_correlation")
+    for lag, score in zip(args.lags, scores, strict=True):
+        print(f"{lag}\t{score:.4f}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate the synthetic demo dataset (cc2017 layout)")
+    p.add_argument("--root", required=True, help="dataset root to create")
+    p.add_argument("--settings", required=True, help="JSON of pipeline.demo.DemoSettings fields")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("preprocess", help="trim, detrend and z-score the runs of one subject")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--runs", nargs="+", required=True, help="CIFTI dtseries files")
+    p.add_argument("--stimuli", nargs="+", required=True, help="stimulus mp4 files")
+    p.add_argument("--output", required=True)
+    p.add_argument("--tr-s", type=float, required=True)
+    p.add_argument("--trailing-volumes", type=int, required=True)
+    p.add_argument("--max-leading-volumes", type=int, required=True)
+    p.add_argument("--detrend-order", type=int, required=True)
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("select", help="reliability t-test with Bonferroni correction")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--train-segments", nargs="+", required=True)
+    p.add_argument("--alpha", type=float, required=True)
+    p.add_argument("--alternative", choices=["two-sided", "greater"], default="two-sided")
+    p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("align", help="hemodynamic shift and train/test samples")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--train-segments", nargs="+", required=True)
+    p.add_argument("--test-segments", nargs="+", required=True)
+    p.add_argument("--shift-s", type=float, required=True)
+    p.add_argument("--tr-s", type=float, required=True)
+    p.set_defaults(func=_cmd_align)
+
+    p = sub.add_parser("frames", help="extract clip frames from one stimulus video")
+    p.add_argument("--video", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--tr-s", type=float, required=True)
+    p.add_argument("--fps", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=_cmd_frames)
+
+    p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
+    p.add_argument("path")
+    p.add_argument("--provenance", action="store_true", help="show the full provenance record")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("lag-scan", help="cross-validated encoding accuracy per BOLD delay")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--frames", nargs="+", required=True, help="frame stores, one per segment")
+    p.add_argument("--lags", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.set_defaults(func=_cmd_lag_scan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 with a one-line message for bad input)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.captureWarnings(True)
+    try:
+        args.func(args)
+    except (DataError, StoreError, ConfigError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,142 @@
+"""Configuration: JSON-schema validation with defaults, and cross-key checks.
+
+The schema (``pipeline/schemas/config.schema.yaml``) types, describes and
+defaults every key. :func:`validate_config` fills the defaults in place and
+raises :class:`ConfigError` naming the offending key, so the Snakefile can
+validate at DAG time and the command line can validate the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from fractions import Fraction
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+__all__ = ["DEMO_ROOT", "ConfigError", "default_config", "load_schema", "uses_demo", "validate_config"]
+
+#: Where the ``demo_dataset`` rule writes the synthetic dataset (relative to the workdir).
+DEMO_ROOT = os.path.join("resources", "demo")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, mistyped or out of range."""
+
+
+def load_schema() -> dict:
+    """Return the configuration JSON schema shipped with the package."""
+    text = resources.files("pipeline").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class):
+    """Extend a jsonschema validator so that it fills ``default`` values in place."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_name(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(
+            set(error.instance) - set(error.schema.get("properties", {}))
+        )
+        prefix = f"{path}." if path else ""
+        return ", ".join(f"{prefix}{u}" for u in unknown)
+    return path or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "unknown key (not in the configuration schema; check its spelling)"
+    if error.validator == "type":
+        return f"{error.instance!r} is not of type {error.validator_value!r}"
+    return error.message
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema, filling defaults in place.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as loaded from YAML (Snakemake's ``config``).
+
+    Returns
+    -------
+    dict
+        The same object, with every default filled in.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and the problem, for unknown keys, wrong types,
+        out-of-range values and inconsistent combinations.
+    """
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  config key '{_key_name(e)}': {_describe(e)}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: dict[str, Any]) -> None:
+    """Checks that involve more than one key (the schema checks single keys)."""
+    tr = Fraction(str(config["dataset"]["tr_s"]))
+    shift = Fraction(str(config["alignment"]["shift_s"]))
+    if (shift / tr).denominator != 1:
+        raise ConfigError(
+            f"config key 'alignment.shift_s': {float(shift)} s is not a whole number of "
+            f"TRs (dataset.tr_s = {float(tr)} s)"
+        )
+    if shift / tr > config["dataset"]["trailing_volumes"]:
+        raise ConfigError(
+            f"config key 'alignment.shift_s': a shift of {float(shift)} s needs "
+            f"{int(shift / tr)} trailing volumes but dataset.trailing_volumes is "
+            f"{config['dataset']['trailing_volumes']}; the last clips would lose their response"
+        )
+    if (tr * config["frames"]["fps"]).denominator != 1:
+        raise ConfigError(
+            f"config key 'frames.fps': {config['frames']['fps']} frames/s does not give a whole "
+            f"number of frames per TR of {float(tr)} s"
+        )
+    demo = config["demo"]
+    if (Fraction(str(demo["segment_duration_s"])) / tr).denominator != 1:
+        raise ConfigError(
+            f"config key 'demo.segment_duration_s': {demo['segment_duration_s']} s is not a "
+            f"whole number of TRs ({float(tr)} s)"
+        )
+    if demo["snr"][0] > demo["snr"][1]:
+        raise ConfigError(f"config key 'demo.snr': low {demo['snr'][0]} exceeds high {demo['snr'][1]}")
+    if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
+        raise ConfigError(
+            f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "
+            f"stimulus rate demo.fps = {demo['fps']}"
+        )
+
+
+def uses_demo(config: dict[str, Any]) -> bool:
+    """True when ``dataset.root`` is where the demo rule writes the synthetic dataset."""
+    return os.path.normpath(config["dataset"]["root"]) == DEMO_ROOT
+
+
+def default_config() -> dict[str, Any]:
+    """Return the configuration with every key at its schema default."""
+    return validate_config({})

@@ -1,0 +1,460 @@
+"""Synthetic demo dataset in the exact cc2017 raw layout.
+
+Stimuli are procedurally generated scenes rendered at the configured frame
+rate and written as H.264 mp4 (PyAV): a textured background panned by a
+moving camera, one to three objects of a few shape classes moving and
+bouncing, and scene cuts every few seconds. The fMRI is written as CIFTI-2
+dense time series (nibabel) whose cortical vertices are partly driven by the
+stimulus through a known linear encoding model:
+
+``bold = baseline + scale * (snr * (hrf * (features @ W)) + drift + noise)``
+
+with stimulus features per TR (a 4x4 luminance grid, mean colour, the area
+of every object class and the motion energy), a canonical (SPM double-gamma)
+HRF shifted so that its peak lies at the planted delay, slow polynomial and
+cosine drifts, and noise drawn independently for every repetition. The
+ground truth (driven mask, SNR, weights, HRF, delay, per-clip classes) is
+written to ``ground_truth.zarr`` beside ``video_fmri_dataset/``, outside the
+raw layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import zarr
+from nibabel import cifti2
+from scipy import signal, stats
+from tqdm.auto import tqdm
+
+from pipeline.cc2017 import Dataset, run_path, stimulus_path
+from pipeline.stores import atomic_output, create_array, provenance
+
+__all__ = [
+    "CLASSES",
+    "FULL_SCALE",
+    "DemoSettings",
+    "canonical_hrf",
+    "expected_dataset",
+    "generate_demo",
+    "render_segment",
+]
+
+log = logging.getLogger(__name__)
+
+#: Object classes of the demo scenes (their area per clip is the semantic ground truth).
+CLASSES = ("disc", "square", "triangle", "ring", "cross")
+
+#: Sizes of one cc2017 subject (SPEC §2), used by ``demo.scale: full``.
+FULL_SCALE = {
+    "n_train_segments": 18,
+    "n_test_segments": 5,
+    "segment_duration_s": 480,
+    "train_repetitions": 2,
+    "test_repetitions": 10,
+    "cortex_vertices": [29696, 29716],
+    "subcortical_voxels": 31870,
+}
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_GRID = 4
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Resolved demo configuration (``config['demo']`` plus the TR)."""
+
+    tr_s: float
+    seed: int = 0
+    n_subjects: int = 1
+    n_train_segments: int = 12
+    n_test_segments: int = 3
+    segment_duration_s: float = 80
+    train_repetitions: int = 2
+    test_repetitions: int = 10
+    fps: int = 30
+    frame_size: int = 160
+    cortex_vertices: tuple[int, int] = (1200, 1200)
+    subcortical_voxels: int = 400
+    driven_fraction: float = 0.2
+    snr: tuple[float, float] = (1.0, 3.0)
+    delay_s: float = 4.0
+    missing_runs: tuple[str, ...] = ()
+    trailing_volumes: int = 4
+    train_prefix: str = "seg"
+    test_prefix: str = "test"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DemoSettings:
+        """Build from a validated pipeline config; ``scale: full`` applies cc2017 sizes."""
+        demo = dict(config["demo"])
+        if demo.pop("scale") == "full":
+            demo.update(FULL_SCALE)
+        dataset = config["dataset"]
+        return cls(
+            tr_s=dataset["tr_s"],
+            trailing_volumes=dataset["trailing_volumes"],
+            train_prefix=dataset["train_prefix"],
+            test_prefix=dataset["test_prefix"],
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in demo.items()
+            },
+        )
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"subject{i + 1}" for i in range(self.n_subjects)]
+
+    @property
+    def train_segments(self) -> list[str]:
+        return [f"{self.train_prefix}{i + 1}" for i in range(self.n_train_segments)]
+
+    @property
+    def test_segments(self) -> list[str]:
+        return [f"{self.test_prefix}{i + 1}" for i in range(self.n_test_segments)]
+
+    @property
+    def n_clips(self) -> int:
+        return round(self.segment_duration_s / self.tr_s)
+
+    def leading_volumes(self, segment: str) -> int:
+        """As in cc2017: 1 leading volume, 2 for the test segments after the first."""
+        tests = self.test_segments
+        return 2 if segment in tests and tests.index(segment) > 0 else 1
+
+    def repetitions(self, subject: str, segment: str) -> list[int]:
+        n = self.train_repetitions if segment in self.train_segments else self.test_repetitions
+        return [r for r in range(1, n + 1) if f"{subject}/{segment}/{r}" not in self.missing_runs]
+
+
+def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
+    """The :class:`~pipeline.cc2017.Dataset` the demo generator will write under ``root``."""
+    runs = {
+        subject: {
+            seg: settings.repetitions(subject, seg)
+            for seg in settings.train_segments + settings.test_segments
+        }
+        for subject in settings.subjects
+    }
+    warnings = []
+    for subject, segs in runs.items():
+        for seg, reps in segs.items():
+            n = settings.train_repetitions if seg in settings.train_segments else settings.test_repetitions
+            if not reps:
+                raise ValueError(f"demo.missing_runs removes every repetition of {subject} {seg}")
+            if len(reps) < n:
+                warnings.append(f"{subject} {seg}: {len(reps)} of {n} repetitions present")
+    return Dataset(Path(root), settings.train_segments, settings.test_segments, runs, warnings)
+
+
+def canonical_hrf(tr_s: float, delay_s: float, length_s: float = 32.0) -> np.ndarray:
+    """SPM canonical double-gamma HRF sampled every TR, shifted so that it peaks at ``delay_s``.
+
+    SPM's canonical HRF is ``Gamma(t; 6) - Gamma(t; 16) / 6`` (peak near 5 s);
+    the time axis is shifted so that the peak falls on ``delay_s``.
+
+    Returns
+    -------
+    ndarray of shape (n_lags,)
+        Response at lags 0, TR, 2 TR, ...; maximum 1.
+    """
+    fine = np.linspace(0, 40, 40001)
+    spm = stats.gamma.pdf(fine, 6) - stats.gamma.pdf(fine, 16) / 6
+    peak = fine[np.argmax(spm)]
+    t = np.arange(0, length_s, tr_s) + peak - delay_s
+    h = np.where(t >= 0, stats.gamma.pdf(t, 6) - stats.gamma.pdf(t, 16) / 6, 0.0)
+    return h / h.max()
+
+
+# --------------------------------------------------------------------------- stimuli
+
+
+@dataclass
+class _Object:
+    cls: int
+    color: np.ndarray
+    radius: float
+    pos: np.ndarray
+    vel: np.ndarray
+
+
+@dataclass
+class _Scene:
+    start: int  # first frame
+    grating: tuple[np.ndarray, np.ndarray, float, float]  # (base colour, stripe colour, freq, angle)
+    pan: np.ndarray  # pixels per frame
+    objects: list[_Object]
+
+
+def _draw_scenes(rng: np.random.Generator, n_frames: int, fps: int, size: int) -> list[_Scene]:
+    scenes, frame = [], 0
+    while frame < n_frames:
+        objects = [
+            _Object(
+                cls=int(rng.integers(len(CLASSES))),
+                color=rng.uniform(0.15, 1.0, 3).astype(np.float32),
+                radius=float(rng.uniform(0.10, 0.22) * size),
+                pos=rng.uniform(0.25, 0.75, 2) * size,
+                vel=rng.normal(0, 0.9, 2) * size / fps,
+            )
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        grating = (
+            rng.uniform(0.0, 0.5, 3).astype(np.float32),
+            rng.uniform(0.0, 0.5, 3).astype(np.float32),
+            float(rng.uniform(1.5, 6.0) / size),
+            float(rng.uniform(0, np.pi)),
+        )
+        pan = rng.normal(0, 0.3, 2) * size / fps
+        scenes.append(_Scene(frame, grating, pan, objects))
+        frame += int(rng.uniform(3.0, 7.0) * fps)
+    return scenes
+
+
+def _shape_mask(cls: int, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    name = CLASSES[cls]
+    if name == "disc":
+        return dx * dx + dy * dy < r * r
+    if name == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) < 0.85 * r
+    if name == "triangle":
+        return (dy < 0.5 * r) & (dy > -r) & (np.abs(dx) < (dy + r) * 0.577)
+    if name == "ring":
+        d2 = dx * dx + dy * dy
+        return (d2 < r * r) & (d2 > 0.36 * r * r)
+    if name == "cross":
+        ax, ay = np.abs(dx), np.abs(dy)
+        return ((ax < r) & (ay < 0.3 * r)) | ((ay < r) & (ax < 0.3 * r))
+    raise ValueError(f"unknown demo class {cls}")
+
+
+def render_segment(
+    rng: np.random.Generator, n_frames: int, fps: int, size: int
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Render a segment frame by frame.
+
+    Returns
+    -------
+    frames : iterator of ndarray of shape (size, size, 3), uint8
+        Lazily rendered frames (consume before using the other outputs).
+    features : ndarray of shape (n_frames, n_features), float32
+        Filled while ``frames`` is consumed: 4x4 luminance grid, mean RGB,
+        area of each class, motion energy.
+    class_area : ndarray of shape (n_frames, n_classes), float32
+        Fraction of the frame covered by each class (filled while consuming).
+    """
+    scenes = _draw_scenes(rng, n_frames, fps, size)
+    n_features = _GRID * _GRID + 3 + len(CLASSES) + 1
+    features = np.zeros((n_frames, n_features), np.float32)
+    class_area = np.zeros((n_frames, len(CLASSES)), np.float32)
+    axis = np.arange(size, dtype=np.float32)
+    cell = size // _GRID
+    # averaging matrices: grid cell means and frame means as BLAS products
+    pool = np.zeros((_GRID, size), np.float32)
+    for i in range(_GRID):
+        pool[i, i * cell : (i + 1) * cell] = 1.0 / cell
+    ones = np.full(size * size, 1.0 / (size * size), np.float32)
+
+    def frames():
+        previous = None
+        scene_index = 0
+        for f in range(n_frames):
+            while scene_index + 1 < len(scenes) and scenes[scene_index + 1].start <= f:
+                scene_index += 1
+            scene = scenes[scene_index]
+            age = f - scene.start
+            base, stripe, freq, angle = scene.grating
+            ox, oy = scene.pan * age
+            # sin(a(x) + b(y)) as a sum of two outer products: no per-pixel sin
+            ax = 2 * np.pi * freq * np.cos(angle) * (axis + ox)
+            by = 2 * np.pi * freq * np.sin(angle) * (axis + oy)
+            wave = 0.5 + 0.5 * (np.outer(np.cos(by), np.sin(ax)) + np.outer(np.sin(by), np.cos(ax)))
+            img = base + wave[..., None] * stripe
+            for obj in scene.objects:
+                # bounce off the walls: reflect the unbounded trajectory
+                p = obj.pos + obj.vel * age - obj.radius
+                span = size - 2 * obj.radius
+                cx, cy = np.abs((p + span) % (2 * span) - span) + obj.radius
+                x0, x1 = int(max(cx - obj.radius - 1, 0)), int(min(cx + obj.radius + 2, size))
+                y0, y1 = int(max(cy - obj.radius - 1, 0)), int(min(cy + obj.radius + 2, size))
+                dx = (axis[x0:x1] - cx)[None, :]
+                dy = (axis[y0:y1] - cy)[:, None]
+                mask = _shape_mask(obj.cls, dx, dy, obj.radius)
+                img[y0:y1, x0:x1][mask] = obj.color
+                class_area[f, obj.cls] += mask.sum() / (size * size)
+            np.clip(img, 0, 1, out=img)
+            luma = img @ _LUMA
+            grid = pool @ luma @ pool.T
+            motion = 0.0 if previous is None else float(ones @ np.abs(luma - previous).ravel())
+            features[f, : _GRID * _GRID] = grid.ravel()
+            features[f, _GRID * _GRID : _GRID * _GRID + 3] = ones @ img.reshape(-1, 3)
+            features[f, _GRID * _GRID + 3 : -1] = class_area[f]
+            features[f, -1] = motion
+            previous = luma
+            yield (img * 255 + 0.5).astype(np.uint8)
+
+    return frames(), features, class_area
+
+
+def _write_video(path: Path, frames, fps: int, size: int) -> None:
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+# --------------------------------------------------------------------------- fMRI
+
+
+def _brain_model(settings: DemoSettings) -> cifti2.BrainModelAxis:
+    left, right = settings.cortex_vertices
+    # surface vertices of a 32k-like mesh with a "medial wall" left out, as in fs_LR
+    n_mesh = max(left, right) + max(left, right) // 10 + 1
+    axis = cifti2.BrainModelAxis.from_surface(np.arange(left), n_mesh, "CortexLeft")
+    axis += cifti2.BrainModelAxis.from_surface(np.arange(right), n_mesh, "CortexRight")
+    n_sub = settings.subcortical_voxels
+    side = int(np.ceil(n_sub ** (1 / 3))) + 2
+    mask = np.zeros((side, side, side), bool)
+    mask.reshape(-1)[:n_sub] = True
+    return axis + cifti2.BrainModelAxis.from_mask(mask, affine=np.eye(4), name="thalamus_left")
+
+
+def _tr_features(features: np.ndarray, frames_per_tr: int, n_clips: int) -> np.ndarray:
+    return features[: n_clips * frames_per_tr].reshape(n_clips, frames_per_tr, -1).mean(1)
+
+
+@dataclass
+class _SubjectModel:
+    driven: np.ndarray  # (n_cortex,) bool
+    snr: np.ndarray  # (n_cortex,) float32, 0 where not driven
+    weights: np.ndarray  # (n_features, n_driven) float32
+    baseline: np.ndarray  # (n_grayordinates,) float32
+
+
+def _subject_model(settings: DemoSettings, subject_index: int, n_features: int, n_gray: int):
+    rng = np.random.default_rng([settings.seed, 1, subject_index])
+    n_cortex = sum(settings.cortex_vertices)
+    n_driven = max(1, round(settings.driven_fraction * n_cortex))
+    driven = np.zeros(n_cortex, bool)
+    driven[rng.choice(n_cortex, n_driven, replace=False)] = True
+    low, high = np.log(settings.snr[0]), np.log(settings.snr[1])
+    snr = np.zeros(n_cortex, np.float32)
+    snr[driven] = np.exp(rng.uniform(low, high, n_driven))
+    weights = rng.normal(0, 1, (n_features, n_driven)).astype(np.float32)
+    baseline = rng.uniform(8000, 12000, n_gray).astype(np.float32)
+    return _SubjectModel(driven, snr, weights, baseline)
+
+
+def _run_bold(
+    settings: DemoSettings,
+    model: _SubjectModel,
+    response: np.ndarray,
+    n_leading: int,
+    n_gray: int,
+    seed: list[int],
+) -> np.ndarray:
+    """One run: baseline + 1 % scale * (snr * response + drift + noise), (n_volumes, n_gray)."""
+    rng = np.random.default_rng(seed)
+    n_clips = response.shape[0] - settings.trailing_volumes
+    n_volumes = n_leading + response.shape[0]
+    noise = rng.standard_normal((n_volumes, n_gray), dtype=np.float32)
+    t = np.linspace(-1, 1, n_volumes, dtype=np.float32)[:, None]
+    coef = rng.normal(0, 1.0, (4, n_gray)).astype(np.float32)
+    period = rng.uniform(1.0, 3.0, n_gray).astype(np.float32)  # cycles per run... slow
+    drift = coef[0] * t + coef[1] * t**2 + coef[2] * t**3 + coef[3] * np.cos(np.pi * t / period)
+    total = noise + drift
+    total[n_leading:, np.flatnonzero(model.driven)] += model.snr[model.driven] * response
+    log.debug("run with %d clips, %d leading volumes", n_clips, n_leading)
+    return model.baseline + 0.01 * model.baseline * total
+
+
+def _write_cifti(path: Path, bold: np.ndarray, axis: cifti2.BrainModelAxis, tr_s: float) -> None:
+    series = cifti2.SeriesAxis(start=0.0, step=tr_s, size=bold.shape[0], unit="SECOND")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cifti2.Cifti2Image(bold.astype(np.float32), header=(series, axis)).to_filename(str(path))
+
+
+def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
+    """Generate the demo dataset under ``root`` (``video_fmri_dataset/`` + ``ground_truth.zarr``).
+
+    The whole root is written to a temporary directory first and renamed into
+    place at the end, so an interrupted generation leaves nothing behind.
+    """
+    root = Path(root)
+    dataset = expected_dataset(settings, root)
+    frames_per_tr = round(settings.fps * settings.tr_s)
+    n_frames = settings.n_clips * frames_per_tr
+    hrf = canonical_hrf(settings.tr_s, settings.delay_s)
+    axis = _brain_model(settings)
+    n_gray = axis.size
+    with atomic_output(root) as tmp:
+        # 1. stimuli, and their features per TR
+        tr_features, clip_classes = {}, {}
+        for index, segment in enumerate(tqdm(dataset.segments, desc="demo stimuli", unit="video")):
+            rng = np.random.default_rng([settings.seed, 0, index])
+            frames, features, area = render_segment(rng, n_frames, settings.fps, settings.frame_size)
+            path = stimulus_path(tmp, segment)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_video(path, frames, settings.fps, settings.frame_size)
+            tr_features[segment] = _tr_features(features, frames_per_tr, settings.n_clips)
+            clip_classes[segment] = _tr_features(area, frames_per_tr, settings.n_clips)
+        train = np.concatenate([tr_features[s] for s in dataset.train_segments])
+        mean, std = train.mean(0), train.std(0) + 1e-6
+
+        # 2. neural responses per segment: features @ W, convolved with the HRF over the
+        #    clips and the trailing volumes, normalised to unit variance on training data
+        ground_truth = zarr.open_group(tmp / "ground_truth.zarr", mode="w")
+        n_features = train.shape[1]
+        for s_index, subject in enumerate(dataset.subjects):
+            model = _subject_model(settings, s_index, n_features, n_gray)
+            responses = {}
+            for segment in dataset.segments:
+                drive = ((tr_features[segment] - mean) / std) @ model.weights
+                padded = np.concatenate([drive, np.zeros((settings.trailing_volumes, drive.shape[1]))])
+                responses[segment] = signal.lfilter(hrf, [1.0], padded, axis=0)
+            scale = np.concatenate([responses[s] for s in dataset.train_segments]).std(0)
+            runs = [(seg, rep) for seg in dataset.segments for rep in dataset.runs[subject][seg]]
+            for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
+                seg_index = dataset.segments.index(seg)
+                bold = _run_bold(
+                    settings, model, (responses[seg] / scale).astype(np.float32),
+                    settings.leading_volumes(seg), n_gray,
+                    [settings.seed, 2, s_index, seg_index, rep],
+                )
+                _write_cifti(run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
+            g = ground_truth.create_group(subject)
+            create_array(g, "driven", data=model.driven, dims=["vertex"])
+            create_array(g, "snr", data=model.snr, dims=["vertex"])
+            create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+
+        for segment in dataset.segments:
+            g = ground_truth.require_group(f"stimulus/{segment}")
+            create_array(g, "features", data=tr_features[segment], dims=["clip", "feature"])
+            create_array(g, "class_area", data=clip_classes[segment], dims=["clip", "class"])
+        create_array(ground_truth, "hrf", data=hrf, dims=["lag"])
+        ground_truth.attrs.update(
+            {
+                "delay_s": settings.delay_s,
+                "tr_s": settings.tr_s,
+                "classes": list(CLASSES),
+                "feature_names": [f"luma_{i}_{j}" for i in range(_GRID) for j in range(_GRID)]
+                + ["mean_r", "mean_g", "mean_b"]
+                + [f"area_{c}" for c in CLASSES]
+                + ["motion"],
+                "vertex_order": "cortical vertices, CORTEX_LEFT then CORTEX_RIGHT",
+                "provenance": provenance("demo_dataset", asdict(settings)),
+            }
+        )
+    return replace(dataset, root=root)

@@ -1,0 +1,136 @@
+"""Frame extraction: each stimulus decoded once, ``fps`` frames per second kept.
+
+Clip ``i`` spans stimulus time ``[i TR, (i + 1) TR)``; its frames are taken at
+``i TR + k / fps`` for ``k = 0 .. TR fps - 1`` (cc2017 at 3 FPS: source frames
+0, 10, ..., 50 of every 60), converted to RGB and resized by FFmpeg's
+swscale (area interpolation) to ``size`` x ``size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from pipeline.cc2017 import DataError, read_stimulus_info
+from pipeline.stores import atomic_output, create_array, provenance
+
+__all__ = ["extract_frames", "frame_schedule"]
+
+log = logging.getLogger(__name__)
+
+
+def frame_schedule(
+    n_source_frames: int, source_fps: Fraction, tr_s: float, fps: int, path: str | os.PathLike = ""
+) -> np.ndarray:
+    """Source frame index of every kept frame.
+
+    Returns
+    -------
+    ndarray of shape (n_clips, frames_per_clip), int64
+        ``n_clips = floor(duration / TR)``, ``frames_per_clip = TR * fps``.
+
+    Raises
+    ------
+    DataError
+        If ``fps`` does not divide the source rate or a TR is not a whole number of frames.
+    """
+    step = Fraction(source_fps) / fps
+    if step.denominator != 1:
+        raise DataError(
+            f"{path}: frames.fps = {fps} does not divide the stimulus frame rate {float(source_fps):g}"
+        )
+    per_clip = Fraction(str(tr_s)) * fps
+    if per_clip.denominator != 1:
+        raise DataError(f"{path}: a TR of {tr_s} s is not a whole number of frames at {fps} FPS")
+    source_per_clip = Fraction(str(tr_s)) * Fraction(source_fps)
+    n_clips = int(Fraction(n_source_frames) / source_per_clip)
+    clip_start = np.arange(n_clips)[:, None] * int(source_per_clip)
+    return clip_start + np.arange(int(per_clip))[None, :] * int(step)
+
+
+def extract_frames(
+    video: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    tr_s: float,
+    fps: int,
+    size: int,
+    threads: int = 1,
+) -> None:
+    """Decode ``video`` once and write its clips' frames to ``output`` (Zarr).
+
+    Store layout::
+
+        frames   (clip, frame, y, x, channel) uint8   RGB, chunked by clip
+        source_frame (clip, frame) int64              index of the frame in the video
+
+    Raises
+    ------
+    DataError
+        If the video cannot be decoded or holds fewer frames than its
+        container declares (a truncated file).
+    """
+    video = Path(video)
+    info = read_stimulus_info(video)
+    schedule = frame_schedule(info.n_frames, info.fps, tr_s, fps, video)
+    n_clips, per_clip = schedule.shape
+    wanted = {int(idx): pos for pos, idx in enumerate(schedule.ravel())}
+    last_wanted = int(schedule.max())
+    params = {"tr_s": tr_s, "fps": fps, "size": size}
+    with atomic_output(output) as tmp:
+        store = zarr.open_group(tmp, mode="w")
+        frames = create_array(
+            store, "frames", shape=(n_clips, per_clip, size, size, 3), dtype=np.uint8,
+            dims=["clip", "frame", "y", "x", "channel"], chunks=(1, per_clip, size, size, 3),
+        )
+        buffer = np.zeros((per_clip, size, size, 3), np.uint8)
+        filled = 0
+        decoded = 0
+        try:
+            with av.open(str(video)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = threads
+                start_pts = None
+                progress = tqdm(total=n_clips, desc=f"frames {video.name}", unit="clip")
+                for frame in container.decode(stream):
+                    if start_pts is None:
+                        start_pts = frame.pts or 0
+                    index = round((frame.pts - start_pts) * stream.time_base * info.fps)
+                    decoded += 1
+                    pos = wanted.get(index)
+                    if pos is not None:
+                        clip, k = divmod(pos, per_clip)
+                        buffer[k] = frame.reformat(
+                            width=size, height=size, format="rgb24", interpolation="AREA"
+                        ).to_ndarray()
+                        filled += 1
+                        if k == per_clip - 1:
+                            frames[clip] = buffer
+                            progress.update()
+                    if index >= last_wanted:
+                        break
+                progress.close()
+        except av.error.FFmpegError as exc:
+            raise DataError(f"{video}: decoding failed after {decoded} frames ({exc})") from exc
+        if filled != schedule.size:
+            raise DataError(
+                f"{video}: decoded {decoded} frames, but the container declares {info.n_frames} "
+                f"and {n_clips} clips need frame {last_wanted}; the file is truncated or corrupt"
+            )
+        create_array(store, "source_frame", data=schedule, dims=["clip", "frame"])
+        store.attrs.update({
+            "segment": video.stem,
+            "source_fps": float(info.fps),
+            "source_size": [info.width, info.height],
+            "tr_s": tr_s,
+            "fps": fps,
+            "provenance": provenance("extract_frames", params, [str(video)]),
+        })

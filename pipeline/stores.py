@@ -1,0 +1,224 @@
+"""Zarr stores: atomic creation, arrays with dimension names, provenance, inspection.
+
+Every stage writes its store into a temporary sibling directory and renames it
+into place only after the last array is written, so an interrupted or failed
+stage never leaves a store that could pass for complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = [
+    "atomic_output",
+    "create_array",
+    "inspect_store",
+    "open_store",
+    "provenance",
+    "StoreError",
+]
+
+_PACKAGES = ("numpy", "scipy", "zarr", "nibabel", "av", "snakemake", "torch")
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete or not a store this pipeline wrote."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary directory is removed and ``path`` is left
+    untouched (absent if it was absent), so no partial output survives.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(tmp, path)
+
+
+def create_array(
+    group: zarr.Group,
+    name: str,
+    *,
+    dims: Sequence[str],
+    data: np.ndarray | None = None,
+    shape: Sequence[int] | None = None,
+    dtype: Any = None,
+    chunks: Sequence[int] | None = None,
+    compress: bool = True,
+    attrs: dict[str, Any] | None = None,
+) -> zarr.Array:
+    """Create an array with named dimensions, optionally filled with ``data``.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        Parent group.
+    name : str
+        Array name (may contain ``/`` for nested groups).
+    dims : sequence of str
+        One name per dimension, stored as Zarr v3 ``dimension_names``.
+    data : ndarray, optional
+        Initial content; gives shape and dtype.
+    compress : bool
+        Use Zarr's default compressor (zstd). Off for noisy float data, where
+        compression costs time and saves almost nothing.
+    """
+    if data is not None:
+        data = np.asarray(data)
+        shape, dtype = data.shape, data.dtype
+        if data.dtype.kind == "U":
+            dtype = str
+    if len(dims) != len(shape):
+        raise ValueError(f"array {name!r}: {len(dims)} dimension names for shape {shape}")
+    kwargs: dict[str, Any] = {}
+    if not compress:
+        kwargs["compressors"] = None
+    array = group.create_array(
+        name,
+        shape=tuple(shape),
+        dtype=dtype,
+        chunks=tuple(chunks) if chunks is not None else "auto",
+        dimension_names=list(dims),
+        **kwargs,
+    )
+    if data is not None and data.size:
+        array[...] = data
+    if attrs:
+        array.attrs.update(attrs)
+    return array
+
+
+def _file_record(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        stat = p.stat()
+    except OSError:
+        return {"path": str(p)}
+    size = stat.st_size if p.is_file() else None
+    return {"path": str(p), "size": size, "mtime": _dt.datetime.fromtimestamp(
+        stat.st_mtime, _dt.UTC).isoformat(timespec="seconds")}
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def provenance(
+    stage: str, params: dict[str, Any], inputs: Sequence[str | os.PathLike] = ()
+) -> dict[str, Any]:
+    """Provenance record stored in the ``provenance`` attribute of every store.
+
+    Parameters
+    ----------
+    stage : str
+        Name of the stage (the Snakemake rule) that wrote the store.
+    params : dict
+        Every configuration value the stage depends on.
+    inputs : sequence of path
+        Input files, recorded with size and modification time.
+    """
+    from pipeline import __version__
+
+    return {
+        "stage": stage,
+        "params": params,
+        "inputs": [_file_record(p) for p in inputs],
+        "pipeline_version": __version__,
+        "packages": _package_versions(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "command": sys.argv,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
+    """Open a store read-only; check it is complete and, optionally, which stage wrote it."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: store does not exist")
+    try:
+        with warnings.catch_warnings():
+            # Snakemake marks directory outputs with a file zarr does not know
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp")
+            group = zarr.open_group(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a broken store
+        raise StoreError(f"{path}: not a readable Zarr store ({exc})") from exc
+    prov = group.attrs.get("provenance")
+    if prov is None:
+        raise StoreError(f"{path}: no provenance attribute; not written by this pipeline")
+    if stage is not None and prov.get("stage") != stage:
+        raise StoreError(f"{path}: written by stage {prov.get('stage')!r}, expected {stage!r}")
+    return group
+
+
+def _format_attrs(attrs: dict[str, Any], indent: str, width: int = 100) -> list[str]:
+    lines = []
+    for key, value in attrs.items():
+        text = repr(value)
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        lines.append(f"{indent}@{key} = {text}")
+    return lines
+
+
+def inspect_store(path: str | os.PathLike, show_provenance: bool = False) -> str:
+    """Describe a store: its tree, array shapes, dtypes, chunks, dimensions and attributes."""
+    group = open_store(path)
+    lines = [f"{path} (zarr v{group.metadata.zarr_format})"]
+
+    def walk(g: zarr.Group, indent: str) -> None:
+        attrs = dict(g.attrs)
+        prov = attrs.pop("provenance", None)
+        lines.extend(_format_attrs(attrs, indent))
+        if prov is not None:
+            if show_provenance:
+                lines.extend(_format_attrs(prov, indent + "  provenance."))
+            else:
+                lines.append(
+                    f"{indent}@provenance: stage={prov.get('stage')} created={prov.get('created')} "
+                    f"params={prov.get('params')}"
+                )
+        for name, member in sorted(g.members(), key=lambda kv: kv[0]):
+            if isinstance(member, zarr.Array):
+                dims = member.metadata.dimension_names or ()
+                lines.append(
+                    f"{indent}{name}  shape={member.shape} dims={tuple(dims)} "
+                    f"dtype={member.dtype} chunks={member.chunks}"
+                )
+                lines.extend(_format_attrs(dict(member.attrs), indent + "  "))
+            else:
+                lines.append(f"{indent}{name}/")
+                walk(member, indent + "  ")
+
+    walk(group, "  ")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Dataset discovery at DAG time, wildcard constraints and input functions."""
+
+import json
+from dataclasses import asdict
+
+from snakemake.logging import logger
+
+from pipeline.cc2017 import discover_dataset, stimulus_path
+from pipeline.demo import DemoSettings, expected_dataset
+
+DATASET_CONFIG = config["dataset"]
+
+if uses_demo(config):
+    # the demo files do not exist before the demo rule runs: take the layout from its settings
+    DEMO = DemoSettings.from_config(config)
+    DATASET = expected_dataset(DEMO, DATASET_CONFIG["root"])
+    if DATASET_CONFIG["subjects"]:
+        unknown = set(DATASET_CONFIG["subjects"]) - set(DATASET.subjects)
+        if unknown:
+            raise ValueError(
+                f"config key 'dataset.subjects': {sorted(unknown)} not in the demo "
+                f"(demo.n_subjects = {DEMO.n_subjects})"
+            )
+        DATASET.runs = {s: DATASET.runs[s] for s in DATASET_CONFIG["subjects"]}
+else:
+    DATASET = discover_dataset(
+        DATASET_CONFIG["root"],
+        subjects=DATASET_CONFIG["subjects"] or None,
+        train_prefix=DATASET_CONFIG["train_prefix"],
+        test_prefix=DATASET_CONFIG["test_prefix"],
+        train_repetitions=DATASET_CONFIG["train_repetitions"],
+        test_repetitions=DATASET_CONFIG["test_repetitions"],
+    )
+
+for message in DATASET.warnings:
+    logger.warning(f"dataset: {message}")
+
+SUBJECTS = DATASET.subjects
+SEGMENTS = DATASET.segments
+
+
+wildcard_constraints:
+    subject="|".join(SUBJECTS),
+    segment="|".join(SEGMENTS),
+
+
+def fmri_runs(wildcards):
+    """Every CIFTI run file of one subject."""
+    return [str(p) for p in DATASET.run_files(wildcards.subject)]
+
+
+def stimulus_videos(wildcards):
+    """Every stimulus video (the preprocessing reads their durations)."""
+    return [str(p) for p in DATASET.stimulus_files()]
+
+
+def stimulus_video(wildcards):
+    """The stimulus video of one segment."""
+    return str(stimulus_path(DATASET.root, wildcards.segment))
+
+
+def demo_files():
+    """Every raw file the demo rule writes."""
+    return [str(p) for p in DATASET.stimulus_files()] + [
+        str(p) for subject in SUBJECTS for p in DATASET.run_files(subject)
+    ]
+
+
+def demo_settings_json():
+    """The resolved demo settings, the demo rule's single parameter."""
+    return json.dumps(asdict(DEMO), sort_keys=True)
+
+
+def aligned_stores(wildcards):
+    return expand("results/{subject}/aligned.zarr", subject=SUBJECTS)
+
+
+def frame_stores(wildcards):
+    return expand("results/frames/{segment}.zarr", segment=SEGMENTS)

@@ -1,0 +1,23 @@
+"""The synthetic demo dataset (only included when dataset.root is the demo root)."""
+
+
+rule demo_dataset:
+    """Generate stimuli, CIFTI runs and ground truth in the exact cc2017 raw layout."""
+    output:
+        raw=demo_files(),
+        ground_truth=directory(f"{DATASET_CONFIG['root']}/ground_truth.zarr"),
+    params:
+        root=DATASET_CONFIG["root"],
+        settings=demo_settings_json(),
+    log:
+        "logs/demo_dataset/demo_dataset.log",
+    benchmark:
+        "benchmarks/demo_dataset/demo_dataset.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline demo --root {params.root:q} --settings {params.settings:q} > {log:q} 2>&1"
