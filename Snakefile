@@ -17,7 +17,9 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
 )
-os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+os.environ["PATH"] = os.pathsep.join(
+    (os.path.dirname(sys.executable), os.environ["PATH"])
+)
 
 from pipeline.config import uses_demo, validate_config
 
@@ -41,8 +43,8 @@ include: "rules/stimuli.smk"
 
 
 rule all:
+    default_target: True
     """The furthest outputs that exist: aligned fMRI of every subject and frames of every stimulus."""
     input:
         aligned_stores,
         frame_stores,
-    default_target: True

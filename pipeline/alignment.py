@@ -29,7 +29,9 @@ def shift_volumes(shift_s: float, tr_s: float) -> int:
     """Convert a delay in seconds into whole volumes; raise if it is not a multiple of the TR."""
     ratio = Fraction(str(shift_s)) / Fraction(str(tr_s))
     if ratio.denominator != 1 or ratio < 0:
-        raise ValueError(f"shift of {shift_s} s is not a non-negative whole number of TRs ({tr_s} s)")
+        raise ValueError(
+            f"shift of {shift_s} s is not a non-negative whole number of TRs ({tr_s} s)"
+        )
     return int(ratio)
 
 
@@ -97,25 +99,44 @@ def align_subject(
                     log.info("%s: averaged %d repetitions %s", segment, len(reps), reps)
             fmri = np.concatenate(blocks).astype(np.float32)
             create_array(
-                store, f"{split}/fmri", data=fmri, dims=["sample", "vertex"],
-                chunks=(min(len(fmri), 256), fmri.shape[1]), compress=False,
+                store,
+                f"{split}/fmri",
+                data=fmri,
+                dims=["sample", "vertex"],
+                chunks=(min(len(fmri), 256), fmri.shape[1]),
+                compress=False,
             )
             create_array(store, f"{split}/segment", data=np.concatenate(seg_col), dims=["sample"])
-            create_array(store, f"{split}/clip", data=np.concatenate(clip_col).astype(np.int32),
-                         dims=["sample"])
+            create_array(
+                store,
+                f"{split}/clip",
+                data=np.concatenate(clip_col).astype(np.int32),
+                dims=["sample"],
+            )
             name = "repetition" if split == "train" else "n_repetitions"
-            create_array(store, f"{split}/{name}", data=np.concatenate(rep_col).astype(np.int32),
-                         dims=["sample"])
+            create_array(
+                store,
+                f"{split}/{name}",
+                data=np.concatenate(rep_col).astype(np.int32),
+                dims=["sample"],
+            )
         create_array(store, "grayordinate", data=sel["grayordinate"][:][vertices], dims=["vertex"])
-        store.attrs.update({
-            "subject": pre.attrs["subject"],
-            "shift_s": shift_s,
-            "shift_volumes": shift,
-            "tr_s": tr_s,
-            "n_vertices": int(vertices.size),
-            "provenance": provenance(
-                "align", {"shift_s": shift_s, "tr_s": tr_s, "train_segments": train_segments,
-                          "test_segments": test_segments},
-                [str(preprocessed), str(selection)],
-            ),
-        })
+        store.attrs.update(
+            {
+                "subject": pre.attrs["subject"],
+                "shift_s": shift_s,
+                "shift_volumes": shift,
+                "tr_s": tr_s,
+                "n_vertices": int(vertices.size),
+                "provenance": provenance(
+                    "align",
+                    {
+                        "shift_s": shift_s,
+                        "tr_s": tr_s,
+                        "train_segments": train_segments,
+                        "test_segments": test_segments,
+                    },
+                    [str(preprocessed), str(selection)],
+                ),
+            }
+        )

@@ -63,7 +63,12 @@ def stimulus_path(root: str | os.PathLike, segment: str) -> Path:
 def run_path(root: str | os.PathLike, subject: str, segment: str, repetition: int) -> Path:
     """Path of the CIFTI dense time series of one run."""
     return (
-        Path(root) / DATASET_DIR / subject / "fmri" / segment / "cifti"
+        Path(root)
+        / DATASET_DIR
+        / subject
+        / "fmri"
+        / segment
+        / "cifti"
         / f"{segment}_{repetition}_Atlas.dtseries.nii"
     )
 
@@ -72,7 +77,9 @@ def parse_run_path(path: str | os.PathLike) -> tuple[str, int]:
     """Return ``(segment, repetition)`` from a run file name."""
     match = _RUN_RE.match(Path(path).name)
     if match is None:
-        raise DataError(f"{path}: not a cc2017 run file name ({{segment}}_{{rep}}_Atlas.dtseries.nii)")
+        raise DataError(
+            f"{path}: not a cc2017 run file name ({{segment}}_{{rep}}_Atlas.dtseries.nii)"
+        )
     return match["segment"], int(match["rep"])
 
 
@@ -175,9 +182,7 @@ def discover_dataset(
         if missing:
             raise DataError(f"{base}: subject folder(s) not found: {', '.join(missing)}")
     else:
-        subjects = sorted(
-            (p.name for p in base.glob("subject*") if p.is_dir()), key=_segment_key
-        )
+        subjects = sorted((p.name for p in base.glob("subject*") if p.is_dir()), key=_segment_key)
         if not subjects:
             raise DataError(f"{base}: no subject* folders")
 
@@ -190,8 +195,7 @@ def discover_dataset(
         for segment, n_expected in expected.items():
             folder = run_path(root, subject, segment, 1).parent
             reps = sorted(
-                parse_run_path(p)[1]
-                for p in folder.glob(f"{segment}_*_Atlas.dtseries.nii")
+                parse_run_path(p)[1] for p in folder.glob(f"{segment}_*_Atlas.dtseries.nii")
             )
             if not reps:
                 raise DataError(
@@ -259,7 +263,7 @@ def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
 
 @dataclass(frozen=True)
 class RunTiming:
-    """Volumes of one run: ``n_leading`` before the stimulus, ``n_clips`` during, ``n_trailing`` after."""
+    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus."""
 
     n_volumes: int
     n_leading: int
@@ -345,13 +349,11 @@ def read_cortex_bold(
     if not path.is_file():
         raise DataError(f"{path}: fMRI run file not found")
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)
         series, models = img.header.get_axis(0), img.header.get_axis(1)
     except Exception as exc:  # nibabel raises many types for a broken header
         raise DataError(f"{path}: cannot read as CIFTI-2 ({exc})") from exc
-    if not isinstance(series, cifti2.SeriesAxis) or not isinstance(
-        models, cifti2.BrainModelAxis
-    ):
+    if not isinstance(series, cifti2.SeriesAxis) or not isinstance(models, cifti2.BrainModelAxis):
         raise DataError(f"{path}: not a CIFTI-2 dense time series (dtseries)")
     columns = cortex_columns(models, path)
     contiguous = columns[-1] - columns[0] + 1 == columns.size

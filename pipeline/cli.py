@@ -24,16 +24,23 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from pipeline.demo import DemoSettings, generate_demo
 
     settings = json.loads(args.settings)
-    generate_demo(DemoSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in settings.items()}), args.root)
+    generate_demo(
+        DemoSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}),
+        args.root,
+    )
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
     from pipeline.preprocess import preprocess_subject
 
     preprocess_subject(
-        args.runs, args.stimuli, args.output, subject=args.subject, tr_s=args.tr_s,
-        trailing_volumes=args.trailing_volumes, max_leading_volumes=args.max_leading_volumes,
+        args.runs,
+        args.stimuli,
+        args.output,
+        subject=args.subject,
+        tr_s=args.tr_s,
+        trailing_volumes=args.trailing_volumes,
+        max_leading_volumes=args.max_leading_volumes,
         detrend_order=args.detrend_order,
     )
 
@@ -41,23 +48,35 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
 def _cmd_select(args: argparse.Namespace) -> None:
     from pipeline.selection import select_vertices
 
-    select_vertices(args.preprocessed, args.output, train_segments=args.train_segments,
-                    alpha=args.alpha, alternative=args.alternative)
+    select_vertices(
+        args.preprocessed,
+        args.output,
+        train_segments=args.train_segments,
+        alpha=args.alpha,
+        alternative=args.alternative,
+    )
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
     from pipeline.alignment import align_subject
 
-    align_subject(args.preprocessed, args.selection, args.output,
-                  train_segments=args.train_segments, test_segments=args.test_segments,
-                  shift_s=args.shift_s, tr_s=args.tr_s)
+    align_subject(
+        args.preprocessed,
+        args.selection,
+        args.output,
+        train_segments=args.train_segments,
+        test_segments=args.test_segments,
+        shift_s=args.shift_s,
+        tr_s=args.tr_s,
+    )
 
 
 def _cmd_frames(args: argparse.Namespace) -> None:
     from pipeline.frames import extract_frames
 
-    extract_frames(args.video, args.output, tr_s=args.tr_s, fps=args.fps, size=args.size,
-                   threads=args.threads)
+    extract_frames(
+        args.video, args.output, tr_s=args.tr_s, fps=args.fps, size=args.size, threads=args.threads
+    )
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:

@@ -17,7 +17,14 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["DEMO_ROOT", "ConfigError", "default_config", "load_schema", "uses_demo", "validate_config"]
+__all__ = [
+    "DEMO_ROOT",
+    "ConfigError",
+    "default_config",
+    "load_schema",
+    "uses_demo",
+    "validate_config",
+]
 
 #: Where the ``demo_dataset`` rule writes the synthetic dataset (relative to the workdir).
 DEMO_ROOT = os.path.join("resources", "demo")
@@ -53,9 +60,7 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 def _key_name(error: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "additionalProperties":
-        unknown = sorted(
-            set(error.instance) - set(error.schema.get("properties", {}))
-        )
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         prefix = f"{path}." if path else ""
         return ", ".join(f"{prefix}{u}" for u in unknown)
     return path or "<top level>"
@@ -124,7 +129,9 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"whole number of TRs ({float(tr)} s)"
         )
     if demo["snr"][0] > demo["snr"][1]:
-        raise ConfigError(f"config key 'demo.snr': low {demo['snr'][0]} exceeds high {demo['snr'][1]}")
+        raise ConfigError(
+            f"config key 'demo.snr': low {demo['snr'][0]} exceeds high {demo['snr'][1]}"
+        )
     if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "

@@ -102,10 +102,7 @@ class DemoSettings:
             trailing_volumes=dataset["trailing_volumes"],
             train_prefix=dataset["train_prefix"],
             test_prefix=dataset["test_prefix"],
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in demo.items()
-            },
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in demo.items()},
         )
 
     @property
@@ -146,7 +143,11 @@ def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset
     warnings = []
     for subject, segs in runs.items():
         for seg, reps in segs.items():
-            n = settings.train_repetitions if seg in settings.train_segments else settings.test_repetitions
+            n = (
+                settings.train_repetitions
+                if seg in settings.train_segments
+                else settings.test_repetitions
+            )
             if not reps:
                 raise ValueError(f"demo.missing_runs removes every repetition of {subject} {seg}")
             if len(reps) < n:
@@ -188,7 +189,9 @@ class _Object:
 @dataclass
 class _Scene:
     start: int  # first frame
-    grating: tuple[np.ndarray, np.ndarray, float, float]  # (base colour, stripe colour, freq, angle)
+    grating: tuple[
+        np.ndarray, np.ndarray, float, float
+    ]  # (base colour, stripe colour, freq, angle)
     pan: np.ndarray  # pixels per frame
     objects: list[_Object]
 
@@ -404,7 +407,9 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
         tr_features, clip_classes = {}, {}
         for index, segment in enumerate(tqdm(dataset.segments, desc="demo stimuli", unit="video")):
             rng = np.random.default_rng([settings.seed, 0, index])
-            frames, features, area = render_segment(rng, n_frames, settings.fps, settings.frame_size)
+            frames, features, area = render_segment(
+                rng, n_frames, settings.fps, settings.frame_size
+            )
             path = stimulus_path(tmp, segment)
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_video(path, frames, settings.fps, settings.frame_size)
@@ -422,15 +427,20 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             responses = {}
             for segment in dataset.segments:
                 drive = ((tr_features[segment] - mean) / std) @ model.weights
-                padded = np.concatenate([drive, np.zeros((settings.trailing_volumes, drive.shape[1]))])
+                padded = np.concatenate(
+                    [drive, np.zeros((settings.trailing_volumes, drive.shape[1]))]
+                )
                 responses[segment] = signal.lfilter(hrf, [1.0], padded, axis=0)
             scale = np.concatenate([responses[s] for s in dataset.train_segments]).std(0)
             runs = [(seg, rep) for seg in dataset.segments for rep in dataset.runs[subject][seg]]
             for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
                 seg_index = dataset.segments.index(seg)
                 bold = _run_bold(
-                    settings, model, (responses[seg] / scale).astype(np.float32),
-                    settings.leading_volumes(seg), n_gray,
+                    settings,
+                    model,
+                    (responses[seg] / scale).astype(np.float32),
+                    settings.leading_volumes(seg),
+                    n_gray,
                     [settings.seed, 2, s_index, seg_index, rep],
                 )
                 _write_cifti(run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)

@@ -44,7 +44,8 @@ def frame_schedule(
     step = Fraction(source_fps) / fps
     if step.denominator != 1:
         raise DataError(
-            f"{path}: frames.fps = {fps} does not divide the stimulus frame rate {float(source_fps):g}"
+            f"{path}: frames.fps = {fps} does not divide the stimulus frame rate "
+            f"{float(source_fps):g}"
         )
     per_clip = Fraction(str(tr_s)) * fps
     if per_clip.denominator != 1:
@@ -87,8 +88,12 @@ def extract_frames(
     with atomic_output(output) as tmp:
         store = zarr.open_group(tmp, mode="w")
         frames = create_array(
-            store, "frames", shape=(n_clips, per_clip, size, size, 3), dtype=np.uint8,
-            dims=["clip", "frame", "y", "x", "channel"], chunks=(1, per_clip, size, size, 3),
+            store,
+            "frames",
+            shape=(n_clips, per_clip, size, size, 3),
+            dtype=np.uint8,
+            dims=["clip", "frame", "y", "x", "channel"],
+            chunks=(1, per_clip, size, size, 3),
         )
         buffer = np.zeros((per_clip, size, size, 3), np.uint8)
         filled = 0
@@ -126,11 +131,13 @@ def extract_frames(
                 f"and {n_clips} clips need frame {last_wanted}; the file is truncated or corrupt"
             )
         create_array(store, "source_frame", data=schedule, dims=["clip", "frame"])
-        store.attrs.update({
-            "segment": video.stem,
-            "source_fps": float(info.fps),
-            "source_size": [info.width, info.height],
-            "tr_s": tr_s,
-            "fps": fps,
-            "provenance": provenance("extract_frames", params, [str(video)]),
-        })
+        store.attrs.update(
+            {
+                "segment": video.stem,
+                "source_fps": float(info.fps),
+                "source_size": [info.width, info.height],
+                "tr_s": tr_s,
+                "fps": fps,
+                "provenance": provenance("extract_frames", params, [str(video)]),
+            }
+        )

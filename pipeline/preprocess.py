@@ -139,11 +139,15 @@ def preprocess_subject(
             stimulus = read_stimulus_info(stimuli[segment])
             array = None
             leading = []
-            for i, (rep, path) in enumerate(reps):
+            for i, (_, path) in enumerate(reps):
                 bold, cols, file_tr = read_cortex_bold(path)
                 if abs(file_tr - tr_s) > 1e-3:
-                    log.warning("%s: time axis step %.3f s differs from dataset.tr_s %.3f s",
-                                path, file_tr, tr_s)
+                    log.warning(
+                        "%s: time axis step %.3f s differs from dataset.tr_s %.3f s",
+                        path,
+                        file_tr,
+                        tr_s,
+                    )
                 if columns is None:
                     columns, valid = cols, np.ones(cols.size, bool)
                 elif not np.array_equal(cols, columns):
@@ -160,13 +164,17 @@ def preprocess_subject(
                     all_nan = int(np.isnan(bold[:, bad]).all(axis=0).sum())
                     log.warning(
                         "%s: %d vertices dropped (%d all-NaN, the rest non-finite or constant)",
-                        path, int(bad.sum()), all_nan,
+                        path,
+                        int(bad.sum()),
+                        all_nan,
                     )
                 valid &= ok
                 if array is None:
                     array = create_array(
-                        store, f"runs/{segment}",
-                        shape=(len(reps), clean.shape[0], clean.shape[1]), dtype=np.float32,
+                        store,
+                        f"runs/{segment}",
+                        shape=(len(reps), clean.shape[0], clean.shape[1]),
+                        dtype=np.float32,
                         dims=["repetition", "time", "vertex"],
                         chunks=(1, clean.shape[0], min(clean.shape[1], 16384)),
                         compress=False,
@@ -174,27 +182,37 @@ def preprocess_subject(
                 array[i] = clean
                 leading.append(timing.n_leading)
                 progress.update()
-            array.attrs.update({
-                "repetitions": [rep for rep, _ in reps],
-                "n_clips": timing.n_clips,
-                "n_trailing": trailing_volumes,
-                "n_leading": leading,
-                "files": [str(p) for _, p in reps],
-                "stimulus": str(stimuli[segment]),
-            })
+            array.attrs.update(
+                {
+                    "repetitions": [rep for rep, _ in reps],
+                    "n_clips": timing.n_clips,
+                    "n_trailing": trailing_volumes,
+                    "n_leading": leading,
+                    "files": [str(p) for _, p in reps],
+                    "stimulus": str(stimuli[segment]),
+                }
+            )
         progress.close()
         n_dropped = int((~valid).sum())
         if n_dropped:
-            log.warning("%s: %d of %d cortical vertices dropped (non-finite or constant)",
-                        subject, n_dropped, valid.size)
+            log.warning(
+                "%s: %d of %d cortical vertices dropped (non-finite or constant)",
+                subject,
+                n_dropped,
+                valid.size,
+            )
         if not valid.any():
-            raise DataError(f"{subject}: no cortical vertex is finite and non-constant in every run")
+            raise DataError(
+                f"{subject}: no cortical vertex is finite and non-constant in every run"
+            )
         create_array(store, "grayordinate", data=columns.astype(np.int64), dims=["vertex"])
         create_array(store, "valid", data=valid, dims=["vertex"])
-        store.attrs.update({
-            "subject": subject,
-            "segments": list(by_segment),
-            "provenance": provenance(
-                "preprocess", params, [*map(str, run_files), *map(str, stimulus_files)]
-            ),
-        })
+        store.attrs.update(
+            {
+                "subject": subject,
+                "segments": list(by_segment),
+                "provenance": provenance(
+                    "preprocess", params, [*map(str, run_files), *map(str, stimulus_files)]
+                ),
+            }
+        )

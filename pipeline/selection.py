@@ -80,7 +80,9 @@ def reliability_ttest(
     """
     r = np.asarray(r, np.float64)
     if r.shape[0] < 2:
-        raise ValueError(f"the t-test needs at least 2 segments with 2 repetitions, got {r.shape[0]}")
+        raise ValueError(
+            f"the t-test needs at least 2 segments with 2 repetitions, got {r.shape[0]}"
+        )
     valid = np.ones(r.shape[1], bool) if valid is None else valid & np.isfinite(r).all(0)
     z = np.arctanh(np.clip(r, -1 + 1e-7, 1 - 1e-7))
     t = np.full(r.shape[1], np.nan)
@@ -125,17 +127,28 @@ def select_vertices(
             raise ValueError(f"{preprocessed}: no runs of training segment {segment}")
         runs = pre[f"runs/{segment}"]
         if runs.shape[0] < 2:
-            log.warning("%s: %s has %d repetition; left out of the reliability test",
-                        preprocessed, segment, runs.shape[0])
+            log.warning(
+                "%s: %s has %d repetition; left out of the reliability test",
+                preprocessed,
+                segment,
+                runs.shape[0],
+            )
             continue
         n_clips = runs.attrs["n_clips"]
         r_rows.append(pearson_columns(runs[0, :n_clips], runs[1, :n_clips]))
         used.append(segment)
-    result = reliability_ttest(np.stack(r_rows) if r_rows else np.empty((0, valid.size)),
-                               alpha, valid, alternative)
+    result = reliability_ttest(
+        np.stack(r_rows) if r_rows else np.empty((0, valid.size)), alpha, valid, alternative
+    )
     n_selected = int(result.mask.sum())
-    log.info("%s: %d of %d tested vertices pass Bonferroni p < %g (%d segments)",
-             preprocessed, n_selected, result.n_tested, alpha, len(used))
+    log.info(
+        "%s: %d of %d tested vertices pass Bonferroni p < %g (%d segments)",
+        preprocessed,
+        n_selected,
+        result.n_tested,
+        alpha,
+        len(used),
+    )
     if n_selected == 0:
         raise ValueError(
             f"{preprocessed}: no vertex passes the Bonferroni-corrected t-test at alpha={alpha} "
@@ -151,16 +164,19 @@ def select_vertices(
         create_array(store, "p", data=result.p, dims=["vertex"])
         create_array(store, "p_bonferroni", data=result.p_bonferroni, dims=["vertex"])
         create_array(store, "grayordinate", data=pre["grayordinate"][:], dims=["vertex"])
-        store.attrs.update({
-            "subject": pre.attrs["subject"],
-            "segments": used,
-            "n_selected": n_selected,
-            "n_tested": result.n_tested,
-            "alpha": alpha,
-            "alternative": alternative,
-            "provenance": provenance(
-                "select_voxels", {"alpha": alpha, "alternative": alternative,
-                                  "train_segments": train_segments}, [str(preprocessed)]
-            ),
-        })
+        store.attrs.update(
+            {
+                "subject": pre.attrs["subject"],
+                "segments": used,
+                "n_selected": n_selected,
+                "n_tested": result.n_tested,
+                "alpha": alpha,
+                "alternative": alternative,
+                "provenance": provenance(
+                    "select_voxels",
+                    {"alpha": alpha, "alternative": alternative, "train_segments": train_segments},
+                    [str(preprocessed)],
+                ),
+            }
+        )
     return result

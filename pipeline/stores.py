@@ -120,8 +120,11 @@ def _file_record(path: str | os.PathLike) -> dict[str, Any]:
     except OSError:
         return {"path": str(p)}
     size = stat.st_size if p.is_file() else None
-    return {"path": str(p), "size": size, "mtime": _dt.datetime.fromtimestamp(
-        stat.st_mtime, _dt.UTC).isoformat(timespec="seconds")}
+    return {
+        "path": str(p),
+        "size": size,
+        "mtime": _dt.datetime.fromtimestamp(stat.st_mtime, _dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _package_versions() -> dict[str, str]:

@@ -44,6 +44,16 @@ wildcard_constraints:
     segment="|".join(SEGMENTS),
 
 
+def config_values(section, *keys):
+    """The config values a rule depends on, as a ``{key: value}`` dict for its ``params``.
+
+    Snakemake compares a job's params with the recorded ones as a *set of values*, so
+    two scalar params swapping equal values would go unnoticed; a dict per config
+    section keeps the key names in the record and makes every change visible.
+    """
+    return {key: config[section][key] for key in keys}
+
+
 def fmri_runs(wildcards):
     """Every CIFTI run file of one subject."""
     return [str(p) for p in DATASET.run_files(wildcards.subject)]

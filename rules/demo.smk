@@ -6,18 +6,18 @@ rule demo_dataset:
     output:
         raw=demo_files(),
         ground_truth=directory(f"{DATASET_CONFIG['root']}/ground_truth.zarr"),
-    params:
-        root=DATASET_CONFIG["root"],
-        settings=demo_settings_json(),
     log:
         "logs/demo_dataset/demo_dataset.log",
     benchmark:
         "benchmarks/demo_dataset/demo_dataset.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        root=DATASET_CONFIG["root"],
+        settings=demo_settings_json(),
     shell:
         "python -m pipeline demo --root {params.root:q} --settings {params.settings:q} > {log:q} 2>&1"

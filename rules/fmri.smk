@@ -8,27 +8,27 @@ rule preprocess:
         stimuli=stimulus_videos,
     output:
         directory("results/{subject}/preprocessed.zarr"),
-    params:
-        tr_s=config["dataset"]["tr_s"],
-        trailing_volumes=config["dataset"]["trailing_volumes"],
-        max_leading_volumes=config["dataset"]["max_leading_volumes"],
-        detrend_order=config["preprocess"]["detrend_order"],
     log:
         "logs/preprocess/{subject}.log",
     benchmark:
         "benchmarks/preprocess/{subject}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        dataset=config_values(
+            "dataset", "tr_s", "trailing_volumes", "max_leading_volumes"
+        ),
+        preprocess=config_values("preprocess", "detrend_order"),
     shell:
         "python -m pipeline preprocess --subject {wildcards.subject} --runs {input.runs:q}"
-        " --stimuli {input.stimuli:q} --output {output:q} --tr-s {params.tr_s}"
-        " --trailing-volumes {params.trailing_volumes}"
-        " --max-leading-volumes {params.max_leading_volumes}"
-        " --detrend-order {params.detrend_order} > {log:q} 2>&1"
+        " --stimuli {input.stimuli:q} --output {output:q} --tr-s {params.dataset[tr_s]}"
+        " --trailing-volumes {params.dataset[trailing_volumes]}"
+        " --max-leading-volumes {params.dataset[max_leading_volumes]}"
+        " --detrend-order {params.preprocess[detrend_order]} > {log:q} 2>&1"
 
 
 rule select_voxels:
@@ -37,22 +37,21 @@ rule select_voxels:
         "results/{subject}/preprocessed.zarr",
     output:
         directory("results/{subject}/selection.zarr"),
-    params:
-        alpha=config["selection"]["alpha"],
-        alternative=config["selection"]["alternative"],
-        train_segments=DATASET.train_segments,
     log:
         "logs/select_voxels/{subject}.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        selection=config_values("selection", "alpha", "alternative"),
+        train_segments=DATASET.train_segments,
     shell:
         "python -m pipeline select --preprocessed {input:q} --output {output:q}"
-        " --train-segments {params.train_segments} --alpha {params.alpha}"
-        " --alternative {params.alternative} > {log:q} 2>&1"
+        " --train-segments {params.train_segments} --alpha {params.selection[alpha]}"
+        " --alternative {params.selection[alternative]} > {log:q} 2>&1"
 
 
 rule align:
@@ -62,21 +61,21 @@ rule align:
         selection="results/{subject}/selection.zarr",
     output:
         directory("results/{subject}/aligned.zarr"),
-    params:
-        shift_s=config["alignment"]["shift_s"],
-        tr_s=config["dataset"]["tr_s"],
-        train_segments=DATASET.train_segments,
-        test_segments=DATASET.test_segments,
     log:
         "logs/align/{subject}.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        alignment=config_values("alignment", "shift_s"),
+        dataset=config_values("dataset", "tr_s"),
+        train_segments=DATASET.train_segments,
+        test_segments=DATASET.test_segments,
     shell:
         "python -m pipeline align --preprocessed {input.preprocessed:q}"
         " --selection {input.selection:q} --output {output:q}"
         " --train-segments {params.train_segments} --test-segments {params.test_segments}"
-        " --shift-s {params.shift_s} --tr-s {params.tr_s} > {log:q} 2>&1"
+        " --shift-s {params.alignment[shift_s]} --tr-s {params.dataset[tr_s]} > {log:q} 2>&1"

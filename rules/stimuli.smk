@@ -7,20 +7,20 @@ rule extract_frames:
         stimulus_video,
     output:
         directory("results/frames/{segment}.zarr"),
-    params:
-        tr_s=config["dataset"]["tr_s"],
-        fps=config["frames"]["fps"],
-        size=config["frames"]["size"],
     log:
         "logs/extract_frames/{segment}.log",
     benchmark:
         "benchmarks/extract_frames/{segment}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        dataset=config_values("dataset", "tr_s"),
+        frames=config_values("frames", "fps", "size"),
     shell:
-        "python -m pipeline frames --video {input:q} --output {output:q} --tr-s {params.tr_s}"
-        " --fps {params.fps} --size {params.size} --threads {threads} > {log:q} 2>&1"
+        "python -m pipeline frames --video {input:q} --output {output:q}"
+        " --tr-s {params.dataset[tr_s]} --fps {params.frames[fps]} --size {params.frames[size]}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,108 @@
+"""Shared fixtures: a small demo configuration and one real Snakemake run of it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import validate_config
+from pipeline.demo import DemoSettings, generate_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A demo small enough for the test suite; same structure as the default demo.
+SMALL_DEMO = {
+    "seed": 7,
+    "n_subjects": 1,
+    "n_train_segments": 12,
+    "n_test_segments": 2,
+    "segment_duration_s": 80,
+    "test_repetitions": 4,
+    "frame_size": 48,
+    "cortex_vertices": [600, 600],
+    "subcortical_voxels": 100,
+}
+SMALL_OVERLAY = {"demo": SMALL_DEMO, "frames": {"size": 32}}
+
+
+def small_config(**sections) -> dict:
+    """The validated default config with the small demo and ``sections`` merged in."""
+    config = {k: dict(v) for k, v in SMALL_OVERLAY.items()}
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    return validate_config(config)
+
+
+def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True):
+    """Run Snakemake on the repository's workflow in ``workdir`` with a config overlay."""
+    overlay_file = workdir / "overlay.yaml"
+    merged = {k: dict(v) for k, v in SMALL_OVERLAY.items()}
+    for key, value in (overlay or {}).items():
+        merged.setdefault(key, {}).update(value)
+    overlay_file.write_text(yaml.safe_dump(merged))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(overlay_file),
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(workdir: Path, overlay: dict | None = None, *targets: str) -> dict[str, int]:
+    """Rules and job counts that ``snakemake -n`` would run (empty when up to date)."""
+    result = snakemake(workdir, "-n", *targets, overlay=overlay)
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """A workdir where the whole workflow ran once on the small demo."""
+    workdir = tmp_path_factory.mktemp("workspace")
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset written directly (no Snakemake), to be copied and damaged."""
+    root = tmp_path_factory.mktemp("demo") / "cc2017"
+    settings = small_config(
+        demo={
+            "n_train_segments": 8,
+            "segment_duration_s": 20,
+            "test_repetitions": 3,
+            "snr": [3.0, 6.0],
+        }
+    )
+    generate_demo(DemoSettings.from_config(settings), root)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(demo_root, tmp_path) -> Path:
+    """A private copy of :func:`demo_root` a test may modify."""
+    target = tmp_path / "cc2017"
+    shutil.copytree(demo_root, target)
+    return target

@@ -1,0 +1,192 @@
+"""The cc2017 reader: run lengths, brain models, missing repetitions and bad input."""
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel import cifti2
+
+from pipeline.alignment import align_subject
+from pipeline.cc2017 import (
+    DataError,
+    StimulusInfo,
+    discover_dataset,
+    read_cortex_bold,
+    read_stimulus_info,
+    run_path,
+    run_timing,
+    stimulus_path,
+)
+from pipeline.preprocess import preprocess_subject
+from pipeline.selection import select_vertices
+from pipeline.stores import open_store
+
+STIMULUS = StimulusInfo(Path("seg1.mp4"), Fraction(30), 14400, 64, 64)
+
+
+@pytest.mark.parametrize(("n_volumes", "leading"), [(245, 1), (246, 2)])
+def test_cc2017_run_lengths(n_volumes, leading):
+    timing = run_timing(n_volumes, STIMULUS, 2.0, 4, 3, "run.nii")
+    assert (timing.n_leading, timing.n_clips, timing.n_trailing) == (leading, 240, 4)
+
+
+@pytest.mark.parametrize("n_volumes", [243, 250])
+def test_fmri_and_stimulus_lengths_that_disagree(n_volumes):
+    with pytest.raises(DataError, match=r"run\.nii: .*lengths disagree"):
+        run_timing(n_volumes, STIMULUS, 2.0, 4, 3, "run.nii")
+
+
+def test_cortex_found_by_structure_not_position(tmp_path):
+    mask = np.ones((2, 2, 2), bool)
+    axis = (
+        cifti2.BrainModelAxis.from_mask(mask, affine=np.eye(4), name="thalamus_left")
+        + cifti2.BrainModelAxis.from_surface(np.arange(5), 10, "CortexLeft")
+        + cifti2.BrainModelAxis.from_mask(mask, affine=np.eye(4), name="thalamus_right")
+        + cifti2.BrainModelAxis.from_surface(np.arange(4), 10, "CortexRight")
+    )
+    data = np.arange(3 * axis.size, dtype=np.float32).reshape(3, axis.size)
+    series = cifti2.SeriesAxis(0, 2.0, 3, unit="SECOND")
+    path = tmp_path / "x.dtseries.nii"
+    cifti2.Cifti2Image(data, header=(series, axis)).to_filename(path)
+    bold, columns, tr = read_cortex_bold(path)
+    np.testing.assert_array_equal(columns, [8, 9, 10, 11, 12, 21, 22, 23, 24])
+    np.testing.assert_array_equal(bold, data[:, columns])
+    assert tr == 2.0
+
+
+def test_demo_runs_have_245_and_246_volumes(demo_root):
+    lengths = {
+        seg: nib.load(run_path(demo_root, "subject1", seg, 1)).shape[0]
+        for seg in ("seg1", "test1", "test2")
+    }
+    assert lengths["seg1"] == lengths["test1"] == lengths["test2"] - 1
+
+
+def test_discovery(demo_root):
+    dataset = discover_dataset(demo_root, test_repetitions=3)
+    assert dataset.subjects == ["subject1"]
+    assert dataset.train_segments == [f"seg{k}" for k in range(1, 9)]
+    assert dataset.test_segments == ["test1", "test2"]
+    assert dataset.runs["subject1"]["test2"] == [1, 2, 3]
+    assert dataset.warnings == []
+
+
+def _preprocess(root, out, **kwargs):
+    dataset = discover_dataset(root, test_repetitions=3)
+    preprocess_subject(
+        dataset.run_files("subject1"),
+        dataset.stimulus_files(),
+        out,
+        subject="subject1",
+        tr_s=2.0,
+        trailing_volumes=4,
+        max_leading_volumes=3,
+        detrend_order=4,
+        **kwargs,
+    )
+    return dataset
+
+
+def test_missing_repetition_warns_and_averages_the_rest(dataset_copy, tmp_path, caplog):
+    run_path(dataset_copy, "subject1", "test2", 3).unlink()
+    with caplog.at_level(logging.WARNING):
+        dataset = discover_dataset(dataset_copy, test_repetitions=3)
+    assert "subject1 test2: 2 of 3 repetitions present" in caplog.text
+    _preprocess(dataset_copy, tmp_path / "pre.zarr")
+    select_vertices(
+        tmp_path / "pre.zarr",
+        tmp_path / "sel.zarr",
+        train_segments=dataset.train_segments,
+        alpha=0.05,
+    )
+    align_subject(
+        tmp_path / "pre.zarr",
+        tmp_path / "sel.zarr",
+        tmp_path / "al.zarr",
+        train_segments=dataset.train_segments,
+        test_segments=dataset.test_segments,
+        shift_s=4.0,
+        tr_s=2.0,
+    )
+    aligned = open_store(tmp_path / "al.zarr")
+    segment, reps = aligned["test/segment"][:], aligned["test/n_repetitions"][:]
+    assert set(reps[segment == "test2"]) == {2} and set(reps[segment == "test1"]) == {3}
+    pre = open_store(tmp_path / "pre.zarr")
+    mask = open_store(tmp_path / "sel.zarr")["mask"][:]
+    expected = pre["runs/test2"][:, 2:12][..., mask].mean(0)
+    np.testing.assert_allclose(aligned["test/fmri"][:][segment == "test2"], expected, rtol=1e-6)
+
+
+def test_missing_segment_runs_are_an_error_naming_the_folder(dataset_copy):
+    for rep in (1, 2):
+        run_path(dataset_copy, "subject1", "seg2", rep).unlink()
+    with pytest.raises(DataError, match=r"seg2/cifti: no fMRI run of subject1 for segment seg2"):
+        discover_dataset(dataset_copy)
+
+
+def test_missing_run_file_is_an_error_and_leaves_no_store(dataset_copy, tmp_path):
+    dataset = discover_dataset(dataset_copy, test_repetitions=3)
+    files = dataset.run_files("subject1")
+    files[0].unlink()
+    with pytest.raises(DataError, match=rf"{files[0].name}: fMRI run file not found"):
+        preprocess_subject(
+            files,
+            dataset.stimulus_files(),
+            tmp_path / "pre.zarr",
+            subject="subject1",
+            tr_s=2.0,
+            trailing_volumes=4,
+            max_leading_volumes=3,
+            detrend_order=4,
+        )
+    assert list(tmp_path.glob("*pre.zarr*")) == []
+
+
+def test_lengths_that_disagree_leave_no_store(dataset_copy, tmp_path):
+    path = run_path(dataset_copy, "subject1", "seg3", 2)
+    img = nib.load(path, mmap=False)
+    short = cifti2.Cifti2Image(
+        np.asarray(img.dataobj)[:-6],
+        header=(cifti2.SeriesAxis(0, 2.0, img.shape[0] - 6, unit="SECOND"), img.header.get_axis(1)),
+    )
+    short.to_filename(path)
+    with pytest.raises(DataError, match=r"seg3_2_Atlas\.dtseries\.nii: .*lengths disagree"):
+        _preprocess(dataset_copy, tmp_path / "pre.zarr")
+    assert list(tmp_path.glob("*pre.zarr*")) == []
+
+
+def test_nan_only_vertices_are_dropped_with_a_warning(dataset_copy, tmp_path, caplog):
+    path = run_path(dataset_copy, "subject1", "seg1", 1)
+    img = nib.load(path, mmap=False)
+    data = np.asarray(img.dataobj).copy()
+    data[:, [3, 700]] = np.nan
+    cifti2.Cifti2Image(data, header=img.header).to_filename(path)
+    with caplog.at_level(logging.WARNING):
+        _preprocess(dataset_copy, tmp_path / "pre.zarr")
+    assert "seg1_1_Atlas.dtseries.nii: 2 vertices dropped (2 all-NaN" in caplog.text
+    pre = open_store(tmp_path / "pre.zarr")
+    assert not pre["valid"][3] and not pre["valid"][700] and pre["valid"][:].sum() == 1198
+    result = select_vertices(
+        tmp_path / "pre.zarr",
+        tmp_path / "sel.zarr",
+        train_segments=[f"seg{k}" for k in range(1, 9)],
+        alpha=0.05,
+    )
+    assert not result.mask[[3, 700]].any() and np.isnan(result.p[[3, 700]]).all()
+
+
+def test_truncated_stimulus_is_a_clear_error(dataset_copy):
+    video = stimulus_path(dataset_copy, "test1")
+    video.write_bytes(video.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"test1\.mp4: cannot open .*truncated"):
+        read_stimulus_info(video)
+
+
+def test_not_a_cifti_file(tmp_path):
+    bad = tmp_path / "seg1_1_Atlas.dtseries.nii"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.raises(DataError, match=r"seg1_1_Atlas\.dtseries\.nii: cannot read as CIFTI-2"):
+        read_cortex_bold(bad)

@@ -1,0 +1,69 @@
+"""Configuration schema: defaults, unknown keys, types, ranges and cross-key checks."""
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, default_config, load_schema, validate_config
+from tests.conftest import REPO, snakemake
+
+
+def _walk(schema, path=""):
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{path}{name}", sub
+        yield from _walk(sub, f"{path}{name}.")
+
+
+def test_every_key_is_typed_described_and_defaulted():
+    for key, sub in _walk(load_schema()):
+        assert "type" in sub, key
+        assert sub.get("description"), key
+        assert "default" in sub, key
+
+
+def test_config_yaml_is_valid_and_matches_schema_defaults():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert validate_config(config) == default_config()
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"alignment": {"shift": 4}}, "alignment.shift"),
+        ({"bogus": 1}, "bogus"),
+        ({"alignment": {"shift_s": "four"}}, "alignment.shift_s"),
+        ({"selection": {"alpha": 1.5}}, "selection.alpha"),
+        ({"selection": {"alpha": 0}}, "selection.alpha"),
+        ({"alignment": {"shift_s": -2}}, "alignment.shift_s"),
+        ({"alignment": {"shift_s": 3}}, "alignment.shift_s"),
+        ({"alignment": {"shift_s": 10}}, "alignment.shift_s"),
+        ({"frames": {"fps": 4}}, "frames.fps"),
+        ({"frames": {"fps": 7}}, "frames.fps"),
+        ({"demo": {"scale": "huge"}}, "demo.scale"),
+        ({"dataset": {"subjects": ["sub-01"]}}, "dataset.subjects.0"),
+    ],
+)
+def test_bad_values_name_the_key(config, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        validate_config(config)
+
+
+def test_defaults_are_filled_in_place():
+    config = {"alignment": {"shift_s": 6.0}}
+    validate_config(config)
+    assert config["alignment"]["shift_s"] == 6.0
+    assert config["dataset"]["trailing_volumes"] == 4
+    assert config["frames"] == {"fps": 3, "size": 224}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"alignment": {"shift_s": "four"}}, "alignment.shift_s"),
+        ({"selection": {"alpah": 0.01}}, "selection.alpah"),
+    ],
+)
+def test_snakemake_rejects_bad_config_at_dag_time(tmp_path, overlay, message):
+    result = snakemake(tmp_path, "-n", overlay=overlay, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

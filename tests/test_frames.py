@@ -1,0 +1,51 @@
+"""Frame extraction: the 3 FPS schedule, agreement with a direct decode, bad inputs."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.cc2017 import DataError, stimulus_path
+from pipeline.frames import extract_frames, frame_schedule
+from pipeline.stores import open_store
+
+
+def test_cc2017_schedule():
+    schedule = frame_schedule(14400, Fraction(30), 2.0, 3)
+    assert schedule.shape == (240, 6)
+    np.testing.assert_array_equal(schedule[0], [0, 10, 20, 30, 40, 50])
+    np.testing.assert_array_equal(schedule[239], 14340 + np.arange(0, 60, 10))
+
+
+@pytest.mark.parametrize("fps", [4, 7])
+def test_fps_that_does_not_divide_the_source_rate(fps):
+    with pytest.raises(DataError, match="does not divide"):
+        frame_schedule(14400, Fraction(30), 2.0, fps, "x.mp4")
+
+
+def test_frames_equal_a_direct_decode(demo_root, tmp_path):
+    video = stimulus_path(demo_root, "seg1")
+    extract_frames(video, tmp_path / "f.zarr", tr_s=2.0, fps=3, size=32)
+    store = open_store(tmp_path / "f.zarr", stage="extract_frames")
+    frames = store["frames"][:]
+    with av.open(str(video)) as container:
+        decoded = [
+            f.reformat(width=32, height=32, format="rgb24", interpolation="AREA").to_ndarray()
+            for f in container.decode(video=0)
+        ]
+    assert frames.shape == (len(decoded) // 60, 6, 32, 32, 3)
+    for clip in (0, frames.shape[0] - 1):
+        for k in range(6):
+            np.testing.assert_array_equal(frames[clip, k], decoded[clip * 60 + k * 10])
+    assert store["frames"].metadata.dimension_names == ("clip", "frame", "y", "x", "channel")
+    assert store.attrs["provenance"]["params"] == {"tr_s": 2.0, "fps": 3, "size": 32}
+
+
+def test_truncated_mp4_is_a_clear_error_and_leaves_no_store(dataset_copy, tmp_path):
+    video = stimulus_path(dataset_copy, "seg1")
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"seg1\.mp4.*truncated"):
+        extract_frames(video, tmp_path / "out" / "f.zarr", tr_s=2.0, fps=3, size=32)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
