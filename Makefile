@@ -25,7 +25,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/snakefmt --check Snakefile rules
-	$(BIN)/snakemake --lint --cores 1
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_fmri.py
