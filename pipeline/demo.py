@@ -20,7 +20,6 @@ raw layout.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,7 +45,6 @@ __all__ = [
     "render_segment",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Object classes of the demo scenes (their area per clip is the semantic ground truth).
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
@@ -259,11 +257,6 @@ def render_segment(
     class_area = np.zeros((n_frames, len(CLASSES)), np.float32)
     axis = np.arange(size, dtype=np.float32)
     cell = size // _GRID
-    # averaging matrices: grid cell means and frame means as BLAS products
-    pool = np.zeros((_GRID, size), np.float32)
-    for i in range(_GRID):
-        pool[i, i * cell : (i + 1) * cell] = 1.0 / cell
-    ones = np.full(size * size, 1.0 / (size * size), np.float32)
 
     def frames():
         previous = None
@@ -293,11 +286,14 @@ def render_segment(
                 img[y0:y1, x0:x1][mask] = obj.color
                 class_area[f, obj.cls] += mask.sum() / (size * size)
             np.clip(img, 0, 1, out=img)
-            luma = img @ _LUMA
-            grid = pool @ luma @ pool.T
-            motion = 0.0 if previous is None else float(ones @ np.abs(luma - previous).ravel())
+            # single-axis reductions only: no BLAS calls, which oversubscribe the cores
+            # when the encoder's threads run beside them
+            luma = img[..., 0] * _LUMA[0] + img[..., 1] * _LUMA[1] + img[..., 2] * _LUMA[2]
+            rows = luma[: cell * _GRID].reshape(_GRID, cell, size).sum(1)
+            grid = rows[:, : cell * _GRID].reshape(_GRID, _GRID, cell).sum(2) / (cell * cell)
+            motion = 0.0 if previous is None else float(np.abs(luma - previous).mean())
             features[f, : _GRID * _GRID] = grid.ravel()
-            features[f, _GRID * _GRID : _GRID * _GRID + 3] = ones @ img.reshape(-1, 3)
+            features[f, _GRID * _GRID : _GRID * _GRID + 3] = img.sum(0).sum(0) / (size * size)
             features[f, _GRID * _GRID + 3 : -1] = class_area[f]
             features[f, -1] = motion
             previous = luma
@@ -361,7 +357,6 @@ def _subject_model(settings: DemoSettings, subject_index: int, n_features: int, 
 
 
 def _run_bold(
-    settings: DemoSettings,
     model: _SubjectModel,
     response: np.ndarray,
     n_leading: int,
@@ -370,16 +365,15 @@ def _run_bold(
 ) -> np.ndarray:
     """One run: baseline + 1 % scale * (snr * response + drift + noise), (n_volumes, n_gray)."""
     rng = np.random.default_rng(seed)
-    n_clips = response.shape[0] - settings.trailing_volumes
     n_volumes = n_leading + response.shape[0]
     noise = rng.standard_normal((n_volumes, n_gray), dtype=np.float32)
     t = np.linspace(-1, 1, n_volumes, dtype=np.float32)[:, None]
     coef = rng.normal(0, 1.0, (4, n_gray)).astype(np.float32)
-    period = rng.uniform(1.0, 3.0, n_gray).astype(np.float32)  # cycles per run... slow
+    # slow drifts: a cubic plus a cosine of 1/3 to 1 half-cycle per run
+    period = rng.uniform(1.0, 3.0, n_gray).astype(np.float32)
     drift = coef[0] * t + coef[1] * t**2 + coef[2] * t**3 + coef[3] * np.cos(np.pi * t / period)
     total = noise + drift
     total[n_leading:, np.flatnonzero(model.driven)] += model.snr[model.driven] * response
-    log.debug("run with %d clips, %d leading volumes", n_clips, n_leading)
     return model.baseline + 0.01 * model.baseline * total
 
 
@@ -436,7 +430,6 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
                 seg_index = dataset.segments.index(seg)
                 bold = _run_bold(
-                    settings,
                     model,
                     (responses[seg] / scale).astype(np.float32),
                     settings.leading_volumes(seg),
