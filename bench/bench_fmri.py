@@ -37,34 +37,78 @@ def main() -> None:
     out.mkdir(parents=True)
     cli = [sys.executable, "-m", "pipeline"]
     stages = {
-        "preprocess": run_child([
-            *cli, "preprocess", "--subject", "subject1", "--runs", *runs, "--stimuli", *stimuli,
-            "--output", str(out / "pre.zarr"), "--tr-s", "2", "--trailing-volumes", "4",
-            "--max-leading-volumes", "3", "--detrend-order", "4",
-        ]),
-        "select": run_child([
-            *cli, "select", "--preprocessed", str(out / "pre.zarr"), "--output",
-            str(out / "sel.zarr"), "--train-segments", *dataset.train_segments, "--alpha", "0.05",
-        ]),
-        "align": run_child([
-            *cli, "align", "--preprocessed", str(out / "pre.zarr"), "--selection",
-            str(out / "sel.zarr"), "--output", str(out / "al.zarr"), "--train-segments",
-            *dataset.train_segments, "--test-segments", *dataset.test_segments,
-            "--shift-s", "4", "--tr-s", "2",
-        ]),
+        "preprocess": run_child(
+            [
+                *cli,
+                "preprocess",
+                "--subject",
+                "subject1",
+                "--runs",
+                *runs,
+                "--stimuli",
+                *stimuli,
+                "--output",
+                str(out / "pre.zarr"),
+                "--tr-s",
+                "2",
+                "--trailing-volumes",
+                "4",
+                "--max-leading-volumes",
+                "3",
+                "--detrend-order",
+                "4",
+            ]
+        ),
+        "select": run_child(
+            [
+                *cli,
+                "select",
+                "--preprocessed",
+                str(out / "pre.zarr"),
+                "--output",
+                str(out / "sel.zarr"),
+                "--train-segments",
+                *dataset.train_segments,
+                "--alpha",
+                "0.05",
+            ]
+        ),
+        "align": run_child(
+            [
+                *cli,
+                "align",
+                "--preprocessed",
+                str(out / "pre.zarr"),
+                "--selection",
+                str(out / "sel.zarr"),
+                "--output",
+                str(out / "al.zarr"),
+                "--train-segments",
+                *dataset.train_segments,
+                "--test-segments",
+                *dataset.test_segments,
+                "--shift-s",
+                "4",
+                "--tr-s",
+                "2",
+            ]
+        ),
     }
     total = sum(s["wall_s"] for s in stages.values())
     size_gb = sum(Path(p).stat().st_size for p in runs) / 1e9
-    report("fmri", {
-        "runs": len(runs),
-        "cifti_gb": round(size_gb, 2),
-        "read_once": baseline,
-        "stages": stages,
-        "pipeline_wall_s": round(total, 2),
-        "ratio_to_read": round(total / baseline["wall_s"], 2),
-        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
-        "goals": {"ratio_to_read": "<= 2", "peak_rss_mb": "<= 4096"},
-    })
+    report(
+        "fmri",
+        {
+            "runs": len(runs),
+            "cifti_gb": round(size_gb, 2),
+            "read_once": baseline,
+            "stages": stages,
+            "pipeline_wall_s": round(total, 2),
+            "ratio_to_read": round(total / baseline["wall_s"], 2),
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+            "goals": {"ratio_to_read": "<= 2", "peak_rss_mb": "<= 4096"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -38,23 +38,41 @@ def main(size: int = 224) -> None:
     out = OUTPUT / "frames"
     shutil.rmtree(out, ignore_errors=True)
     runs = [
-        run_child([
-            sys.executable, "-m", "pipeline", "frames", "--video", video,
-            "--output", str(out / f"{Path(video).stem}.zarr"),
-            "--tr-s", "2", "--fps", "3", "--size", str(size), "--threads", "1",
-        ])
+        run_child(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "frames",
+                "--video",
+                video,
+                "--output",
+                str(out / f"{Path(video).stem}.zarr"),
+                "--tr-s",
+                "2",
+                "--fps",
+                "3",
+                "--size",
+                str(size),
+                "--threads",
+                "1",
+            ]
+        )
         for video in videos
     ]
     total = sum(r["wall_s"] for r in runs)
-    report("frames", {
-        "videos": len(videos),
-        "output_size": size,
-        "bare_decode": baseline,
-        "pipeline_wall_s": round(total, 2),
-        "ratio_to_decode": round(total / baseline["wall_s"], 2),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "goal": {"ratio_to_decode": "<= 1.3"},
-    })
+    report(
+        "frames",
+        {
+            "videos": len(videos),
+            "output_size": size,
+            "bare_decode": baseline,
+            "pipeline_wall_s": round(total, 2),
+            "ratio_to_decode": round(total / baseline["wall_s"], 2),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "goal": {"ratio_to_decode": "<= 1.3"},
+        },
+    )
 
 
 if __name__ == "__main__":
