@@ -23,11 +23,7 @@ log = logging.getLogger("pipeline")
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipeline.demo import DemoSettings, generate_demo
 
-    settings = json.loads(args.settings)
-    generate_demo(
-        DemoSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}),
-        args.root,
-    )
+    generate_demo(DemoSettings.from_dict(json.loads(args.settings)), args.root)
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:

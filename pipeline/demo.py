@@ -20,6 +20,7 @@ raw layout.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -95,13 +96,23 @@ class DemoSettings:
         if demo.pop("scale") == "full":
             demo.update(FULL_SCALE)
         dataset = config["dataset"]
-        return cls(
+        return cls.from_dict(
+            demo,
             tr_s=dataset["tr_s"],
             trailing_volumes=dataset["trailing_volumes"],
             train_prefix=dataset["train_prefix"],
             test_prefix=dataset["test_prefix"],
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in demo.items()},
         )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **extra: Any) -> DemoSettings:
+        """Build from plain values (lists become tuples), e.g. parsed :meth:`to_json` output."""
+        values = values | extra
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_json(self) -> str:
+        """Every setting as JSON, in a stable key order."""
+        return json.dumps(asdict(self), sort_keys=True)
 
     @property
     def subjects(self) -> list[str]:

@@ -1,8 +1,5 @@
 """Dataset discovery at DAG time, wildcard constraints and input functions."""
 
-import json
-from dataclasses import asdict
-
 from snakemake.logging import logger
 
 from pipeline.cc2017 import discover_dataset, stimulus_path
@@ -78,7 +75,7 @@ def demo_files():
 
 def demo_settings_json():
     """The resolved demo settings, the demo rule's single parameter."""
-    return json.dumps(asdict(DEMO), sort_keys=True)
+    return DEMO.to_json()
 
 
 def aligned_stores(wildcards):
