@@ -25,18 +25,26 @@ def clip_features(frames: np.ndarray, grid: int = 4) -> np.ndarray:
 
     Parameters
     ----------
-    frames : ndarray of shape (n_clips, n_frames, height, width, 3), uint8
+    frames : array of shape (n_clips, n_frames, height, width, 3), uint8
+        A NumPy or Zarr array; read a few clips at a time.
 
     Returns
     -------
     ndarray of shape (n_clips, grid * grid + 3), float64
     """
-    x = frames.astype(np.float64) / 255.0
-    luma = x @ np.array([0.299, 0.587, 0.114])
-    n, f, h, w = luma.shape
+    n, _, h, w, _ = frames.shape
     cell_h, cell_w = h // grid, w // grid
-    cells = luma[:, :, : cell_h * grid, : cell_w * grid].reshape(n, f, grid, cell_h, grid, cell_w)
-    return np.concatenate([cells.mean((1, 3, 5)).reshape(n, -1), x.mean((1, 2, 3))], axis=1)
+    out = np.empty((n, grid * grid + 3))
+    for start in range(0, n, 16):  # a few clips at a time: bounded memory for long segments
+        x = np.asarray(frames[start : start + 16], dtype=np.float32) / 255.0
+        luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
+        k, f = luma.shape[:2]
+        cells = luma[:, :, : cell_h * grid, : cell_w * grid].reshape(
+            k, f, grid, cell_h, grid, cell_w
+        )
+        out[start : start + k, : grid * grid] = cells.mean((1, 3, 5)).reshape(k, -1)
+        out[start : start + k, grid * grid :] = x.mean((1, 2, 3))
+    return out
 
 
 def _ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
@@ -110,5 +118,5 @@ def lag_profile_from_stores(
     for segment, path in frame_stores.items():
         runs = pre[f"runs/{segment}"]
         bold.append(runs[:].mean(0)[:, mask])
-        feats.append(clip_features(open_store(path, stage="extract_frames")["frames"][:]))
+        feats.append(clip_features(open_store(path, stage="extract_frames")["frames"]))
     return lag_profile(bold, feats, lags)
