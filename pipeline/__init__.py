@@ -1,9 +1,12 @@
 """NeuroClips as a reproducible pipeline: readers, preprocessing, stores and stages.
 
 Every Snakemake rule is one call into this package; everything here is
-importable and testable without Snakemake.
+importable and testable without Snakemake. The public names below are loaded
+lazily (PEP 562), so a stage pays only for the modules it uses — every rule
+starts a fresh interpreter.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -11,53 +14,49 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.1.0+source"
 
-from pipeline.alignment import align_subject, shift_volumes
-from pipeline.analysis import clip_features, lag_profile, lag_profile_from_stores
-from pipeline.cc2017 import (
-    DataError,
-    Dataset,
-    discover_dataset,
-    read_cortex_bold,
-    read_stimulus_info,
-    run_timing,
-)
-from pipeline.config import ConfigError, default_config, validate_config
-from pipeline.demo import DemoSettings, canonical_hrf, expected_dataset, generate_demo
-from pipeline.frames import extract_frames, frame_schedule
-from pipeline.preprocess import detrend_zscore, preprocess_subject
-from pipeline.selection import pearson_columns, reliability_ttest, select_vertices
-from pipeline.stores import StoreError, atomic_output, create_array, inspect_store, open_store
+#: Public name → module that defines it.
+_EXPORTS = {
+    "align_subject": "alignment",
+    "shift_volumes": "alignment",
+    "clip_features": "analysis",
+    "lag_profile": "analysis",
+    "lag_profile_from_stores": "analysis",
+    "DataError": "cc2017",
+    "Dataset": "cc2017",
+    "discover_dataset": "cc2017",
+    "read_cortex_bold": "cc2017",
+    "read_stimulus_info": "cc2017",
+    "run_timing": "cc2017",
+    "ConfigError": "config",
+    "default_config": "config",
+    "validate_config": "config",
+    "DemoSettings": "demo",
+    "canonical_hrf": "demo",
+    "expected_dataset": "demo",
+    "generate_demo": "demo",
+    "extract_frames": "frames",
+    "frame_schedule": "frames",
+    "detrend_zscore": "preprocess",
+    "preprocess_subject": "preprocess",
+    "pearson_columns": "selection",
+    "reliability_ttest": "selection",
+    "select_vertices": "selection",
+    "StoreError": "stores",
+    "atomic_output": "stores",
+    "create_array": "stores",
+    "inspect_store": "stores",
+    "open_store": "stores",
+}
 
-__all__ = [
-    "__version__",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "DemoSettings",
-    "StoreError",
-    "align_subject",
-    "atomic_output",
-    "canonical_hrf",
-    "clip_features",
-    "create_array",
-    "default_config",
-    "detrend_zscore",
-    "discover_dataset",
-    "expected_dataset",
-    "extract_frames",
-    "frame_schedule",
-    "generate_demo",
-    "inspect_store",
-    "lag_profile",
-    "lag_profile_from_stores",
-    "open_store",
-    "pearson_columns",
-    "preprocess_subject",
-    "read_cortex_bold",
-    "read_stimulus_info",
-    "reliability_ttest",
-    "run_timing",
-    "select_vertices",
-    "shift_volumes",
-    "validate_config",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(import_module(f"pipeline.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

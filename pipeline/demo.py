@@ -30,7 +30,6 @@ import av
 import numpy as np
 import zarr
 from nibabel import cifti2
-from scipy import signal, stats
 from tqdm.auto import tqdm
 
 from pipeline.cc2017 import Dataset, run_path, stimulus_path
@@ -175,6 +174,8 @@ def canonical_hrf(tr_s: float, delay_s: float, length_s: float = 32.0) -> np.nda
     ndarray of shape (n_lags,)
         Response at lags 0, TR, 2 TR, ...; maximum 1.
     """
+    from scipy import stats  # here, not at import: the Snakefile imports this module
+
     fine = np.linspace(0, 40, 40001)
     spm = stats.gamma.pdf(fine, 6) - stats.gamma.pdf(fine, 16) / 6
     peak = fine[np.argmax(spm)]
@@ -400,6 +401,8 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
     The whole root is written to a temporary directory first and renamed into
     place at the end, so an interrupted generation leaves nothing behind.
     """
+    from scipy import signal
+
     root = Path(root)
     dataset = expected_dataset(settings, root)
     frames_per_tr = round(settings.fps * settings.tr_s)

@@ -43,3 +43,10 @@ def test_inspect_cli(tmp_path, capsys):
 def test_inspect_missing_store_is_an_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope.zarr")]) == 1
     assert "nope.zarr: store does not exist" in capsys.readouterr().err
+
+
+def test_every_public_name_resolves():
+    import pipeline
+
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None, name
