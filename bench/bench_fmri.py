@@ -57,6 +57,8 @@ def main() -> None:
                 "3",
                 "--detrend-order",
                 "4",
+                "--threads",
+                "2",
             ]
         ),
         "select": run_child(

@@ -31,6 +31,7 @@ __all__ = [
     "Dataset",
     "RunTiming",
     "StimulusInfo",
+    "clip_count",
     "cortex_columns",
     "discover_dataset",
     "parse_run_path",
@@ -271,6 +272,24 @@ class RunTiming:
     n_trailing: int
 
 
+def clip_count(stimulus: StimulusInfo, tr_s: float) -> int:
+    """Clips of one TR in a stimulus: its duration over the TR (cc2017: 480 s / 2 s = 240).
+
+    Raises
+    ------
+    DataError
+        If the duration is not a whole number of TRs (one stray frame is tolerated).
+    """
+    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
+    n_clips = int(clips)
+    if clips - n_clips > 1 / stimulus.fps / Fraction(str(tr_s)):
+        raise DataError(
+            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
+            f"TRs ({tr_s} s)"
+        )
+    return n_clips
+
+
 def run_timing(
     n_volumes: int,
     stimulus: StimulusInfo,
@@ -290,14 +309,7 @@ def run_timing(
         If the stimulus is not a whole number of TRs, or the fMRI is too short
         or too long for it.
     """
-    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
-    frame = 1 / stimulus.fps / Fraction(str(tr_s))
-    n_clips = int(clips)
-    if clips - n_clips > frame:  # a stray frame at the end is tolerated
-        raise DataError(
-            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
-            f"TRs ({tr_s} s)"
-        )
+    n_clips = clip_count(stimulus, tr_s)
     n_leading = n_volumes - n_clips - n_trailing
     if not 0 <= n_leading <= max_leading:
         raise DataError(
@@ -309,8 +321,14 @@ def run_timing(
     return RunTiming(n_volumes, n_leading, n_clips, n_trailing)
 
 
-def cortex_columns(axis: cifti2.BrainModelAxis, path: str | os.PathLike = "") -> np.ndarray:
+def cortex_columns(
+    brain_models: cifti2.Cifti2MatrixIndicesMap, path: str | os.PathLike = ""
+) -> np.ndarray:
     """Grayordinate indices of the cortical surface vertices (left then right).
+
+    Read from the brain-model index map of the CIFTI header (the structures'
+    offsets and counts), which is much cheaper than building nibabel's
+    ``BrainModelAxis`` for a 91k-grayordinate file.
 
     Raises
     ------
@@ -318,13 +336,16 @@ def cortex_columns(axis: cifti2.BrainModelAxis, path: str | os.PathLike = "") ->
         If the brain model has no cortical surface structure.
     """
     columns = [
-        np.arange(sl.start or 0, sl.stop if sl.stop is not None else axis.size)
-        for name, sl, _ in axis.iter_structures()
-        if name in CORTEX_STRUCTURES
+        np.arange(model.index_offset, model.index_offset + model.index_count)
+        for model in brain_models.brain_models
+        if model.brain_structure in CORTEX_STRUCTURES
     ]
     if not columns:
-        raise DataError(f"{path}: CIFTI brain-model axis has no CORTEX_LEFT/CORTEX_RIGHT")
+        raise DataError(f"{path}: CIFTI brain models have no CORTEX_LEFT/CORTEX_RIGHT")
     return np.concatenate(columns)
+
+
+_SECONDS = {"SECOND": 1.0, "MSEC": 1e-3, "USEC": 1e-6}
 
 
 def read_cortex_bold(
@@ -350,11 +371,16 @@ def read_cortex_bold(
         raise DataError(f"{path}: fMRI run file not found")
     try:
         img = nib.load(str(path), mmap=False)
-        series, models = img.header.get_axis(0), img.header.get_axis(1)
+        series = img.header.matrix.get_index_map(0)
+        models = img.header.matrix.get_index_map(1)
     except Exception as exc:  # nibabel raises many types for a broken header
         raise DataError(f"{path}: cannot read as CIFTI-2 ({exc})") from exc
-    if not isinstance(series, cifti2.SeriesAxis) or not isinstance(models, cifti2.BrainModelAxis):
-        raise DataError(f"{path}: not a CIFTI-2 dense time series (dtseries)")
+    if (
+        series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES"
+        or models.indices_map_to_data_type != "CIFTI_INDEX_TYPE_BRAIN_MODELS"
+        or series.series_unit not in _SECONDS
+    ):
+        raise DataError(f"{path}: not a CIFTI-2 dense time series (dtseries) in time units")
     columns = cortex_columns(models, path)
     contiguous = columns[-1] - columns[0] + 1 == columns.size
     try:
@@ -364,7 +390,4 @@ def read_cortex_bold(
             bold = np.asarray(img.dataobj[:, :], dtype=np.float32)[:, columns]
     except Exception as exc:
         raise DataError(f"{path}: cannot read the data block ({exc}); file truncated?") from exc
-    step = float(series.step)
-    if series.unit == "MSEC":
-        step /= 1000.0
-    return bold, columns, step
+    return bold, columns, float(series.series_step) * _SECONDS[series.series_unit]

@@ -38,6 +38,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
         trailing_volumes=args.trailing_volumes,
         max_leading_volumes=args.max_leading_volumes,
         detrend_order=args.detrend_order,
+        threads=args.threads,
     )
 
 
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trailing-volumes", type=int, required=True)
     p.add_argument("--max-leading-volumes", type=int, required=True)
     p.add_argument("--detrend-order", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1, help="> 1: read runs in parallel")
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("select", help="reliability t-test with Bonferroni correction")

@@ -10,18 +10,24 @@ z-scored. Runs are streamed one at a time, so memory stays at one run.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 from numpy.polynomial import legendre
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from pipeline.cc2017 import (
     DataError,
+    StimulusInfo,
+    clip_count,
     parse_run_path,
     read_cortex_bold,
     read_stimulus_info,
@@ -33,7 +39,7 @@ __all__ = ["detrend_zscore", "polynomial_basis", "preprocess_subject"]
 
 log = logging.getLogger(__name__)
 
-_BLOCK = 16384  # vertices per float64 block
+_BLOCK = 2048  # vertices per float64 block: (n_volumes, 2048) stays in the CPU cache
 
 
 def polynomial_basis(n_volumes: int, order: int) -> np.ndarray:
@@ -63,23 +69,61 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
     valid : ndarray of shape (n_vertices,), bool
         False for vertices with a non-finite value or no variance left.
     """
-    n_volumes, n_vertices = bold.shape
+    n_volumes = bold.shape[0]
     if n_volumes <= order + 1:
         raise ValueError(f"{n_volumes} volumes are too few for a detrend of order {order}")
-    basis = polynomial_basis(n_volumes, order)
-    projector = np.linalg.pinv(basis)  # (order + 1, n_volumes)
-    clean = np.zeros((n_volumes, n_vertices), np.float32)
+    # orthonormal basis of the trend space: the least-squares fit is q @ (q.T @ y)
+    q = np.linalg.qr(polynomial_basis(n_volumes, order))[0]
     valid = np.isfinite(bold).all(axis=0)
-    for start in range(0, n_vertices, _BLOCK):
+    clean = np.empty(bold.shape, np.float32)
+    for start in range(0, bold.shape[1], _BLOCK):
         block = slice(start, start + _BLOCK)
-        y = np.where(valid[block], bold[:, block], 0.0).astype(np.float64)
-        y -= basis @ (projector @ y)
-        std = y.std(axis=0)
-        scale = np.abs(bold[:, block]).max(axis=0, initial=0.0, where=valid[block][None])
-        ok = valid[block] & (std > 1e-6 * np.maximum(scale, 1e-12))
+        y = bold[:, block].astype(np.float64)
+        y[:, ~valid[block]] = 0.0
+        level = np.abs(y).max(axis=0)
+        y -= q @ (q.T @ y)
+        std = np.sqrt(np.einsum("ij,ij->j", y, y) / n_volumes)
+        # a constant column leaves only rounding noise, far below 1e-6 of its level
+        ok = valid[block] & (std > 1e-6 * np.maximum(level, 1e-12))
         valid[block] = ok
-        clean[:, block] = np.where(ok, y / np.where(ok, std, 1.0), 0.0)
+        clean[:, block] = y * np.where(ok, 1.0 / np.where(ok, std, 1.0), 0.0)
     return clean, valid
+
+
+@dataclass(frozen=True)
+class _RunResult:
+    valid: np.ndarray  # (n_vertices,) bool
+    n_leading: int
+    n_all_nan: int
+    file_tr: float
+
+
+def _preprocess_run(
+    path: Path,
+    stimulus: StimulusInfo,
+    array_path: Path,
+    index: int,
+    columns: np.ndarray,
+    tr_s: float,
+    trailing_volumes: int,
+    max_leading_volumes: int,
+    detrend_order: int,
+) -> _RunResult:
+    """Read, trim, detrend and z-score one run; write it to ``array_path[index]``.
+
+    Runs write disjoint chunks, so worker processes can run this in parallel.
+    """
+    bold, cols, file_tr = read_cortex_bold(path)
+    if not np.array_equal(cols, columns):
+        raise DataError(
+            f"{path}: its cortical brain model ({cols.size} vertices) differs from "
+            f"the subject's other runs ({columns.size} vertices)"
+        )
+    timing = run_timing(bold.shape[0], stimulus, tr_s, trailing_volumes, max_leading_volumes, path)
+    clean, valid = detrend_zscore(bold[timing.n_leading :], detrend_order)
+    zarr.open_array(array_path, mode="r+")[index] = clean
+    n_all_nan = int(np.isnan(bold[:, ~valid]).all(axis=0).sum())
+    return _RunResult(valid, timing.n_leading, n_all_nan, file_tr)
 
 
 def preprocess_subject(
@@ -92,6 +136,7 @@ def preprocess_subject(
     trailing_volumes: int,
     max_leading_volumes: int,
     detrend_order: int,
+    threads: int = 1,
 ) -> None:
     """Preprocess every run of one subject into ``output`` (a Zarr store).
 
@@ -102,7 +147,10 @@ def preprocess_subject(
         valid            (vertex,) bool     finite and non-constant in every run
 
     ``runs/{segment}`` carries ``repetitions``, ``n_clips``, ``n_trailing``,
-    ``n_leading`` and ``files`` attributes.
+    ``n_leading`` and ``files`` attributes. With ``threads`` > 1 that many
+    worker processes handle runs in parallel (most of a CIFTI read is nibabel
+    parsing the XML header, which holds the GIL, so threads would not help);
+    each holds one run in memory at a time.
 
     Raises
     ------
@@ -119,80 +167,73 @@ def preprocess_subject(
         by_segment[segment].append((rep, path))
     if not by_segment:
         raise DataError(f"{subject}: no fMRI runs given")
+    for reps in by_segment.values():
+        reps.sort()
     missing = [p for reps in by_segment.values() for _, p in reps if not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: fMRI run file not found ({len(missing)} missing in all)")
 
-    params = {
+    settings = {
         "tr_s": tr_s,
         "trailing_volumes": trailing_volumes,
         "max_leading_volumes": max_leading_volumes,
         "detrend_order": detrend_order,
     }
-    n_runs = sum(len(v) for v in by_segment.values())
+    first_run = next(iter(by_segment.values()))[0][1]
+    columns = read_cortex_bold(first_run)[1]
     with atomic_output(output) as tmp:
         store = zarr.open_group(tmp, mode="w")
-        columns = valid = None
-        progress = tqdm(total=n_runs, desc=f"preprocess {subject}", unit="run")
+        tasks = []
         for segment, reps in by_segment.items():
-            reps.sort()
             stimulus = read_stimulus_info(stimuli[segment])
-            array = None
-            leading = []
-            for i, (_, path) in enumerate(reps):
-                bold, cols, file_tr = read_cortex_bold(path)
-                if abs(file_tr - tr_s) > 1e-3:
-                    log.warning(
-                        "%s: time axis step %.3f s differs from dataset.tr_s %.3f s",
-                        path,
-                        file_tr,
-                        tr_s,
-                    )
-                if columns is None:
-                    columns, valid = cols, np.ones(cols.size, bool)
-                elif not np.array_equal(cols, columns):
-                    raise DataError(
-                        f"{path}: its cortical brain model ({cols.size} vertices) differs from "
-                        f"the subject's other runs ({columns.size} vertices)"
-                    )
-                timing = run_timing(
-                    bold.shape[0], stimulus, tr_s, trailing_volumes, max_leading_volumes, path
-                )
-                clean, ok = detrend_zscore(bold[timing.n_leading :], detrend_order)
-                bad = ~ok & valid
-                if bad.any():
-                    all_nan = int(np.isnan(bold[:, bad]).all(axis=0).sum())
-                    log.warning(
-                        "%s: %d vertices dropped (%d all-NaN, the rest non-finite or constant)",
-                        path,
-                        int(bad.sum()),
-                        all_nan,
-                    )
-                valid &= ok
-                if array is None:
-                    array = create_array(
-                        store,
-                        f"runs/{segment}",
-                        shape=(len(reps), clean.shape[0], clean.shape[1]),
-                        dtype=np.float32,
-                        dims=["repetition", "time", "vertex"],
-                        chunks=(1, clean.shape[0], min(clean.shape[1], 16384)),
-                        compress=False,
-                    )
-                array[i] = clean
-                leading.append(timing.n_leading)
-                progress.update()
-            array.attrs.update(
-                {
+            n_clips = clip_count(stimulus, tr_s)
+            n_time = n_clips + trailing_volumes
+            create_array(
+                store,
+                f"runs/{segment}",
+                shape=(len(reps), n_time, columns.size),
+                dtype=np.float32,
+                dims=["repetition", "time", "vertex"],
+                chunks=(1, n_time, min(columns.size, 16384)),
+                compress=False,
+                attrs={
                     "repetitions": [rep for rep, _ in reps],
-                    "n_clips": timing.n_clips,
+                    "n_clips": n_clips,
                     "n_trailing": trailing_volumes,
-                    "n_leading": leading,
                     "files": [str(p) for _, p in reps],
                     "stimulus": str(stimuli[segment]),
-                }
+                },
             )
-        progress.close()
+            array_path = tmp / "runs" / segment
+            tasks += [
+                (segment, path, (path, stimulus, array_path, i, columns))
+                for i, (_, path) in enumerate(reps)
+            ]
+
+        valid = np.ones(columns.size, bool)
+        leading: dict[str, list[int]] = defaultdict(list)
+        for (segment, path, _), result in zip(
+            tasks, _map_runs(tasks, settings, threads, subject), strict=True
+        ):
+            if abs(result.file_tr - tr_s) > 1e-3:
+                log.warning(
+                    "%s: time axis step %.3f s differs from dataset.tr_s %.3f s",
+                    path,
+                    result.file_tr,
+                    tr_s,
+                )
+            dropped = ~result.valid & valid
+            if dropped.any():
+                log.warning(
+                    "%s: %d vertices dropped (%d all-NaN, the rest non-finite or constant)",
+                    path,
+                    int(dropped.sum()),
+                    result.n_all_nan,
+                )
+            valid &= result.valid
+            leading[segment].append(result.n_leading)
+        for segment, values in leading.items():
+            store[f"runs/{segment}"].attrs["n_leading"] = values
         n_dropped = int((~valid).sum())
         if n_dropped:
             log.warning(
@@ -212,7 +253,31 @@ def preprocess_subject(
                 "subject": subject,
                 "segments": list(by_segment),
                 "provenance": provenance(
-                    "preprocess", params, [*map(str, run_files), *map(str, stimulus_files)]
+                    "preprocess", settings, [*map(str, run_files), *map(str, stimulus_files)]
                 ),
             }
         )
+
+
+def _single_threaded_blas() -> None:
+    """Worker initializer: one BLAS thread per worker (the workers are the parallelism)."""
+    threadpool_limits(1)
+
+
+def _map_runs(tasks: list, settings: dict, threads: int, subject: str) -> Iterator[_RunResult]:
+    """:func:`_preprocess_run` of every task, in order, on ``threads`` worker processes."""
+    progress = tqdm(total=len(tasks), desc=f"preprocess {subject}", unit="run")
+    if threads <= 1:
+        for _, _, args in tasks:
+            yield _preprocess_run(*args, **settings)
+            progress.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=threads, mp_context=context, initializer=_single_threaded_blas
+        ) as pool:
+            futures = [pool.submit(_preprocess_run, *args, **settings) for _, _, args in tasks]
+            for future in futures:
+                yield future.result()
+                progress.update()
+    progress.close()

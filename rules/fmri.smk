@@ -14,7 +14,7 @@ rule preprocess:
         "benchmarks/preprocess/{subject}.tsv"
     conda:
         "../envs/pipeline.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
@@ -28,7 +28,8 @@ rule preprocess:
         " --stimuli {input.stimuli:q} --output {output:q} --tr-s {params.dataset[tr_s]}"
         " --trailing-volumes {params.dataset[trailing_volumes]}"
         " --max-leading-volumes {params.dataset[max_leading_volumes]}"
-        " --detrend-order {params.preprocess[detrend_order]} > {log:q} 2>&1"
+        " --detrend-order {params.preprocess[detrend_order]} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule select_voxels:
