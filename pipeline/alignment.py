@@ -104,7 +104,7 @@ def align_subject(
                 data=fmri,
                 dims=["sample", "vertex"],
                 chunks=(min(len(fmri), 256), fmri.shape[1]),
-                compress=False,
+                compression=None,
             )
             create_array(store, f"{split}/segment", data=np.concatenate(seg_col), dims=["sample"])
             create_array(

@@ -19,11 +19,15 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
-import nibabel as nib
 import numpy as np
-from nibabel import cifti2
+
+from pipeline.errors import DataError
+
+if TYPE_CHECKING:
+    from nibabel import cifti2
 
 __all__ = [
     "CORTEX_STRUCTURES",
@@ -50,10 +54,6 @@ CORTEX_STRUCTURES = ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGH
 DATASET_DIR = "video_fmri_dataset"
 _RUN_RE = re.compile(r"^(?P<segment>[A-Za-z]+\d+)_(?P<rep>\d+)_Atlas\.dtseries\.nii$")
 _SEGMENT_RE = re.compile(r"^(?P<prefix>[A-Za-z]+)(?P<index>\d+)$")
-
-
-class DataError(ValueError):
-    """A raw input file is missing, unreadable or inconsistent with the others."""
 
 
 def stimulus_path(root: str | os.PathLike, segment: str) -> Path:
@@ -366,6 +366,8 @@ def read_cortex_bold(
     DataError
         If the file is missing, unreadable or not a dense time series.
     """
+    import nibabel as nib  # here: stages that only read videos need not import it
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: fMRI run file not found")

@@ -11,9 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.cc2017 import DataError
-from pipeline.config import ConfigError
-from pipeline.stores import StoreError
+from pipeline.errors import PipelineError
 
 __all__ = ["main"]
 
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)
     try:
         args.func(args)
-    except (DataError, StoreError, ConfigError, ValueError) as exc:
+    except (PipelineError, ValueError) as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline.errors import ConfigError
+
 __all__ = [
     "DEMO_ROOT",
     "ConfigError",
@@ -28,10 +30,6 @@ __all__ = [
 
 #: Where the ``demo_dataset`` rule writes the synthetic dataset (relative to the workdir).
 DEMO_ROOT = os.path.join("resources", "demo")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, mistyped or out of range."""
 
 
 def load_schema() -> dict:

@@ -195,7 +195,7 @@ def preprocess_subject(
                 dtype=np.float32,
                 dims=["repetition", "time", "vertex"],
                 chunks=(1, n_time, min(columns.size, 16384)),
-                compress=False,
+                compression=None,
                 attrs={
                     "repetitions": [rep for rep, _ in reps],
                     "n_clips": n_clips,
