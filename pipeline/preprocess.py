@@ -277,7 +277,11 @@ def _map_runs(tasks: list, settings: dict, threads: int, subject: str) -> Iterat
             max_workers=threads, mp_context=context, initializer=_single_threaded_blas
         ) as pool:
             futures = [pool.submit(_preprocess_run, *args, **settings) for _, _, args in tasks]
-            for future in futures:
-                yield future.result()
-                progress.update()
+            try:
+                for future in futures:
+                    yield future.result()
+                    progress.update()
+            finally:  # on an error, do not wait for the runs not yet started
+                for future in futures:
+                    future.cancel()
     progress.close()

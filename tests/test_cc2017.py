@@ -190,3 +190,31 @@ def test_not_a_cifti_file(tmp_path):
     bad.write_bytes(b"\0" * 100)
     with pytest.raises(DataError, match=r"seg1_1_Atlas\.dtseries\.nii: cannot read as CIFTI-2"):
         read_cortex_bold(bad)
+
+
+def test_parallel_preprocessing_equals_serial(demo_root, tmp_path):
+    dataset = discover_dataset(demo_root, test_repetitions=3)
+    for threads in (1, 2):
+        preprocess_subject(
+            dataset.run_files("subject1"),
+            dataset.stimulus_files(),
+            tmp_path / f"pre{threads}.zarr",
+            subject="subject1",
+            tr_s=2.0,
+            trailing_volumes=4,
+            max_leading_volumes=3,
+            detrend_order=4,
+            threads=threads,
+        )
+    serial, parallel = open_store(tmp_path / "pre1.zarr"), open_store(tmp_path / "pre2.zarr")
+    for segment in dataset.segments:
+        np.testing.assert_array_equal(serial[f"runs/{segment}"][:], parallel[f"runs/{segment}"][:])
+        assert dict(serial[f"runs/{segment}"].attrs) == dict(parallel[f"runs/{segment}"].attrs)
+    np.testing.assert_array_equal(serial["valid"][:], parallel["valid"][:])
+
+
+def test_error_in_a_worker_is_reported_and_leaves_no_store(dataset_copy, tmp_path):
+    run_path(dataset_copy, "subject1", "seg4", 1).write_bytes(b"\0" * 1000)
+    with pytest.raises(DataError, match=r"seg4_1_Atlas\.dtseries\.nii: cannot read as CIFTI-2"):
+        _preprocess(dataset_copy, tmp_path / "pre.zarr", threads=2)
+    assert list(tmp_path.glob("*pre.zarr*")) == []
