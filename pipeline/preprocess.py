@@ -222,7 +222,7 @@ def preprocess_subject(
                     result.file_tr,
                     tr_s,
                 )
-            dropped = ~result.valid & valid
+            dropped = ~result.valid
             if dropped.any():
                 log.warning(
                     "%s: %d vertices dropped (%d all-NaN, the rest non-finite or constant)",

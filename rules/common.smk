@@ -4,6 +4,7 @@ from snakemake.logging import logger
 
 from pipeline.cc2017 import discover_dataset, stimulus_path
 from pipeline.demo import DemoSettings, expected_dataset
+from pipeline.errors import ConfigError
 
 DATASET_CONFIG = config["dataset"]
 
@@ -14,7 +15,7 @@ if uses_demo(config):
     if DATASET_CONFIG["subjects"]:
         unknown = set(DATASET_CONFIG["subjects"]) - set(DATASET.subjects)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'dataset.subjects': {sorted(unknown)} not in the demo "
                 f"(demo.n_subjects = {DEMO.n_subjects})"
             )
