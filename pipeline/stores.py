@@ -34,6 +34,10 @@ __all__ = [
     "StoreError",
 ]
 
+# Snakemake marks every directory output with a `.snakemake_timestamp` file, which
+# zarr reports as an unknown object whenever it lists a store's members.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
+
 #: Compression choices of :func:`create_array` (None: uncompressed).
 _COMPRESSORS = {
     "default": "auto",
@@ -180,10 +184,7 @@ def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
     if not path.exists():
         raise StoreError(f"{path}: store does not exist")
     try:
-        with warnings.catch_warnings():
-            # Snakemake marks directory outputs with a file zarr does not know
-            warnings.filterwarnings("ignore", message=".*snakemake_timestamp")
-            group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(path, mode="r")
     except Exception as exc:  # zarr raises several types for a broken store
         raise StoreError(f"{path}: not a readable Zarr store ({exc})") from exc
     prov = group.attrs.get("provenance")
