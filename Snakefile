@@ -42,9 +42,9 @@ include: "rules/fmri.smk"
 include: "rules/stimuli.smk"
 
 
+# The furthest outputs that exist: aligned fMRI of every subject, frames of every stimulus.
 rule all:
     default_target: True
-    """The furthest outputs that exist: aligned fMRI of every subject and frames of every stimulus."""
     input:
         aligned_stores,
         frame_stores,
