@@ -1,0 +1,106 @@
+"""One loader per library; every rule loads every model through these, offline.
+
+The same code reads the ``paper`` preset's directories (hub repositories
+fetched by ``download_models``) and the ``tiny`` preset's (written by
+``tiny_models``). Weights are read from safetensors only, never from
+unrestricted pickle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import PipelineError
+
+__all__ = [
+    "ModelNotFoundError",
+    "load_captioner",
+    "load_clip",
+    "load_vae",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelNotFoundError(PipelineError, FileNotFoundError):
+    """A model directory is missing or incomplete."""
+
+
+def _require(path: str | os.PathLike, marker: str) -> Path:
+    path = Path(path)
+    if not (path / marker).is_file():
+        raise ModelNotFoundError(
+            f"{path}: no model here ({marker} missing). The paper preset's models are fetched "
+            "by the `download_models` rule (run it where the network is reachable, e.g. a "
+            "login node); the tiny preset's are written by the `tiny_models` rule."
+        )
+    return path
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → the first CUDA device when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``float32``, ``float16`` or ``bfloat16`` → the torch dtype."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}") from None
+
+
+def load_clip(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """OpenCLIP model and tokenizer from a directory laid out like an OpenCLIP hub repo.
+
+    The directory holds ``open_clip_config.json`` and ``open_clip_model.safetensors``.
+    The visual tower is set to also return its tokens (after ``ln_post``, CLS
+    excluded, no projection).
+    """
+    import open_clip
+
+    path = _require(path, "open_clip_config.json")
+    weights = path / "open_clip_model.safetensors"
+    if not weights.is_file():
+        raise ModelNotFoundError(f"{path}: open_clip_model.safetensors missing (safetensors only)")
+    model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
+    model = model.to(dtype=dtype).eval().requires_grad_(False)
+    model.visual.output_tokens = True
+    return model, open_clip.get_tokenizer(f"local-dir:{path}")
+
+
+def load_vae(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+):
+    """diffusers ``AutoencoderKL`` from a directory in diffusers layout (safetensors)."""
+    from diffusers import AutoencoderKL
+
+    path = _require(path, "config.json")
+    vae = AutoencoderKL.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, torch_dtype=dtype
+    )
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def load_captioner(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """transformers BLIP-2 processor and model from a directory in transformers layout."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    path = _require(path, "config.json")
+    processor = Blip2Processor.from_pretrained(path, local_files_only=True)
+    model = Blip2ForConditionalGeneration.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, dtype=dtype
+    )
+    return processor, model.to(device).eval().requires_grad_(False)

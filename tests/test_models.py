@@ -1,0 +1,68 @@
+"""The tiny preset: real classes, saved in hub layouts, loaded back by the shared loaders."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models import (
+    ModelNotFoundError,
+    load_captioner,
+    load_clip,
+    load_vae,
+    model_dir,
+    preset_sources,
+)
+from pipeline.models.tiny import write_tiny_captioner, write_tiny_clip, write_tiny_vae
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_tiny_clip(root / "clip", seed=0)
+    write_tiny_vae(root / "vae", seed=0)
+    write_tiny_captioner(root / "captioner", seed=0)
+    return root
+
+
+def test_clip_round_trip_and_token_shapes(tiny_dir):
+    a, tokenizer = load_clip(tiny_dir / "clip")
+    b, _ = load_clip(tiny_dir / "clip")
+    images = torch.rand(2, 3, 64, 64)
+    pooled, tokens = a.visual(images)
+    assert tokens.shape == (2, 256, 64) and pooled.shape == (2, 32)
+    assert torch.equal(tokens, b.visual(images)[1])
+    assert not torch.equal(tokens[0], tokens[1])  # different frames, different tokens
+    text = a.encode_text(tokenizer(["a red disc", "two blue squares"]))
+    assert text.shape == (2, 32)
+
+
+def test_vae_round_trip_and_latent_shape(tiny_dir):
+    a, b = load_vae(tiny_dir / "vae"), load_vae(tiny_dir / "vae")
+    x = torch.rand(1, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        latent = a.encode(x).latent_dist.mode()
+        assert latent.shape == (1, 4, 28, 28)
+        assert torch.equal(latent, b.encode(x).latent_dist.mode())
+
+
+def test_captioner_round_trip_gives_words(tiny_dir):
+    processor, a = load_captioner(tiny_dir / "captioner")
+    _, b = load_captioner(tiny_dir / "captioner")
+    images = [np.random.default_rng(k).integers(0, 255, (48, 48, 3), dtype=np.uint8) for k in range(2)]
+    inputs = processor(images=images, return_tensors="pt")
+    out_a = a.generate(**inputs, max_new_tokens=6, min_new_tokens=2, do_sample=False)
+    out_b = b.generate(**inputs, max_new_tokens=6, min_new_tokens=2, do_sample=False)
+    assert torch.equal(out_a, out_b)
+    captions = processor.batch_decode(out_a, skip_special_tokens=True)
+    assert all(c.strip() for c in captions)
+
+
+def test_missing_model_names_the_rules(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="download_models.*tiny_models"):
+        load_vae(tmp_path / "nothing")
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        preset_sources("huge")
+    assert model_dir("resources/models", "paper", "clip").as_posix() == "resources/models/paper/clip"
