@@ -48,7 +48,8 @@ def test_vae_round_trip_and_latent_shape(tiny_dir):
 def test_captioner_round_trip_gives_words(tiny_dir):
     processor, a = load_captioner(tiny_dir / "captioner")
     _, b = load_captioner(tiny_dir / "captioner")
-    images = [np.random.default_rng(k).integers(0, 255, (48, 48, 3), dtype=np.uint8) for k in range(2)]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
     inputs = processor(images=images, return_tensors="pt")
     out_a = a.generate(**inputs, max_new_tokens=6, min_new_tokens=2, do_sample=False)
     out_b = b.generate(**inputs, max_new_tokens=6, min_new_tokens=2, do_sample=False)
@@ -65,4 +66,5 @@ def test_missing_model_names_the_rules(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         preset_sources("huge")
-    assert model_dir("resources/models", "paper", "clip").as_posix() == "resources/models/paper/clip"
+    path = model_dir("resources/models", "paper", "clip")
+    assert path.as_posix() == "resources/models/paper/clip"

@@ -40,11 +40,9 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     import open_clip
     from safetensors.torch import save_file
 
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 4, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
+    vision = {"image_size": 64, "layers": 2, "width": 64, "patch_size": 4, "head_width": 32}
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    config = {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
     torch.manual_seed(seed)
     model = open_clip.CLIP(**config)
     path = Path(path)
