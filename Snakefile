@@ -40,11 +40,15 @@ if uses_demo(config):
 
 include: "rules/fmri.smk"
 include: "rules/stimuli.smk"
+include: "rules/models.smk"
+include: "rules/caches.smk"
 
 
-# The furthest outputs that exist: aligned fMRI of every subject, frames of every stimulus.
+# The furthest outputs that exist: aligned fMRI of every subject, frames of every
+# stimulus, and the feature caches.
 rule all:
     default_target: True
     input:
         aligned_stores,
         frame_stores,
+        cache_stores,

@@ -74,6 +74,57 @@ def _cmd_frames(args: argparse.Namespace) -> None:
     )
 
 
+def _model_args(args: argparse.Namespace) -> dict:
+    from pipeline.models.loading import resolve_device, resolve_dtype
+
+    return {
+        "model": args.model,
+        "device": resolve_device(args.device),
+        "dtype": resolve_dtype(args.dtype),
+    }
+
+
+def _cmd_tiny_models(args: argparse.Namespace) -> None:
+    from pipeline.models.tiny import write_tiny_models
+
+    write_tiny_models(args.output, args.frames, seed=args.seed, vae_steps=args.vae_steps)
+
+
+def _cmd_download_models(args: argparse.Namespace) -> None:
+    from pipeline.models.download import download_preset
+
+    download_preset(args.preset, args.root)
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from pipeline import caches
+
+    model = _model_args(args)
+    if args.kind == "vae":
+        caches.cache_vae_latents(args.frames, args.output, batch_size=args.batch_size, **model)
+    elif args.kind == "clip-images":
+        caches.cache_clip_images(
+            args.frames,
+            args.output,
+            candidates=args.candidates,
+            batch_size=args.batch_size,
+            **model,
+        )
+    elif args.kind == "captions":
+        caches.cache_captions(
+            args.frames,
+            args.output,
+            candidates=args.candidates,
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens,
+            num_beams=args.num_beams,
+            batch_size=args.batch_size,
+            **model,
+        )
+    else:
+        caches.cache_clip_text(args.captions, args.output, **model)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
@@ -138,6 +189,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_cmd_frames)
+
+    p = sub.add_parser("tiny-models", help="write the tiny preset (VAE fitted to the frames)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--frames", nargs="+", required=True, help="frame stores to fit the VAE on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.set_defaults(func=_cmd_tiny_models)
+
+    p = sub.add_parser("download-models", help="fetch a preset's models from the hub (network)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--root", required=True)
+    p.set_defaults(func=_cmd_download_models)
+
+    p = sub.add_parser("cache", help="a feature cache: vae, clip-images, captions, clip-text")
+    p.add_argument("kind", choices=["vae", "clip-images", "captions", "clip-text"])
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--frames", nargs="+", help="frame stores, in sample order")
+    p.add_argument("--captions", help="captions store (clip-text)")
+    p.add_argument("--candidates", nargs="+", type=int, help="keyframe candidate frame indices")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--min-new-tokens", type=int, default=3)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
     p.add_argument("path")

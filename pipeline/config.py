@@ -120,6 +120,15 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config key 'frames.fps': {config['frames']['fps']} frames/s does not give a whole "
             f"number of frames per TR of {float(tr)} s"
         )
+    per_clip = tr * config["frames"]["fps"]
+    too_late = [k for k in config["keyframes"]["candidates"] if k >= per_clip]
+    if too_late:
+        raise ConfigError(
+            f"config key 'keyframes.candidates': frame indices {too_late} do not exist in a clip "
+            f"of {int(per_clip)} frames"
+        )
+    if config["captions"]["min_new_tokens"] > config["captions"]["max_new_tokens"]:
+        raise ConfigError("config key 'captions.min_new_tokens': exceeds captions.max_new_tokens")
     demo = config["demo"]
     if (Fraction(str(demo["segment_duration_s"])) / tr).denominator != 1:
         raise ConfigError(

@@ -84,4 +84,27 @@ def aligned_stores(wildcards):
 
 
 def frame_stores(wildcards):
+    """Frame stores of every segment, training then test: the sample order of the caches."""
     return expand("results/frames/{segment}.zarr", segment=SEGMENTS)
+
+
+MODELS_CONFIG = config["models"]
+
+
+def preset_dir():
+    """Directory of the configured model preset (written by tiny_models or download_models)."""
+    return f"{MODELS_CONFIG['root']}/{MODELS_CONFIG['preset']}"
+
+
+def training_frame_stores(wildcards):
+    """Frame stores of the training segments (what the tiny VAE is fitted on)."""
+    return expand("results/frames/{segment}.zarr", segment=DATASET.train_segments)
+
+
+def cache_stores(wildcards):
+    return [
+        "results/cache/vae_latents.zarr",
+        "results/cache/clip_images.zarr",
+        "results/cache/captions.zarr",
+        "results/cache/clip_text.zarr",
+    ]

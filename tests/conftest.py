@@ -28,7 +28,11 @@ SMALL_DEMO = {
     "cortex_vertices": [600, 600],
     "subcortical_voxels": 100,
 }
-SMALL_OVERLAY = {"demo": SMALL_DEMO, "frames": {"size": 32}}
+SMALL_OVERLAY = {
+    "demo": SMALL_DEMO,
+    "frames": {"size": 32},
+    "models": {"tiny_vae_steps": 30, "batch_size": 64},
+}
 
 
 def small_config(**sections) -> dict:

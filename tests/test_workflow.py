@@ -13,6 +13,7 @@ from tests.conftest import SMALL_DEMO, planned_jobs, snakemake
 
 N_TRAIN, N_TEST = SMALL_DEMO["n_train_segments"], SMALL_DEMO["n_test_segments"]
 N_CLIPS = SMALL_DEMO["segment_duration_s"] // 2
+CACHES = ("cache_vae", "cache_clip_images", "cache_captions", "cache_clip_text")
 
 
 def test_outputs_of_the_main_job(workspace):
@@ -44,7 +45,28 @@ def test_complete_run_has_nothing_to_do(workspace):
             {"preprocess": {"detrend_order": 3}},
             {"preprocess": 1, "select_voxels": 1, "align": 1, "all": 1},
         ),
-        ({"frames": {"size": 40}}, {"extract_frames": N_TRAIN + N_TEST, "all": 1}),
+        (
+            {"frames": {"size": 40}},
+            {
+                "extract_frames": N_TRAIN + N_TEST,
+                "tiny_models": 1,
+                **dict.fromkeys(CACHES, 1),
+                "all": 1,
+            },
+        ),
+        (
+            {"captions": {"max_new_tokens": 12}},
+            {"cache_captions": 1, "cache_clip_text": 1, "all": 1},
+        ),
+        (
+            {"keyframes": {"candidates": [2]}},
+            {"cache_clip_images": 1, "cache_captions": 1, "cache_clip_text": 1, "all": 1},
+        ),
+        (
+            {"models": {"preset": "paper"}},
+            {"download_models": 1, **dict.fromkeys(CACHES, 1), "all": 1},
+        ),
+        ({"models": {"batch_size": 7, "device": "cpu"}}, {}),
     ],
 )
 def test_changing_a_key_reruns_only_its_stage_and_descendants(workspace, overlay, expected):

@@ -164,3 +164,71 @@ def write_tiny_captioner(path: str | os.PathLike, seed: int = 0, num_query_token
     processor.save_pretrained(str(path))
     model.save_pretrained(str(path), safe_serialization=True)
     return Path(path)
+
+
+def write_tiny_models(
+    output: str | os.PathLike,
+    frame_stores: list[str | os.PathLike],
+    *,
+    seed: int = 0,
+    vae_steps: int = 600,
+    held_out: int = 64,
+) -> dict:
+    """Write the whole tiny preset to ``output/{clip,vae,captioner}``.
+
+    The VAE is fitted to the frames of ``frame_stores`` (the training stimuli)
+    and its ``scaling_factor`` set to one over the standard deviation of the
+    latents, as for the SD VAE; ``output/vae/metadata.json`` records the
+    reconstruction SSIM on ``held_out`` frames not used for fitting. The
+    directory appears only once complete.
+
+    Returns
+    -------
+    dict
+        The VAE metadata.
+    """
+    import numpy as np
+    import zarr
+
+    from pipeline.models.fit import encode_frames, fit_vae, reconstruction_ssim
+    from pipeline.models.loading import load_vae
+    from pipeline.stores import atomic_output
+
+    frames = np.concatenate(
+        [
+            np.asarray(zarr.open_group(p, mode="r")["frames"][:]).reshape(-1, *_frame_shape(p))
+            for p in frame_stores
+        ]
+    )
+    order = np.random.default_rng(seed).permutation(len(frames))
+    held, train = frames[order[:held_out]], frames[order[held_out:]]
+    with atomic_output(output) as tmp:
+        write_tiny_clip(tmp / "clip", seed)
+        write_tiny_captioner(tmp / "captioner", seed)
+        write_tiny_vae(tmp / "vae", seed, sample_size=frames.shape[1])
+        vae = load_vae(tmp / "vae")
+        ssim_before = reconstruction_ssim(vae, held)
+        losses = fit_vae(vae, train, vae_steps, seed=seed)
+        latents = encode_frames(vae, train[:: max(1, len(train) // 512)])
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        metadata = {
+            "fitted_on": [str(p) for p in frame_stores],
+            "n_frames": int(len(train)),
+            "steps": vae_steps,
+            "seed": seed,
+            "final_loss": losses[-1] if losses else None,
+            "reconstruction_ssim": reconstruction_ssim(vae, held),
+            "reconstruction_ssim_unfitted": ssim_before,
+            "ssim_variant": "skimage structural_similarity, RGB uint8, 7x7 window",
+            "held_out_frames": int(len(held)),
+            "scaling_factor": vae.config.scaling_factor,
+        }
+        vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        (tmp / "vae" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
+def _frame_shape(store) -> tuple[int, int, int]:
+    import zarr
+
+    return tuple(zarr.open_group(store, mode="r")["frames"].shape[2:])

@@ -1,0 +1,253 @@
+"""Feature caches shared by all subjects: VAE latents, CLIP image tokens, captions, text embeddings.
+
+Frames come from the frame stores (each stimulus was decoded once). Every
+cache is a Zarr store with one sample per clip, in the order of the frame
+stores given (``segment`` and ``clip`` arrays name each sample), float16
+features chunked by clip, written batch by batch with a progress bar and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from tqdm.auto import tqdm
+
+from pipeline.models.loading import load_captioner, load_clip, load_vae
+from pipeline.stores import atomic_output, create_array, open_store, provenance
+
+__all__ = ["cache_captions", "cache_clip_images", "cache_clip_text", "cache_vae_latents"]
+
+
+def _clip_batches(
+    frame_stores: Sequence[str | os.PathLike], batch_size: int, frames: Sequence[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_sample, frames)`` over the clips of all stores, ``batch_size`` at a time.
+
+    ``frames`` selects frame indices within each clip (default all).
+    """
+    start = 0
+    for path in frame_stores:
+        array = open_store(path, stage="extract_frames")["frames"]
+        for first in range(0, array.shape[0], batch_size):
+            block = array[first : first + batch_size]
+            yield start + first, block if frames is None else block[:, list(frames)]
+        start += array.shape[0]
+
+
+def _sample_index(frame_stores: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+    segments, clips = [], []
+    for path in frame_stores:
+        n = open_store(path, stage="extract_frames")["frames"].shape[0]
+        segments.append(np.full(n, Path(path).name.removesuffix(".zarr")))
+        clips.append(np.arange(n, dtype=np.int32))
+    return np.concatenate(segments), np.concatenate(clips)
+
+
+def _new_cache(tmp: Path, frame_stores, stage: str, params: dict, inputs) -> zarr.Group:
+    store = zarr.open_group(tmp, mode="w")
+    segment, clip = _sample_index(frame_stores)
+    create_array(store, "segment", data=segment, dims=["sample"])
+    create_array(store, "clip", data=clip, dims=["sample"])
+    store.attrs["provenance"] = provenance(stage, params, [*map(str, frame_stores), *inputs])
+    return store
+
+
+def _to_tensor(frames: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 (..., h, w, 3) → float (n, 3, h, w) in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:])))
+    return x.to(device).permute(0, 3, 1, 2).to(dtype) / 255.0
+
+
+@torch.no_grad()
+def cache_vae_latents(
+    frame_stores: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+) -> None:
+    """VAE latents (``latent_dist.mode() * scaling_factor``) of every frame of every clip.
+
+    Store: ``latents`` (sample, frame, channel, y, x) float16, chunked by clip.
+    """
+    vae = load_vae(model, device, dtype)
+    n_samples = len(_sample_index(frame_stores)[0])
+    first = open_store(frame_stores[0], stage="extract_frames")["frames"]
+    per_clip, size = first.shape[1], first.shape[2]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (n_samples, per_clip, vae.config.latent_channels, size // factor, size // factor)
+    params = {"model": str(model), "dtype": str(dtype), "scaling_factor": vae.config.scaling_factor}
+    clips_per_batch = max(1, batch_size // per_clip)
+    with atomic_output(output) as tmp:
+        store = _new_cache(tmp, frame_stores, "cache_vae", params, [str(model)])
+        latents = create_array(
+            store,
+            "latents",
+            shape=shape,
+            dtype=np.float16,
+            dims=["sample", "frame", "channel", "y", "x"],
+            chunks=(1, *shape[1:]),
+        )
+        progress = tqdm(total=n_samples, desc="VAE latents", unit="clip")
+        for start, frames in _clip_batches(frame_stores, clips_per_batch):
+            x = _to_tensor(frames, vae.device, vae.dtype) * 2 - 1
+            z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            n = frames.shape[0]
+            latents[start : start + n] = z.float().cpu().numpy().reshape(n, *shape[1:])
+            progress.update(n)
+        progress.close()
+
+
+def _clip_preprocess(x: torch.Tensor, model) -> torch.Tensor:
+    """Resize (bicubic, antialiased) to the visual tower's size and normalise."""
+    size = model.visual.image_size
+    size = size if isinstance(size, tuple) else (size, size)
+    x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    mean = torch.tensor(model.visual.image_mean, device=x.device, dtype=x.dtype)[:, None, None]
+    std = torch.tensor(model.visual.image_std, device=x.device, dtype=x.dtype)[:, None, None]
+    return (x.clamp(0, 1) - mean) / std
+
+
+@torch.no_grad()
+def cache_clip_images(
+    frame_stores: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    candidates: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+) -> None:
+    """OpenCLIP image tokens and pooled embeddings of the keyframe candidates.
+
+    Store: ``tokens`` (sample, candidate, token, width) — the visual tower's
+    tokens after ``ln_post``, CLS excluded, no projection — and ``image_embeds``
+    (sample, candidate, embed), both float16 and chunked by clip.
+    """
+    clip, _ = load_clip(model, device, dtype)
+    n_samples = len(_sample_index(frame_stores)[0])
+    probe = clip.visual(_clip_preprocess(torch.zeros(1, 3, 8, 8, device=device, dtype=dtype), clip))
+    (_, embed), (_, n_tokens, width) = probe[0].shape, probe[1].shape
+    k = len(candidates)
+    params = {"model": str(model), "dtype": str(dtype), "candidates": list(candidates)}
+    clips_per_batch = max(1, batch_size // k)
+    with atomic_output(output) as tmp:
+        store = _new_cache(tmp, frame_stores, "cache_clip_images", params, [str(model)])
+        tokens = create_array(
+            store,
+            "tokens",
+            shape=(n_samples, k, n_tokens, width),
+            dtype=np.float16,
+            dims=["sample", "candidate", "token", "width"],
+            chunks=(1, k, n_tokens, width),
+        )
+        embeds = create_array(
+            store,
+            "image_embeds",
+            shape=(n_samples, k, embed),
+            dtype=np.float16,
+            dims=["sample", "candidate", "embed"],
+            chunks=(min(n_samples, 1024), k, embed),
+        )
+        store.attrs["candidates"] = list(candidates)
+        progress = tqdm(total=n_samples, desc="CLIP image tokens", unit="clip")
+        pooled_all = np.zeros((n_samples, k, embed), np.float16)
+        for start, frames in _clip_batches(frame_stores, clips_per_batch, candidates):
+            x = _clip_preprocess(_to_tensor(frames, device, dtype), clip)
+            pooled, toks = clip.visual(x)
+            n = frames.shape[0]
+            tokens[start : start + n] = toks.float().cpu().numpy().reshape(n, k, n_tokens, width)
+            pooled_all[start : start + n] = pooled.float().cpu().numpy().reshape(n, k, embed)
+            progress.update(n)
+        embeds[:] = pooled_all
+        progress.close()
+
+
+@torch.no_grad()
+def cache_captions(
+    frame_stores: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    candidates: Sequence[int],
+    max_new_tokens: int,
+    min_new_tokens: int,
+    num_beams: int = 1,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+) -> None:
+    """BLIP-2 captions of the keyframe candidates: ``captions`` (sample, candidate) str."""
+    processor, captioner = load_captioner(model, device, dtype)
+    n_samples = len(_sample_index(frame_stores)[0])
+    k = len(candidates)
+    generation = {
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
+        "num_beams": num_beams,
+        "do_sample": False,
+    }
+    params = {"model": str(model), "dtype": str(dtype), "candidates": list(candidates)} | generation
+    captions = np.empty((n_samples, k), dtype=object)
+    with atomic_output(output) as tmp:
+        store = _new_cache(tmp, frame_stores, "cache_captions", params, [str(model)])
+        progress = tqdm(total=n_samples, desc="captions", unit="clip")
+        for start, frames in _clip_batches(frame_stores, max(1, batch_size // k), candidates):
+            images = list(frames.reshape(-1, *frames.shape[-3:]))
+            inputs = processor(images=images, return_tensors="pt").to(device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            out = captioner.generate(**inputs, **generation)
+            text = [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+            n = frames.shape[0]
+            captions[start : start + n] = np.array(text, dtype=object).reshape(n, k)
+            progress.update(n)
+        progress.close()
+        create_array(store, "captions", data=captions.astype(str), dims=["sample", "candidate"])
+        store.attrs["candidates"] = list(candidates)
+
+
+@torch.no_grad()
+def cache_clip_text(
+    captions: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 256,
+) -> None:
+    """OpenCLIP text embeddings of every caption: ``text_embeds`` (sample, candidate, embed)."""
+    clip, tokenizer = load_clip(model, device, dtype)
+    source = open_store(captions, stage="cache_captions")
+    text = source["captions"][:]
+    flat = [str(t) for t in text.ravel()]
+    params = {"model": str(model), "dtype": str(dtype)}
+    with atomic_output(output) as tmp:
+        store = zarr.open_group(tmp, mode="w")
+        create_array(store, "segment", data=source["segment"][:], dims=["sample"])
+        create_array(store, "clip", data=source["clip"][:], dims=["sample"])
+        embeds = [
+            clip.encode_text(tokenizer(flat[i : i + batch_size]).to(device)).float().cpu().numpy()
+            for i in tqdm(range(0, len(flat), batch_size), desc="CLIP text", unit="batch")
+        ]
+        values = np.concatenate(embeds).reshape(*text.shape, -1).astype(np.float16)
+        create_array(
+            store,
+            "text_embeds",
+            data=values,
+            dims=["sample", "candidate", "embed"],
+            chunks=(min(len(values), 1024), *values.shape[1:]),
+        )
+        store.attrs["provenance"] = provenance(
+            "cache_clip_text", params, [str(captions), str(model)]
+        )

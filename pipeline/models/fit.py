@@ -1,0 +1,104 @@
+"""Fitting the tiny preset's VAE to the stimulus frames, so its latents decode to images.
+
+The Stable Diffusion VAE of the paper preset was trained on natural images; the
+tiny preset's VAE starts random, so the ``tiny_models`` rule fits it to the
+training stimuli's frames (random crops, L1 reconstruction + a small KL term,
+as in the LDM autoencoder without its adversarial part) and records how well it
+reconstructs held-out frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+from tqdm.auto import tqdm
+
+__all__ = ["encode_frames", "fit_vae", "reconstruction_ssim"]
+
+
+def _to_model(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (n, h, w, 3) → float (n, 3, h, w) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _to_image(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def fit_vae(
+    vae,
+    frames: np.ndarray,
+    steps: int,
+    seed: int = 0,
+    crop: int = 64,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    kl_weight: float = 1e-6,
+):
+    """Fit ``vae`` (a diffusers ``AutoencoderKL``) to random crops of ``frames``.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n_frames, height, width, 3), uint8
+    steps : int
+        Optimisation steps (AdamW, cosine learning-rate decay).
+    crop : int
+        Side of the square training crops (the VAE is fully convolutional).
+
+    Returns
+    -------
+    list of float
+        The loss of every step.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    n, h, w, _ = frames.shape
+    crop = min(crop, h, w)
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    losses = []
+    for _ in tqdm(range(steps), desc="fit tiny VAE", unit="step"):
+        idx = rng.integers(0, n, batch_size)
+        ys = rng.integers(0, h - crop + 1, batch_size)
+        xs = rng.integers(0, w - crop + 1, batch_size)
+        batch = np.stack(
+            [frames[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)]
+        )
+        x = _to_model(batch)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = (recon - x).abs().mean() + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def encode_frames(vae, frames: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    """Latent means (``latent_dist.mode()``, unscaled) of uint8 frames, in batches."""
+    return torch.cat(
+        [
+            vae.encode(_to_model(frames[i : i + batch_size])).latent_dist.mode()
+            for i in range(0, len(frames), batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def reconstruction_ssim(vae, frames: np.ndarray, batch_size: int = 32) -> float:
+    """Mean SSIM (skimage, RGB, data range 255) of frames against their VAE round trip."""
+    scores = []
+    for i in range(0, len(frames), batch_size):
+        batch = frames[i : i + batch_size]
+        recon = _to_image(vae.decode(vae.encode(_to_model(batch)).latent_dist.mode()).sample)
+        scores += [
+            structural_similarity(a, b, channel_axis=-1, data_range=255)
+            for a, b in zip(batch, recon, strict=True)
+        ]
+    return float(np.mean(scores))

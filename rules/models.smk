@@ -1,0 +1,43 @@
+"""Model presets: the tiny preset written here, the paper preset fetched from the hub."""
+
+
+localrules:
+    download_models,
+
+
+rule tiny_models:
+    """Tiny open_clip / diffusers / transformers models in hub layouts; VAE fitted to the frames."""
+    input:
+        training_frame_stores,
+    output:
+        directory(f"{MODELS_CONFIG['root']}/tiny"),
+    log:
+        "logs/tiny_models/tiny_models.log",
+    benchmark:
+        "benchmarks/tiny_models/tiny_models.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        models=config_values("models", "tiny_seed", "tiny_vae_steps"),
+    shell:
+        "python -m pipeline tiny-models --output {output:q} --frames {input:q}"
+        " --seed {params.models[tiny_seed]} --vae-steps {params.models[tiny_vae_steps]}"
+        " > {log:q} 2>&1"
+
+
+rule download_models:
+    """Fetch the paper preset from the Hugging Face hub (the only rule that uses the network)."""
+    output:
+        directory(f"{MODELS_CONFIG['root']}/paper"),
+    log:
+        "logs/download_models/download_models.log",
+    conda:
+        "../envs/models.yaml"
+    params:
+        root=MODELS_CONFIG["root"],
+    shell:
+        "python -m pipeline download-models --preset paper --root {params.root:q} > {log:q} 2>&1"

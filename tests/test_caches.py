@@ -1,0 +1,57 @@
+"""Feature caches of the demo run: shapes and dtypes the preset implies, and their content."""
+
+import numpy as np
+import torch
+
+from pipeline.caches import _clip_preprocess, _to_tensor
+from pipeline.models import load_clip
+from pipeline.stores import open_store
+from tests.conftest import SMALL_DEMO
+
+N_SAMPLES = (SMALL_DEMO["n_train_segments"] + SMALL_DEMO["n_test_segments"]) * (
+    SMALL_DEMO["segment_duration_s"] // 2
+)
+
+
+def test_vae_latents(workspace):
+    cache = open_store(workspace / "results/cache/vae_latents.zarr", stage="cache_vae")
+    latents = cache["latents"]
+    assert latents.shape == (N_SAMPLES, 6, 4, 32 // 8, 32 // 8)
+    assert latents.dtype == np.float16 and latents.chunks[0] == 1
+    values = latents[:20]
+    assert np.isfinite(values).all() and values.std() > 0.1
+    assert list(cache["segment"][:2]) == ["seg1", "seg1"] and cache["clip"][1] == 1
+
+
+def test_clip_tokens(workspace):
+    cache = open_store(workspace / "results/cache/clip_images.zarr", stage="cache_clip_images")
+    tokens, embeds = cache["tokens"], cache["image_embeds"]
+    assert tokens.shape == (N_SAMPLES, 2, 256, 64) and tokens.dtype == np.float16
+    assert embeds.shape == (N_SAMPLES, 2, 32) and embeds.dtype == np.float16
+    first = tokens[0]
+    assert not np.array_equal(first[0], first[1])  # frames 2 and 3 of a clip differ
+    # the same frame gives the same tokens: recompute frame 2 of clip 0 directly
+    model, _ = load_clip(workspace / "resources/models/tiny/clip")
+    frame = open_store(workspace / "results/frames/seg1.zarr")["frames"][0, 2]
+    with torch.no_grad():
+        _, again = model.visual(
+            _clip_preprocess(_to_tensor(frame[None], "cpu", torch.float32), model)
+        )
+    np.testing.assert_array_equal(again[0].numpy().astype(np.float16), first[0])
+
+
+def test_captions_and_their_embeddings(workspace):
+    captions = open_store(workspace / "results/cache/captions.zarr", stage="cache_captions")
+    text = captions["captions"][:]
+    assert text.shape == (N_SAMPLES, 2)
+    assert all(isinstance(t, str) and t.strip() for t in text.ravel())
+    embeds = open_store(workspace / "results/cache/clip_text.zarr", stage="cache_clip_text")
+    assert embeds["text_embeds"].shape == (N_SAMPLES, 2, 32)
+    assert embeds["text_embeds"].dtype == np.float16
+
+
+def test_tiny_vae_was_fitted(workspace):
+    import json
+
+    meta = json.loads((workspace / "resources/models/tiny/vae/metadata.json").read_text())
+    assert meta["reconstruction_ssim"] > meta["reconstruction_ssim_unfitted"]
