@@ -9,7 +9,10 @@ renamed into place only when complete.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +26,52 @@ from pipeline.models.loading import load_captioner, load_clip, load_vae
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = ["cache_captions", "cache_clip_images", "cache_clip_text", "cache_vae_latents"]
+
+log = logging.getLogger(__name__)
+
+
+class _ModelTimer:
+    """Wall time inside the model calls against the whole stage, recorded in the store.
+
+    The goal for the cache stages is that reading frames, converting and writing
+    take at most 15 % of the wall time: the model should be kept busy.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.start = self.loop_start = time.perf_counter()
+        self.model_s = 0.0
+        self.cuda = torch.device(device).type == "cuda"
+
+    def loaded(self) -> None:
+        """Mark the end of model loading: the batch loop starts here."""
+        self.loop_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def model(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.model_s += time.perf_counter() - start
+
+    def record(self, store: zarr.Group, stage: str) -> None:
+        loop = time.perf_counter() - self.loop_start
+        load = self.loop_start - self.start
+        outside = 1.0 - self.model_s / loop if loop > 0 else 0.0
+        store.attrs["timing"] = {
+            "load_s": round(load, 3),
+            "loop_s": round(loop, 3),
+            "model_s": round(self.model_s, 3),
+            "outside_model_fraction": round(outside, 4),
+        }
+        log.info(
+            "%s: model loaded in %.1f s; batches %.1f s, %.1f s in model calls (%.1f %% outside)",
+            stage,
+            load,
+            loop,
+            self.model_s,
+            100 * outside,
+        )
 
 
 def _clip_batches(
@@ -79,7 +128,9 @@ def cache_vae_latents(
 
     Store: ``latents`` (sample, frame, channel, y, x) float16, chunked by clip.
     """
+    timer = _ModelTimer(device)
     vae = load_vae(model, device, dtype)
+    timer.loaded()
     n_samples = len(_sample_index(frame_stores)[0])
     first = open_store(frame_stores[0], stage="extract_frames")["frames"]
     per_clip, size = first.shape[1], first.shape[2]
@@ -100,11 +151,13 @@ def cache_vae_latents(
         progress = tqdm(total=n_samples, desc="VAE latents", unit="clip")
         for start, frames in _clip_batches(frame_stores, clips_per_batch):
             x = _to_tensor(frames, vae.device, vae.dtype) * 2 - 1
-            z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            with timer.model():
+                z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
             n = frames.shape[0]
             latents[start : start + n] = z.float().cpu().numpy().reshape(n, *shape[1:])
             progress.update(n)
         progress.close()
+        timer.record(store, "cache_vae")
 
 
 def _clip_preprocess(x: torch.Tensor, model) -> torch.Tensor:
@@ -134,7 +187,9 @@ def cache_clip_images(
     tokens after ``ln_post``, CLS excluded, no projection — and ``image_embeds``
     (sample, candidate, embed), both float16 and chunked by clip.
     """
+    timer = _ModelTimer(device)
     clip, _ = load_clip(model, device, dtype)
+    timer.loaded()
     n_samples = len(_sample_index(frame_stores)[0])
     probe = clip.visual(_clip_preprocess(torch.zeros(1, 3, 8, 8, device=device, dtype=dtype), clip))
     (_, embed), (_, n_tokens, width) = probe[0].shape, probe[1].shape
@@ -164,13 +219,15 @@ def cache_clip_images(
         pooled_all = np.zeros((n_samples, k, embed), np.float16)
         for start, frames in _clip_batches(frame_stores, clips_per_batch, candidates):
             x = _clip_preprocess(_to_tensor(frames, device, dtype), clip)
-            pooled, toks = clip.visual(x)
+            with timer.model():
+                pooled, toks = clip.visual(x)
             n = frames.shape[0]
             tokens[start : start + n] = toks.float().cpu().numpy().reshape(n, k, n_tokens, width)
             pooled_all[start : start + n] = pooled.float().cpu().numpy().reshape(n, k, embed)
             progress.update(n)
         embeds[:] = pooled_all
         progress.close()
+        timer.record(store, "cache_clip_images")
 
 
 @torch.no_grad()
@@ -188,7 +245,9 @@ def cache_captions(
     batch_size: int = 32,
 ) -> None:
     """BLIP-2 captions of the keyframe candidates: ``captions`` (sample, candidate) str."""
+    timer = _ModelTimer(device)
     processor, captioner = load_captioner(model, device, dtype)
+    timer.loaded()
     n_samples = len(_sample_index(frame_stores)[0])
     k = len(candidates)
     generation = {
@@ -206,7 +265,8 @@ def cache_captions(
             images = list(frames.reshape(-1, *frames.shape[-3:]))
             inputs = processor(images=images, return_tensors="pt").to(device)
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            out = captioner.generate(**inputs, **generation)
+            with timer.model():
+                out = captioner.generate(**inputs, **generation)
             text = [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
             n = frames.shape[0]
             captions[start : start + n] = np.array(text, dtype=object).reshape(n, k)
@@ -214,6 +274,7 @@ def cache_captions(
         progress.close()
         create_array(store, "captions", data=captions.astype(str), dims=["sample", "candidate"])
         store.attrs["candidates"] = list(candidates)
+        timer.record(store, "cache_captions")
 
 
 @torch.no_grad()
@@ -227,7 +288,9 @@ def cache_clip_text(
     batch_size: int = 256,
 ) -> None:
     """OpenCLIP text embeddings of every caption: ``text_embeds`` (sample, candidate, embed)."""
+    timer = _ModelTimer(device)
     clip, tokenizer = load_clip(model, device, dtype)
+    timer.loaded()
     source = open_store(captions, stage="cache_captions")
     text = source["captions"][:]
     flat = [str(t) for t in text.ravel()]
@@ -236,10 +299,11 @@ def cache_clip_text(
         store = zarr.open_group(tmp, mode="w")
         create_array(store, "segment", data=source["segment"][:], dims=["sample"])
         create_array(store, "clip", data=source["clip"][:], dims=["sample"])
-        embeds = [
-            clip.encode_text(tokenizer(flat[i : i + batch_size]).to(device)).float().cpu().numpy()
-            for i in tqdm(range(0, len(flat), batch_size), desc="CLIP text", unit="batch")
-        ]
+        embeds = []
+        for i in tqdm(range(0, len(flat), batch_size), desc="CLIP text", unit="batch"):
+            tokens = tokenizer(flat[i : i + batch_size]).to(device)
+            with timer.model():
+                embeds.append(clip.encode_text(tokens).float().cpu().numpy())
         values = np.concatenate(embeds).reshape(*text.shape, -1).astype(np.float16)
         create_array(
             store,
@@ -251,3 +315,4 @@ def cache_clip_text(
         store.attrs["provenance"] = provenance(
             "cache_clip_text", params, [str(captions), str(model)]
         )
+        timer.record(store, "cache_clip_text")
