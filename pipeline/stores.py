@@ -57,6 +57,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphaned_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -68,6 +69,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(tmp, path)
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` left by processes that were killed (kill -9)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def create_array(

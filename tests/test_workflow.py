@@ -1,15 +1,18 @@
 """Snakemake end to end: outputs, staleness (only stale stages rerun), real-data mode."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from pipeline.cc2017 import run_path
 from pipeline.stores import open_store
-from tests.conftest import SMALL_DEMO, planned_jobs, snakemake
+from tests.conftest import REPO, SMALL_DEMO, planned_jobs, snakemake
 
 N_TRAIN, N_TEST = SMALL_DEMO["n_train_segments"], SMALL_DEMO["n_test_segments"]
 N_CLIPS = SMALL_DEMO["segment_duration_s"] // 2
@@ -109,3 +112,39 @@ def test_real_dataset_with_a_missing_segment_fails_at_dag_time(real_root, tmp_pa
     result = snakemake(tmp_path, "-n", overlay={"dataset": {"root": str(real_root)}}, check=False)
     assert result.returncode != 0
     assert "no fMRI run of subject1 for segment seg2" in result.stdout + result.stderr
+
+
+def test_killed_cache_stage_is_not_taken_as_complete(workspace):
+    """kill -9 of Snakemake and its job mid-stage: nothing passes for complete, the rerun ends."""
+    cache = workspace / "results/cache"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workspace),
+        "--cores",
+        "1",
+        "--configfile",
+        str(workspace / "overlay.yaml"),
+        "--forcerun",
+        "cache_vae",
+        "results/cache/vae_latents.zarr",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not list(cache.glob(".vae_latents.zarr.tmp-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "stage never started"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cache / "vae_latents.zarr").exists()
+    snakemake(workspace, "--unlock")
+    assert planned_jobs(workspace).get("cache_vae") == 1
+    snakemake(workspace)
+    assert planned_jobs(workspace) == {}
+    assert not list(cache.glob(".vae_latents.zarr.tmp-*"))  # the orphan was cleaned up
