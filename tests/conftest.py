@@ -43,8 +43,8 @@ def small_config(**sections) -> dict:
     return validate_config(config)
 
 
-def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True):
-    """Run Snakemake on the repository's workflow in ``workdir`` with a config overlay."""
+def snakemake_command(workdir: Path, *args: str, overlay: dict | None = None) -> list[str]:
+    """The Snakemake command line for ``workdir``, writing the small-demo config overlay."""
     overlay_file = workdir / "overlay.yaml"
     merged = {k: dict(v) for k, v in SMALL_OVERLAY.items()}
     for key, value in (overlay or {}).items():
@@ -64,6 +64,12 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: boo
         str(overlay_file),
         *args,
     ]
+    return cmd
+
+
+def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True):
+    """Run Snakemake on the repository's workflow in ``workdir`` with a config overlay."""
+    cmd = snakemake_command(workdir, *args, overlay=overlay)
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")

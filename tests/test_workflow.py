@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cc2017 import run_path
 from pipeline.stores import open_store
-from tests.conftest import REPO, SMALL_DEMO, planned_jobs, snakemake
+from tests.conftest import SMALL_DEMO, planned_jobs, snakemake, snakemake_command
 
 N_TRAIN, N_TEST = SMALL_DEMO["n_train_segments"], SMALL_DEMO["n_test_segments"]
 N_CLIPS = SMALL_DEMO["segment_duration_s"] // 2
@@ -117,22 +117,7 @@ def test_real_dataset_with_a_missing_segment_fails_at_dag_time(real_root, tmp_pa
 def test_killed_cache_stage_is_not_taken_as_complete(workspace):
     """kill -9 of Snakemake and its job mid-stage: nothing passes for complete, the rerun ends."""
     cache = workspace / "results/cache"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workspace),
-        "--cores",
-        "1",
-        "--configfile",
-        str(workspace / "overlay.yaml"),
-        "--forcerun",
-        "cache_vae",
-        "results/cache/vae_latents.zarr",
-    ]
+    cmd = snakemake_command(workspace, "--forcerun", "cache_vae", "results/cache/vae_latents.zarr")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
