@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_fmri.py
 	$(BIN)/python bench/bench_frames.py
+	$(BIN)/python bench/bench_caches.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

@@ -1,0 +1,53 @@
+"""Share of each cache stage's batch loop spent outside the model calls, on the demo.
+
+Runs the workflow on the default demo (tiny preset) in bench/output/caches/,
+forcing the four cache stages (one at a time: each takes both cores), and
+reads the `timing` attribute each cache store records (model load, batch loop,
+time inside model calls). Goal (issue 3): at most 15 % of the loop outside
+the model.
+
+    python bench/bench_caches.py      # writes bench/output/caches.json
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import OUTPUT, report  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CACHES = {
+    "cache_vae": "vae_latents",
+    "cache_clip_images": "clip_images",
+    "cache_captions": "captions",
+    "cache_clip_text": "clip_text",
+}
+
+
+def main() -> None:
+    workdir = OUTPUT / "caches"
+    workdir.mkdir(parents=True, exist_ok=True)
+    targets = [f"results/cache/{name}.zarr" for name in CACHES.values()]
+    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    subprocess.run([*base, "--cores", "2", *targets], check=True, capture_output=True)
+    subprocess.run(
+        [*base, "--cores", "2", "--forcerun", *CACHES, "--", *targets],
+        check=True,
+        capture_output=True,
+    )
+    result = {
+        rule: dict(zarr.open_group(workdir / target, mode="r").attrs["timing"])
+        for rule, target in zip(CACHES, targets, strict=True)
+    }
+    result["goal"] = {"outside_model_fraction": "<= 0.15"}
+    report("caches", result)
+
+
+if __name__ == "__main__":
+    main()
