@@ -194,12 +194,9 @@ def write_tiny_models(
     from pipeline.models.loading import load_vae
     from pipeline.stores import atomic_output
 
-    frames = np.concatenate(
-        [
-            np.asarray(zarr.open_group(p, mode="r")["frames"][:]).reshape(-1, *_frame_shape(p))
-            for p in frame_stores
-        ]
-    )
+    clips = [np.asarray(zarr.open_group(p, mode="r")["frames"][:]) for p in frame_stores]
+    frames = np.concatenate([c.reshape(-1, *c.shape[2:]) for c in clips])  # (n_frames, h, w, 3)
+    del clips
     order = np.random.default_rng(seed).permutation(len(frames))
     held, train = frames[order[:held_out]], frames[order[held_out:]]
     with atomic_output(output) as tmp:
@@ -226,9 +223,3 @@ def write_tiny_models(
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         (tmp / "vae" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return metadata
-
-
-def _frame_shape(store) -> tuple[int, int, int]:
-    import zarr
-
-    return tuple(zarr.open_group(store, mode="r")["frames"].shape[2:])
