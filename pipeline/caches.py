@@ -5,6 +5,10 @@ cache is a Zarr store with one sample per clip, in the order of the frame
 stores given (``segment`` and ``clip`` arrays name each sample), float16
 features chunked by clip, written batch by batch with a progress bar and
 renamed into place only when complete.
+
+A background thread reads and prepares the next ``prefetch`` batches (Zarr
+reads, conversion, resizing) and another writes the results, so the model
+runs while the data moves; ``prefetch=0`` does everything in one thread.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +35,9 @@ from pipeline.stores import atomic_output, create_array, open_store, provenance
 __all__ = ["cache_captions", "cache_clip_images", "cache_clip_text", "cache_vae_latents"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_END = object()
 
 
 class _ModelTimer:
@@ -79,7 +89,8 @@ def _clip_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_sample, frames)`` over the clips of all stores, ``batch_size`` at a time.
 
-    ``frames`` selects frame indices within each clip (default all).
+    ``frames`` selects frame indices within each clip (default all). Frame
+    stores are chunked by clip: whole clips are read, then the frames selected.
     """
     start = 0
     for path in frame_stores:
@@ -88,6 +99,55 @@ def _clip_batches(
             block = array[first : first + batch_size]
             yield start + first, block if frames is None else block[:, list(frames)]
         start += array.shape[0]
+
+
+def _ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate over ``items`` produced by a background thread, ``depth`` items ahead.
+
+    The producer (reading Zarr chunks, converting, resizing: mostly GIL-free
+    work) then overlaps with the model call of the batch before. Exceptions
+    of the producer are raised here. ``depth=0`` iterates in the caller's thread.
+    """
+    if depth == 0:
+        yield from items
+        return
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque(pool.submit(next, source, _END) for _ in range(depth))
+        while (item := pending.popleft().result()) is not _END:
+            pending.append(pool.submit(next, source, _END))
+            yield item
+
+
+class _Writer:
+    """Run store writes in a background thread, one at a time, in order."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: Future | None = None
+
+    def __call__(self, fn: Callable[..., object], *args) -> None:
+        self.wait()
+        self.pending = self.pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _setitem(array: zarr.Array, start: int, values: np.ndarray) -> None:
+    array[start : start + len(values)] = values
 
 
 def _sample_index(frame_stores: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +183,7 @@ def cache_vae_latents(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 32,
+    prefetch: int = 2,
 ) -> None:
     """VAE latents (``latent_dist.mode() * scaling_factor``) of every frame of every clip.
 
@@ -148,14 +209,18 @@ def cache_vae_latents(
             dims=["sample", "frame", "channel", "y", "x"],
             chunks=(1, *shape[1:]),
         )
+
+        def batches():
+            for start, frames in _clip_batches(frame_stores, clips_per_batch):
+                yield start, len(frames), _to_tensor(frames, vae.device, vae.dtype) * 2 - 1
+
         progress = tqdm(total=n_samples, desc="VAE latents", unit="clip")
-        for start, frames in _clip_batches(frame_stores, clips_per_batch):
-            x = _to_tensor(frames, vae.device, vae.dtype) * 2 - 1
-            with timer.model():
-                z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
-            n = frames.shape[0]
-            latents[start : start + n] = z.float().cpu().numpy().reshape(n, *shape[1:])
-            progress.update(n)
+        with _Writer() as write:
+            for start, n, x in _ahead(batches(), prefetch):
+                with timer.model():
+                    z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+                write(_setitem, latents, start, z.float().cpu().numpy().reshape(n, *shape[1:]))
+                progress.update(n)
         progress.close()
         timer.record(store, "cache_vae")
 
@@ -180,6 +245,7 @@ def cache_clip_images(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 32,
+    prefetch: int = 2,
 ) -> None:
     """OpenCLIP image tokens and pooled embeddings of the keyframe candidates.
 
@@ -217,14 +283,23 @@ def cache_clip_images(
         store.attrs["candidates"] = list(candidates)
         progress = tqdm(total=n_samples, desc="CLIP image tokens", unit="clip")
         pooled_all = np.zeros((n_samples, k, embed), np.float16)
-        for start, frames in _clip_batches(frame_stores, clips_per_batch, candidates):
-            x = _clip_preprocess(_to_tensor(frames, device, dtype), clip)
-            with timer.model():
-                pooled, toks = clip.visual(x)
-            n = frames.shape[0]
-            tokens[start : start + n] = toks.float().cpu().numpy().reshape(n, k, n_tokens, width)
-            pooled_all[start : start + n] = pooled.float().cpu().numpy().reshape(n, k, embed)
-            progress.update(n)
+
+        def batches():
+            for start, frames in _clip_batches(frame_stores, clips_per_batch, candidates):
+                yield start, len(frames), _clip_preprocess(_to_tensor(frames, device, dtype), clip)
+
+        with _Writer() as write:
+            for start, n, x in _ahead(batches(), prefetch):
+                with timer.model():
+                    pooled, toks = clip.visual(x)
+                write(
+                    _setitem,
+                    tokens,
+                    start,
+                    toks.float().cpu().numpy().reshape(n, *tokens.shape[1:]),
+                )
+                pooled_all[start : start + n] = pooled.float().cpu().numpy().reshape(n, k, embed)
+                progress.update(n)
         embeds[:] = pooled_all
         progress.close()
         timer.record(store, "cache_clip_images")
@@ -243,6 +318,7 @@ def cache_captions(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 32,
+    prefetch: int = 2,
 ) -> None:
     """BLIP-2 captions of the keyframe candidates: ``captions`` (sample, candidate) str."""
     timer = _ModelTimer(device)
@@ -261,14 +337,18 @@ def cache_captions(
     with atomic_output(output) as tmp:
         store = _new_cache(tmp, frame_stores, "cache_captions", params, [str(model)])
         progress = tqdm(total=n_samples, desc="captions", unit="clip")
-        for start, frames in _clip_batches(frame_stores, max(1, batch_size // k), candidates):
-            images = list(frames.reshape(-1, *frames.shape[-3:]))
-            inputs = processor(images=images, return_tensors="pt").to(device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+
+        def batches():
+            for start, frames in _clip_batches(frame_stores, max(1, batch_size // k), candidates):
+                images = list(frames.reshape(-1, *frames.shape[-3:]))
+                inputs = processor(images=images, return_tensors="pt").to(device)
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                yield start, len(frames), inputs
+
+        for start, n, inputs in _ahead(batches(), prefetch):
             with timer.model():
                 out = captioner.generate(**inputs, **generation)
             text = [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
-            n = frames.shape[0]
             captions[start : start + n] = np.array(text, dtype=object).reshape(n, k)
             progress.update(n)
         progress.close()
@@ -286,6 +366,7 @@ def cache_clip_text(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 256,
+    prefetch: int = 2,
 ) -> None:
     """OpenCLIP text embeddings of every caption: ``text_embeds`` (sample, candidate, embed)."""
     timer = _ModelTimer(device)
@@ -300,8 +381,11 @@ def cache_clip_text(
         create_array(store, "segment", data=source["segment"][:], dims=["sample"])
         create_array(store, "clip", data=source["clip"][:], dims=["sample"])
         embeds = []
-        for i in tqdm(range(0, len(flat), batch_size), desc="CLIP text", unit="batch"):
-            tokens = tokenizer(flat[i : i + batch_size]).to(device)
+        batches = (
+            tokenizer(flat[i : i + batch_size]).to(device) for i in range(0, len(flat), batch_size)
+        )
+        total = -(-len(flat) // batch_size)
+        for tokens in tqdm(_ahead(batches, prefetch), total=total, desc="CLIP text", unit="batch"):
             with timer.model():
                 embeds.append(clip.encode_text(tokens).float().cpu().numpy())
         values = np.concatenate(embeds).reshape(*text.shape, -1).astype(np.float16)

@@ -1,9 +1,10 @@
 """Feature caches of the demo run: shapes and dtypes the preset implies, and their content."""
 
 import numpy as np
+import pytest
 import torch
 
-from pipeline.caches import _clip_preprocess, _to_tensor
+from pipeline.caches import _ahead, _clip_preprocess, _to_tensor
 from pipeline.models import load_clip
 from pipeline.stores import open_store
 from tests.conftest import SMALL_DEMO
@@ -55,3 +56,18 @@ def test_tiny_vae_was_fitted(workspace):
 
     meta = json.loads((workspace / "resources/models/tiny/vae/metadata.json").read_text())
     assert meta["reconstruction_ssim"] > meta["reconstruction_ssim_unfitted"]
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    def produce(fail_at=None):
+        for i in range(7):
+            if i == fail_at:
+                raise ValueError(f"bad batch {i}")
+            yield i
+
+    assert list(_ahead(produce(), 2)) == list(_ahead(produce(), 0)) == list(range(7))
+    seen = []
+    with pytest.raises(ValueError, match="bad batch 4"):
+        for item in _ahead(produce(fail_at=4), 2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3]
