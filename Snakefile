@@ -1,4 +1,5 @@
-"""NeuroClips as a reproducible pipeline: raw cc2017 files → aligned fMRI and clip frames.
+"""NeuroClips as a reproducible pipeline: raw cc2017 files → aligned fMRI, clip frames,
+feature caches and trained reconstructors.
 
 Wiring only: configuration, validation, rule modules and the default target.
 All logic lives in the ``pipeline`` package.
@@ -42,13 +43,17 @@ include: "rules/fmri.smk"
 include: "rules/stimuli.smk"
 include: "rules/models.smk"
 include: "rules/caches.smk"
+include: "rules/reconstructors.smk"
 
 
 # The furthest outputs that exist: aligned fMRI of every subject, frames of every
-# stimulus, and the feature caches.
+# stimulus, the feature caches, and the blurry videos and CLIP embeddings of every subject's
+# test clips.
 rule all:
     default_target: True
     input:
         aligned_stores,
         frame_stores,
         cache_stores,
+        blurry_stores,
+        embedding_stores,

@@ -125,6 +125,66 @@ def _cmd_cache(args: argparse.Namespace) -> None:
         caches.cache_clip_text(args.captions, args.output, **model)
 
 
+def _cmd_train_perception(args: argparse.Namespace) -> None:
+    from pipeline.reconstructors.stages import train_perception
+
+    train_perception(
+        args.aligned,
+        args.vae_cache,
+        args.output,
+        settings=json.loads(args.settings),
+        checkpoint_dir=args.checkpoints,
+        device=args.device,
+        stop_after_epoch=args.stop_after_epoch,
+    )
+
+
+def _cmd_predict_perception(args: argparse.Namespace) -> None:
+    from pipeline.models.loading import resolve_device, resolve_dtype
+    from pipeline.reconstructors.stages import predict_perception
+
+    predict_perception(
+        args.model_dir,
+        args.aligned,
+        args.vae,
+        args.output,
+        device=resolve_device(args.device),
+        dtype=resolve_dtype(args.dtype),
+        batch_size=args.batch_size,
+    )
+
+
+def _cmd_train_semantic(args: argparse.Namespace) -> None:
+    from pipeline.reconstructors.stages import train_semantic
+
+    train_semantic(
+        args.aligned,
+        args.clip_cache,
+        args.text_cache,
+        args.output,
+        settings=json.loads(args.settings),
+        checkpoint_dir=args.checkpoints,
+        device=args.device,
+        stop_after_epoch=args.stop_after_epoch,
+    )
+
+
+def _cmd_predict_semantic(args: argparse.Namespace) -> None:
+    from pipeline.reconstructors.stages import predict_semantic
+
+    predict_semantic(
+        args.model_dir,
+        args.aligned,
+        args.clip_cache,
+        args.output,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
@@ -216,6 +276,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("train-perception", help="train a subject's Perception Reconstructor")
+    p.add_argument("--aligned", required=True, help="the subject's aligned store")
+    p.add_argument("--vae-cache", required=True, help="the VAE latents cache")
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--settings", required=True, help="effective settings, JSON")
+    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--stop-after-epoch", type=int, help="return after this epoch, leaving the checkpoint"
+    )
+    p.set_defaults(func=_cmd_train_perception)
+
+    p = sub.add_parser("predict-perception", help="blurry videos of a subject's test clips")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--aligned", required=True)
+    p.add_argument("--vae", required=True, help="VAE model directory (decodes the latents)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_predict_perception)
+
+    p = sub.add_parser("train-semantic", help="train a subject's Semantic Reconstructor")
+    p.add_argument("--aligned", required=True, help="the subject's aligned store")
+    p.add_argument("--clip-cache", required=True, help="the CLIP image-token cache")
+    p.add_argument("--text-cache", required=True, help="the CLIP caption-embedding cache")
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--settings", required=True, help="effective settings, JSON")
+    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--stop-after-epoch", type=int, help="return after this epoch, leaving the checkpoint"
+    )
+    p.set_defaults(func=_cmd_train_semantic)
+
+    p = sub.add_parser("predict-semantic", help="fMRI and prior CLIP embeddings of test clips")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--aligned", required=True)
+    p.add_argument("--clip-cache", required=True, help="the CLIP image-token cache (targets)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--steps", type=int, default=20, help="prior sampling steps")
+    p.add_argument("--guidance", type=float, default=1.0, help="prior guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior's noise")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_predict_semantic)
 
     p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
     p.add_argument("path")

@@ -129,6 +129,13 @@ def _check_consistency(config: dict[str, Any]) -> None:
         )
     if config["captions"]["min_new_tokens"] > config["captions"]["max_new_tokens"]:
         raise ConfigError("config key 'captions.min_new_tokens': exceeds captions.max_new_tokens")
+    from pipeline.models.presets import reconstructor_settings
+
+    for name in ("perception", "semantic"):
+        try:
+            reconstructor_settings(config, name)
+        except ValueError as exc:
+            raise ConfigError(f"config key '{name}.architecture': {exc}") from None
     demo = config["demo"]
     if (Fraction(str(demo["segment_duration_s"])) / tr).denominator != 1:
         raise ConfigError(

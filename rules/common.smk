@@ -108,3 +108,26 @@ def cache_stores(wildcards):
         "results/cache/captions.zarr",
         "results/cache/clip_text.zarr",
     ]
+
+
+def reconstructor_json(name):
+    """Effective training settings of a reconstructor (preset sizes + config) as JSON.
+
+    Inference-only keys (the prior's sampling) are left out, so changing them
+    reruns the prediction rule only.
+    """
+    import json
+
+    from pipeline.models.presets import INFERENCE_KEYS, reconstructor_settings
+
+    settings = reconstructor_settings(config, name)
+    training = {k: v for k, v in settings.items() if k not in INFERENCE_KEYS}
+    return json.dumps(training, sort_keys=True)
+
+
+def embedding_stores(wildcards):
+    return expand("results/{subject}/semantic/embeddings.zarr", subject=SUBJECTS)
+
+
+def blurry_stores(wildcards):
+    return expand("results/{subject}/perception/blurry.zarr", subject=SUBJECTS)

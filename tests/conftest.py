@@ -32,6 +32,8 @@ SMALL_OVERLAY = {
     "demo": SMALL_DEMO,
     "frames": {"size": 32},
     "models": {"tiny_vae_steps": 30, "batch_size": 64},
+    "perception": {"epochs": 8},
+    "semantic": {"align_epochs": 10, "prior_epochs": 2},
 }
 
 

@@ -72,3 +72,100 @@ def model_dir(root: str | os.PathLike, preset: str, role: str) -> Path:
     if role not in preset_sources(preset):
         raise ValueError(f"preset {preset!r} has no model for role {role!r}")
     return Path(root) / preset / role
+
+
+#: Sizes of the trainable reconstructors per preset (SPEC §3 for ``paper``); the
+#: ``perception`` / ``semantic`` config sections override any of them.
+RECONSTRUCTORS: dict[str, dict[str, dict]] = {
+    "paper": {
+        "perception": {
+            "architecture": {
+                "extension_width": 256,
+                "extension_blocks": 1,
+                "hidden": 4096,
+                "blocks": 4,
+                "channels": 64,
+                "upsamplings": 2,
+                "heads": 4,
+                "attention_max_size": 14,
+                "dropout": 0.15,
+            },
+            "epochs": 150,
+            "batch_size": 40,
+            "lr": 3e-4,
+        },
+        "semantic": {
+            "architecture": {
+                "hidden": 4096,
+                "blocks": 4,
+                "projector_hidden": 2048,
+                "dropout": 0.15,
+                "prior_depth": 6,
+                "prior_heads": 32,
+                "prior_timesteps": 100,
+                "condition_drop": 0.2,
+            },
+            "align_epochs": 30,
+            "align_batch_size": 240,
+            "prior_epochs": 150,
+            "prior_batch_size": 64,
+        },
+    },
+    "tiny": {
+        "perception": {
+            "architecture": {
+                "extension_width": 64,
+                "extension_blocks": 1,
+                "hidden": 256,
+                "blocks": 2,
+                "channels": 16,
+                "upsamplings": 2,
+                "heads": 2,
+                "attention_max_size": 7,
+                "dropout": 0.1,
+            },
+            "epochs": 15,
+            "batch_size": 32,
+            "lr": 1e-3,
+        },
+        "semantic": {
+            "architecture": {
+                "hidden": 256,
+                "blocks": 2,
+                "projector_hidden": 64,
+                "dropout": 0.1,
+                "prior_depth": 2,
+                "prior_heads": 4,
+                "prior_timesteps": 100,
+                "condition_drop": 0.2,
+            },
+            "align_epochs": 20,
+            "align_batch_size": 32,
+            "prior_epochs": 8,
+            "prior_batch_size": 32,
+        },
+    },
+}
+
+
+#: Settings used only at inference (prediction rules), not by training.
+INFERENCE_KEYS = ("sampling_steps", "guidance")
+
+
+def reconstructor_settings(config: dict, name: str) -> dict:
+    """Effective settings of reconstructor ``name``: the preset's sizes, overridden by config.
+
+    Config keys set to null take the preset's value; ``architecture`` is merged
+    key by key (an unknown architecture key is an error).
+    """
+    preset = config["models"]["preset"]
+    base = RECONSTRUCTORS[preset][name]
+    section = dict(config[name])
+    overrides = section.pop("architecture", {}) or {}
+    unknown = set(overrides) - set(base["architecture"])
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(base['architecture'])}")
+    settings = {k: v for k, v in base.items() if k != "architecture"}
+    settings |= {k: v for k, v in section.items() if v is not None}
+    settings["architecture"] = base["architecture"] | overrides
+    return settings

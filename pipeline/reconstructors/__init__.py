@@ -1,0 +1,1 @@
+"""The trainable parts of NeuroClips: Perception and Semantic Reconstructors."""

@@ -1,0 +1,138 @@
+"""Building blocks and losses shared by the Perception and Semantic Reconstructors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Attention",
+    "ResidualMLP",
+    "info_nce",
+    "mixco_nce",
+    "soft_clip_loss",
+    "top1_retrieval",
+]
+
+
+class ResidualMLP(nn.Module):
+    """``x + Dropout(Linear(GELU(Linear(LayerNorm(x)))))``: the MLP block of the backbones."""
+
+    def __init__(self, width: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(width, width),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention over the second-to-last axis, with a residual.
+
+    Input ``(batch, sequence, width)``; ``torch``'s fused scaled-dot-product
+    kernel does the attention.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.heads, w // self.heads).unbind(2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return x + self.out(y.transpose(1, 2).reshape(b, n, w))
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1).float(), dim=-1)
+
+
+def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Bidirectional InfoNCE: sample ``i`` of ``pred`` against all of ``target`` and back.
+
+    Both inputs are flattened per sample and L2-normalised; the positive of
+    row ``i`` is row ``i``.
+    """
+    p, t = _normalised(pred), _normalised(target)
+    logits = p @ t.T / temperature
+    labels = torch.arange(len(p), device=p.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def mixco_nce(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+    perm: torch.Tensor,
+    betas: torch.Tensor,
+    select: torch.Tensor,
+) -> torch.Tensor:
+    """Bidirectional MixCo InfoNCE (BiMixCo).
+
+    ``pred`` was computed from inputs mixed as ``beta x + (1 - beta) x[perm]``
+    where ``select``; its target distribution puts ``beta`` on its own target
+    and ``1 - beta`` on the partner's. The backward direction (targets to
+    predictions) uses the same soft labels, transposed.
+    """
+    p, t = _normalised(pred), _normalised(target)
+    logits = p @ t.T / temperature
+    n = len(p)
+    eye = torch.eye(n, device=p.device)
+    weight = torch.where(select, betas, torch.ones_like(betas))[:, None]
+    soft = eye * weight + eye[perm] * (1 - weight)
+    forward = -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    backward = -(soft.T * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SoftCLIP: the targets' own similarity distribution as soft labels, both directions."""
+    p, t = _normalised(pred), _normalised(target)
+    target_probs = F.softmax(t @ t.T / temperature, dim=-1)
+    forward = -(target_probs * F.log_softmax(p @ t.T / temperature, dim=-1)).sum(-1).mean()
+    backward = -(target_probs * F.log_softmax(t @ p.T / temperature, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+@torch.no_grad()
+def top1_retrieval(
+    pred: torch.Tensor, target: torch.Tensor, subset: int = 300, repeats: int = 30, seed: int = 0
+) -> tuple[float, float]:
+    """Top-1 accuracy of finding each sample's pair by cosine similarity, both ways.
+
+    The protocol of the paper's appendix C.6 (after MindEye): the true pair
+    among ``subset`` candidates, averaged over ``repeats`` random subsets; with
+    at most ``subset`` samples, once among all. Chance is ``1 / min(subset, n)``.
+
+    Returns ``(pred → target, target → pred)``: keyframe retrieval (the true
+    keyframe among the candidates) and fMRI retrieval (the true fMRI embedding).
+    """
+    p, t = _normalised(pred), _normalised(target)
+    n = len(p)
+    if n <= subset:
+        draws = [torch.arange(n, device=p.device)]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        draws = [
+            torch.randperm(n, generator=generator)[:subset].to(p.device) for _ in range(repeats)
+        ]
+    forward = backward = 0.0
+    for idx in draws:
+        similarity = p[idx] @ t[idx].T
+        labels = torch.arange(len(idx), device=p.device)
+        forward += (similarity.argmax(1) == labels).float().mean().item()
+        backward += (similarity.argmax(0) == labels).float().mean().item()
+    return forward / len(draws), backward / len(draws)

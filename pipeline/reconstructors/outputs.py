@@ -1,0 +1,63 @@
+"""A trained model's directory: weights, exact configuration, metrics, loss curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.errors import StoreError
+from pipeline.reconstructors.training import plot_losses, write_metrics
+
+__all__ = ["read_model_dir", "write_model_dir"]
+
+WEIGHTS, CONFIG, METRICS, CURVES = "model.safetensors", "config.json", "metrics.csv", "loss.png"
+
+
+def write_model_dir(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    config: dict,
+    rows: list[dict],
+    title: str,
+) -> None:
+    """Write ``model.safetensors``, ``config.json``, ``metrics.csv`` and ``loss.png``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    n_params = sum(p.numel() for p in model.parameters())
+    (directory / CONFIG).write_text(json.dumps(config | {"n_parameters": n_params}, indent=2))
+    write_metrics(rows, directory / METRICS)
+    plot_losses(rows, directory / CURVES, title)
+
+
+def read_model_dir(directory: str | os.PathLike, stage: str) -> tuple[dict, dict]:
+    """``(config, state_dict)`` of a model directory written by ``stage``."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        state = load_file(directory / WEIGHTS)
+    except FileNotFoundError as exc:
+        raise StoreError(
+            f"{directory}: not a complete model directory ({exc.filename} is missing); "
+            f"run the {stage} rule"
+        ) from None
+    if config.get("stage") != stage:
+        raise StoreError(f"{directory}: written by {config.get('stage')!r}, expected {stage!r}")
+    return config, state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], directory) -> nn.Module:
+    """Load weights strictly; a mismatch names the directory."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise StoreError(
+            f"{directory}: weights do not fit the recorded architecture: {exc}"
+        ) from None
+    return model

@@ -1,0 +1,472 @@
+"""Training and test-set prediction stages of the reconstructors (one subject each)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from pipeline.models.loading import load_vae, resolve_device
+from pipeline.reconstructors.data import cache_rows, input_identity, load_split
+from pipeline.reconstructors.layers import (
+    info_nce,
+    mixco_nce,
+    soft_clip_loss,
+    top1_retrieval,
+)
+from pipeline.reconstructors.outputs import load_into, read_model_dir, write_model_dir
+from pipeline.reconstructors.perception import (
+    PerceptionConfig,
+    PerceptionReconstructor,
+    perception_loss,
+)
+from pipeline.reconstructors.semantic import (
+    SemanticConfig,
+    SemanticReconstructor,
+    fit_text_projector,
+)
+from pipeline.reconstructors.training import TrainSettings, train
+from pipeline.stores import atomic_output, create_array, open_store, provenance
+
+__all__ = ["predict_perception", "predict_semantic", "train_perception", "train_semantic"]
+
+log = logging.getLogger(__name__)
+
+_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "pct_start", "seed")
+
+
+def _control(rows: torch.Tensor, settings: dict) -> torch.Tensor:
+    """The permutation control: pair each fMRI sample with another sample's clip."""
+    if not settings.get("shuffle_control"):
+        return rows
+    log.warning("shuffle_control: training on permuted fMRI-clip pairs (a chance-level control)")
+    generator = torch.Generator().manual_seed(settings["seed"] + 1)
+    return rows[torch.randperm(len(rows), generator=generator)]
+
+
+def _batches(n: int, size: int):
+    return (slice(i, min(i + size, n)) for i in range(0, n, size))
+
+
+def train_perception(
+    aligned: str | os.PathLike,
+    vae_cache: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    settings: dict,
+    checkpoint_dir: str | os.PathLike,
+    device: str = "auto",
+    stop_after_epoch: int | None = None,
+) -> list[dict] | None:
+    """Train a subject's Perception Reconstructor on its training clips.
+
+    ``settings`` are the effective ones (:func:`pipeline.models.presets.reconstructor_settings`).
+    Writes ``output`` (a model directory: weights, config, metrics.csv, loss.png)
+    atomically; returns the metrics rows, or None when stopped early by
+    ``stop_after_epoch`` (no output then, only the checkpoint).
+    """
+    device = resolve_device(device)
+    train_split, test_split = load_split(aligned, "train"), load_split(aligned, "test")
+    latents = torch.from_numpy(
+        open_store(vae_cache, stage="cache_vae")["latents"][:]
+    )  # float16 (clip, frame, c, h, w)
+    train_rows = _control(
+        torch.from_numpy(cache_rows(vae_cache, train_split, "cache_vae")), settings
+    )
+    test_rows = torch.from_numpy(cache_rows(vae_cache, test_split, "cache_vae"))
+    config = PerceptionConfig(
+        n_voxels=train_split.fmri.shape[1],
+        n_frames=latents.shape[1],
+        latent_shape=tuple(latents.shape[2:]),
+        **settings["architecture"],
+    )
+    torch.manual_seed(settings["seed"])
+    model = PerceptionReconstructor(config).to(device)
+    log.info(
+        "perception reconstructor: %s parameters, %d training / %d test samples, %s",
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        len(train_split),
+        len(test_split),
+        config,
+    )
+    # everything the steps read lives on the device: no per-step disk reads
+    fmri, latents = train_split.fmri.to(device), latents.to(device)
+    train_rows, test_rows = train_rows.to(device), test_rows.to(device)
+    test_fmri = test_split.fmri.to(device)
+    tau, weight = settings["tau"], settings["contrastive_weight"]
+
+    def step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        batch = batch.to(device)
+        target = latents[train_rows[batch]].float()
+        return perception_loss(model(fmri[batch]), target, tau, weight)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        pred = torch.cat([model(test_fmri[s]).float() for s in _batches(len(test_fmri), 64)])
+        target = latents[test_rows].float()
+        losses = perception_loss(pred, target, tau, weight)
+        forward, backward = top1_retrieval(pred, target)
+        return {f"test_{k}": float(v) for k, v in losses.items()} | {
+            "test_latent_top1": forward,
+            "test_fmri_top1": backward,
+        }
+
+    train_settings = TrainSettings(**{k: settings[k] for k in _TRAIN_KEYS})
+    identity = {"settings": settings, "inputs": input_identity(aligned, vae_cache)}
+    rows = train(
+        model,
+        step,
+        len(train_split),
+        train_settings,
+        checkpoint_dir=checkpoint_dir,
+        identity=identity,
+        evaluate=evaluate,
+        device=device,
+        desc="perception",
+        stop_after_epoch=stop_after_epoch,
+    )
+    if len(rows) < train_settings.epochs:
+        log.info("stopped after epoch %d of %d", len(rows), train_settings.epochs)
+        return None
+    record = {
+        "stage": "train_perception",
+        "architecture": config.to_dict(),
+        "settings": settings,
+        "provenance": provenance("train_perception", settings, [str(aligned), str(vae_cache)]),
+    }
+    with atomic_output(output) as tmp:
+        write_model_dir(tmp, model.cpu(), record, rows, "Perception Reconstructor")
+    return rows
+
+
+def load_perception(model_dir: str | os.PathLike, device) -> PerceptionReconstructor:
+    """A trained Perception Reconstructor in eval mode."""
+    record, state = read_model_dir(model_dir, "train_perception")
+    architecture = record["architecture"] | {
+        "latent_shape": tuple(record["architecture"]["latent_shape"])
+    }
+    model = PerceptionReconstructor(PerceptionConfig(**architecture))
+    return load_into(model, state, model_dir).to(device).eval()
+
+
+@torch.no_grad()
+def predict_perception(
+    model_dir: str | os.PathLike,
+    aligned: str | os.PathLike,
+    vae: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    device: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+) -> None:
+    """Predicted latents and decoded blurry frames of every test clip.
+
+    Store: ``latents`` (sample, frame, channel, y, x) float16 (as cached: times
+    the VAE's scaling factor), ``frames`` (sample, frame, y, x, channel) uint8
+    RGB decoded by the VAE, ``segment`` and ``clip``.
+    """
+    device = resolve_device(device)
+    model = load_perception(model_dir, device)
+    decoder = load_vae(vae, device, dtype)
+    split = load_split(aligned, "test")
+    n, c = len(split), model.config
+    factor = 2 ** (len(decoder.config.block_out_channels) - 1)
+    size = (c.latent_shape[1] * factor, c.latent_shape[2] * factor)
+    params = {"model": str(model_dir), "vae": str(vae), "dtype": str(dtype)}
+    with atomic_output(output) as tmp:
+        store = zarr.open_group(tmp, mode="w")
+        create_array(store, "segment", data=split.segment, dims=["sample"])
+        create_array(store, "clip", data=split.clip.astype(np.int32), dims=["sample"])
+        latents = create_array(
+            store,
+            "latents",
+            shape=(n, c.n_frames, *c.latent_shape),
+            dtype=np.float16,
+            dims=["sample", "frame", "channel", "y", "x"],
+            chunks=(1, c.n_frames, *c.latent_shape),
+        )
+        frames = create_array(
+            store,
+            "frames",
+            shape=(n, c.n_frames, *size, 3),
+            dtype=np.uint8,
+            dims=["sample", "frame", "y", "x", "channel"],
+            chunks=(1, c.n_frames, *size, 3),
+            compression="fast",
+        )
+        for s in tqdm(list(_batches(n, batch_size)), desc="blurry videos", unit="batch"):
+            z = model(split.fmri[s].to(device))
+            latents[s] = z.cpu().numpy().astype(np.float16)
+            flat = z.flatten(0, 1).to(dtype) / decoder.config.scaling_factor
+            images = decoder.decode(flat).sample.float().clamp(-1, 1)
+            rgb = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+            frames[s] = rgb.cpu().numpy().reshape(-1, c.n_frames, *size, 3)
+        store.attrs["provenance"] = provenance(
+            "predict_perception", params, [str(model_dir), str(aligned), str(vae)]
+        )
+
+
+def _semantic_data(aligned, clip_cache, text_cache, split_name: str):
+    split = load_split(aligned, split_name)
+    return (
+        split,
+        torch.from_numpy(cache_rows(clip_cache, split, "cache_clip_images")),
+        torch.from_numpy(cache_rows(text_cache, split, "cache_clip_text")),
+    )
+
+
+def _phase_settings(settings: dict, phase: str) -> TrainSettings:
+    shared = {k: settings[k] for k in ("lr", "weight_decay", "grad_clip", "pct_start", "seed")}
+    return TrainSettings(
+        epochs=settings[f"{phase}_epochs"], batch_size=settings[f"{phase}_batch_size"], **shared
+    )
+
+
+def _soft_clip_tau(settings: dict, epoch: int, mixup_epochs: int) -> float:
+    """Cosine anneal of the SoftCLIP temperature over the epochs after mixup (official)."""
+    start, end = settings["soft_clip_tau"]
+    span = max(1, settings["align_epochs"] - mixup_epochs)
+    progress = min(1.0, (epoch - mixup_epochs) / span)
+    return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def train_semantic(
+    aligned: str | os.PathLike,
+    clip_cache: str | os.PathLike,
+    text_cache: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    settings: dict,
+    checkpoint_dir: str | os.PathLike,
+    device: str = "auto",
+    stop_after_epoch: int | None = None,
+) -> list[dict] | None:
+    """Train a subject's Semantic Reconstructor: alignment phase, then the diffusion prior.
+
+    ``stop_after_epoch`` counts epochs of both phases together. Writes the
+    model directory ``output`` atomically when both phases are complete.
+    """
+    device = resolve_device(device)
+    clip_store = open_store(clip_cache, stage="cache_clip_images")
+    candidates = list(clip_store.attrs["candidates"])
+    tokens = torch.from_numpy(clip_store["tokens"][:])  # float16 (clip, candidate, token, width)
+    texts = torch.from_numpy(open_store(text_cache, stage="cache_clip_text")["text_embeds"][:])
+    train_split, train_rows, train_text_rows = _semantic_data(
+        aligned, clip_cache, text_cache, "train"
+    )
+    test_split, test_rows, test_text_rows = _semantic_data(aligned, clip_cache, text_cache, "test")
+    config = SemanticConfig(
+        n_voxels=train_split.fmri.shape[1],
+        n_tokens=tokens.shape[2],
+        width=tokens.shape[3],
+        text_dim=texts.shape[2],
+        **settings["architecture"],
+    )
+    torch.manual_seed(settings["seed"])
+    model = SemanticReconstructor(config)
+    # Reftm's frozen projector, fitted on the training clips' (tokens, caption) pairs of
+    # every candidate frame; the mean over tokens is taken a few clips at a time
+    pairs = torch.unique(torch.stack([train_rows, train_text_rows], 1), dim=0)
+    mean_tokens = torch.cat([tokens[rows].float().mean(2) for rows in pairs[:, 0].split(256)])
+    model.text_projection.copy_(
+        fit_text_projector(mean_tokens.flatten(0, 1), texts[pairs[:, 1]].flatten(0, 1).float())
+    )
+    if settings.get("shuffle_control"):
+        # one permutation for both, so each sample keeps a consistent (tokens, caption) pair
+        perm = _control(torch.arange(len(train_rows)), settings)
+        train_rows, train_text_rows = train_rows[perm], train_text_rows[perm]
+    model.to(device)
+    log.info(
+        "semantic reconstructor: %s parameters (prior %s), %d training / %d test samples, "
+        "candidates %s, %s",
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        f"{sum(p.numel() for p in model.prior.parameters()):,}",
+        len(train_split),
+        len(test_split),
+        candidates,
+        config,
+    )
+    fmri, test_fmri = train_split.fmri.to(device), test_split.fmri.to(device)
+    test_target = tokens[test_rows, 0].to(device).float()
+    test_text = texts[test_text_rows, 0].to(device).float()
+    n_cand = len(candidates)
+    mixup_epochs = int(settings["mixup_fraction"] * settings["align_epochs"])
+    beta = torch.distributions.Beta(settings["mixup_beta"], settings["mixup_beta"])
+    mu, delta = settings["reftm_weight"], settings["prior_weight"]
+    reftm_tau = settings["reftm_tau"]
+
+    def candidate(epoch: int) -> int:
+        return epoch % n_cand if settings["target_policy"] == "cycle" else 0
+
+    def batch_targets(batch: torch.Tensor, epoch: int):
+        k = candidate(epoch)
+        target = tokens[train_rows[batch], k].to(device, non_blocking=True).float()
+        text = texts[train_text_rows[batch], k].to(device, non_blocking=True).float()
+        return fmri[batch.to(device)], target, text
+
+    def align_step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        x, target, text = batch_targets(batch, epoch)
+        if epoch < mixup_epochs:
+            b = len(x)
+            perm = torch.randperm(b, device=device)
+            betas = beta.sample((b,)).to(device)
+            select = torch.rand(b, device=device) <= 0.5
+            mixed = torch.where(
+                select[:, None], x * betas[:, None] + x[perm] * (1 - betas[:, None]), x
+            )
+            _, embedding = model.backbone(mixed)
+            contrastive = mixco_nce(embedding, target, settings["bimixco_tau"], perm, betas, select)
+        else:
+            _, embedding = model.backbone(x)
+            tau = _soft_clip_tau(settings, epoch, mixup_epochs)
+            contrastive = soft_clip_loss(embedding, target, tau)
+        reftm = info_nce(model.to_text(embedding), text, reftm_tau)
+        return {"loss": contrastive + mu * reftm, "contrastive": contrastive, "reftm": reftm}
+
+    def test_embeddings() -> torch.Tensor:
+        return torch.cat(
+            [model.backbone(test_fmri[s])[1].float() for s in _batches(len(test_fmri), 64)]
+        )
+
+    def align_eval(epoch: int) -> dict[str, float]:
+        embedding = test_embeddings()
+        keyframe, fmri_top1 = top1_retrieval(embedding, test_target)
+        reftm = info_nce(model.to_text(embedding), test_text, reftm_tau)
+        return {
+            "test_keyframe_top1": keyframe,
+            "test_fmri_top1": fmri_top1,
+            "test_reftm": float(reftm),
+        }
+
+    def prior_step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        x, target, text = batch_targets(batch, epoch)
+        with torch.no_grad():
+            _, embedding = model.backbone(x)
+        prior, pred = model.prior_loss(embedding, target)
+        reftm = info_nce(model.to_text(pred), text, reftm_tau)
+        return {"loss": delta * prior + mu * reftm, "prior": prior, "reftm": reftm}
+
+    def prior_eval(epoch: int) -> dict[str, float]:
+        torch.manual_seed(settings["seed"])  # the same timesteps and noise every epoch
+        embedding = test_embeddings()
+        prior, pred = model.prior_loss(embedding, test_target)
+        reftm = info_nce(model.to_text(pred), test_text, reftm_tau)
+        return {"test_prior": float(prior), "test_reftm": float(reftm)}
+
+    inputs = input_identity(aligned, clip_cache, text_cache)
+    checkpoint_dir = Path(checkpoint_dir)
+    phases = (
+        ("align", align_step, align_eval, model.backbone),
+        ("prior", prior_step, prior_eval, model.prior),
+    )
+    all_rows: list[dict] = []
+    remaining = stop_after_epoch
+    for phase, step, evaluate, trainable in phases:
+        model.requires_grad_(False)
+        trainable.requires_grad_(True)
+        phase_settings = _phase_settings(settings, phase)
+        rows = train(
+            model,
+            step,
+            len(train_split),
+            phase_settings,
+            checkpoint_dir=checkpoint_dir / phase,
+            identity={"settings": settings, "inputs": inputs, "phase": phase},
+            evaluate=evaluate,
+            device=device,
+            desc=f"semantic {phase}",
+            stop_after_epoch=remaining,
+        )
+        all_rows += [{"phase": phase} | row for row in rows]
+        if len(rows) < phase_settings.epochs:
+            log.info("stopped in phase %s after epoch %d", phase, len(rows))
+            return None
+        if remaining is not None:
+            remaining -= len(rows)
+            if remaining <= 0 and phase == "align":
+                return None
+    record = {
+        "stage": "train_semantic",
+        "architecture": config.to_dict(),
+        "candidates": candidates,
+        "settings": settings,
+        "provenance": provenance(
+            "train_semantic", settings, [str(aligned), str(clip_cache), str(text_cache)]
+        ),
+    }
+    with atomic_output(output) as tmp:
+        write_model_dir(tmp, model.cpu(), record, all_rows, "Semantic Reconstructor")
+    return all_rows
+
+
+def load_semantic(model_dir: str | os.PathLike, device) -> SemanticReconstructor:
+    """A trained Semantic Reconstructor in eval mode."""
+    record, state = read_model_dir(model_dir, "train_semantic")
+    model = SemanticReconstructor(SemanticConfig(**record["architecture"]))
+    return load_into(model, state, model_dir).to(device).eval()
+
+
+@torch.no_grad()
+def predict_semantic(
+    model_dir: str | os.PathLike,
+    aligned: str | os.PathLike,
+    clip_cache: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    steps: int,
+    guidance: float,
+    seed: int,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """fMRI embeddings and prior-reconstructed CLIP tokens of every test clip.
+
+    Store: ``fmri_embeds`` and ``prior_embeds`` (sample, token, width) float16,
+    ``segment``, ``clip``; attribute ``retrieval``: top-1 keyframe and fMRI
+    retrieval of both against the cached tokens of the first candidate frame.
+    """
+    device = resolve_device(device)
+    model = load_semantic(model_dir, device)
+    split = load_split(aligned, "test")
+    rows = cache_rows(clip_cache, split, "cache_clip_images")
+    target = torch.from_numpy(
+        open_store(clip_cache, stage="cache_clip_images")["tokens"].oindex[rows, 0]
+    ).float()
+    c = model.config
+    generator = torch.Generator().manual_seed(seed)
+    embeds, priors = [], []
+    for s in tqdm(list(_batches(len(split), batch_size)), desc="prior samples", unit="batch"):
+        _, embedding = model.backbone(split.fmri[s].to(device))
+        embeds.append(embedding.float().cpu())
+        priors.append(model.sample(embedding, steps, guidance, generator).float().cpu())
+    embeds, priors = torch.cat(embeds), torch.cat(priors)
+    retrieval = {}
+    for name, values in (("fmri_embeds", embeds), ("prior_embeds", priors)):
+        keyframe, fmri_top1 = top1_retrieval(values, target)
+        retrieval |= {f"{name}_keyframe_top1": keyframe, f"{name}_fmri_top1": fmri_top1}
+    log.info("test retrieval (chance %.4f): %s", 1 / min(300, len(split)), retrieval)
+    params = {"model": str(model_dir), "steps": steps, "guidance": guidance, "seed": seed}
+    with atomic_output(output) as tmp:
+        store = zarr.open_group(tmp, mode="w")
+        create_array(store, "segment", data=split.segment, dims=["sample"])
+        create_array(store, "clip", data=split.clip.astype(np.int32), dims=["sample"])
+        for name, values in (("fmri_embeds", embeds), ("prior_embeds", priors)):
+            create_array(
+                store,
+                name,
+                data=values.numpy().astype(np.float16),
+                dims=["sample", "token", "width"],
+                chunks=(1, c.n_tokens, c.width),
+            )
+        store.attrs["retrieval"] = retrieval
+        store.attrs["chance"] = 1 / min(300, len(split))
+        store.attrs["provenance"] = provenance(
+            "predict_semantic", params, [str(model_dir), str(aligned), str(clip_cache)]
+        )
+    return retrieval

@@ -1,0 +1,284 @@
+"""Perception and Semantic Reconstructors: parts, losses, training, and decoding on the demo."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from pipeline.models.presets import reconstructor_settings
+from pipeline.reconstructors.layers import info_nce, mixco_nce, soft_clip_loss, top1_retrieval
+from pipeline.reconstructors.perception import PerceptionConfig, PerceptionReconstructor
+from pipeline.reconstructors.semantic import SemanticConfig, SemanticReconstructor
+from pipeline.reconstructors.stages import predict_perception, train_perception, train_semantic
+from pipeline.reconstructors.training import TrainSettings, train
+from pipeline.stores import open_store
+from tests.conftest import small_config
+
+# ---------------------------------------------------------------- losses and metrics
+
+
+def test_contrastive_losses_prefer_true_pairs():
+    torch.manual_seed(0)
+    target = torch.randn(16, 8, 4)
+    noisy = target + 0.1 * torch.randn_like(target)
+    shuffled = noisy[torch.randperm(16)]
+    for loss in (lambda p, t: info_nce(p, t, 0.1), lambda p, t: soft_clip_loss(p, t, 0.1)):
+        assert loss(noisy, target) < loss(shuffled, target)
+
+
+def test_mixco_without_mixing_is_info_nce():
+    torch.manual_seed(0)
+    pred, target = torch.randn(8, 5), torch.randn(8, 5)
+    none = torch.zeros(8, dtype=torch.bool)
+    plain = mixco_nce(pred, target, 0.1, torch.randperm(8), torch.rand(8), none)
+    assert torch.allclose(plain, info_nce(pred, target, 0.1))
+    mixed = mixco_nce(pred, target, 0.1, torch.randperm(8), torch.rand(8), ~none)
+    assert not torch.allclose(mixed, plain)
+
+
+def test_retrieval_is_perfect_for_identity_and_chance_for_noise():
+    torch.manual_seed(0)
+    x = torch.randn(400, 32)
+    assert top1_retrieval(x, x) == (1.0, 1.0)
+    forward, backward = top1_retrieval(torch.randn(400, 32), x)  # 300 of 400, 30 draws
+    assert forward < 5 / 300 and backward < 5 / 300
+
+
+# ---------------------------------------------------------------- architectures
+
+
+def _perception(**overrides) -> PerceptionReconstructor:
+    settings = reconstructor_settings(small_config(), "perception")["architecture"]
+    config = PerceptionConfig(
+        n_voxels=50, n_frames=6, latent_shape=(4, 8, 8), **(settings | overrides)
+    )
+    torch.manual_seed(0)
+    return PerceptionReconstructor(config).eval()
+
+
+def test_perception_shapes_and_one_clip_temporal_span():
+    model = _perception(dropout=0.0)
+    fmri = torch.randn(3, 50)
+    out = model(fmri)
+    assert out.shape == (3, 6, 4, 8, 8)
+    # temporal attention spans the frames of one clip: other clips of the batch
+    # (in training and in inference alike) do not change a clip's output
+    changed = fmri.clone()
+    changed[1:] = torch.randn(2, 50)
+    with torch.no_grad():
+        assert torch.allclose(model(changed)[0], out[0], atol=1e-5)
+        assert torch.allclose(model(fmri[:1])[0], out[0], atol=1e-5)
+    # ... while the frames within a clip see each other once eta leaves 1
+    for stage in model.stages:
+        stage.eta.data.fill_(0.5)
+    assert not torch.allclose(model(fmri)[:, 0], model(fmri)[:, 1])
+
+
+def test_perception_rejects_latent_size_not_divisible():
+    with pytest.raises(ValueError, match="upsamplings"):
+        PerceptionConfig(n_voxels=10, n_frames=6, latent_shape=(4, 6, 6), upsamplings=2)
+
+
+def test_semantic_prior_samples_tokens():
+    arch = reconstructor_settings(small_config(), "semantic")["architecture"]
+    config = SemanticConfig(
+        n_voxels=40, n_tokens=16, width=8, text_dim=4, **(arch | {"prior_heads": 2})
+    )
+    torch.manual_seed(0)
+    model = SemanticReconstructor(config).eval()
+    tokens, embedding = model.backbone(torch.randn(5, 40))
+    assert tokens.shape == embedding.shape == (5, 16, 8)
+    loss, pred = model.prior_loss(embedding, torch.randn(5, 16, 8))
+    assert pred.shape == (5, 16, 8) and loss.ndim == 0
+    a = model.sample(embedding, steps=4, generator=torch.Generator().manual_seed(1))
+    b = model.sample(embedding, steps=4, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (5, 16, 8) and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def _toy_problem():
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    y = x @ torch.randn(6, 3)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 3)
+    )
+    return model, x, y
+
+
+def _toy_train(tmp_path, stop=None):
+    model, x, y = _toy_problem()
+
+    def step(batch, epoch):
+        return {"loss": torch.nn.functional.mse_loss(model(x[batch]), y[batch])}
+
+    def evaluate(epoch):
+        return {"test_mse": float(torch.nn.functional.mse_loss(model(x), y))}
+
+    settings = TrainSettings(epochs=6, batch_size=8, lr=1e-2, seed=3)
+    rows = train(
+        model,
+        step,
+        len(x),
+        settings,
+        checkpoint_dir=tmp_path,
+        identity={"toy": 1},
+        evaluate=evaluate,
+        stop_after_epoch=stop,
+    )
+    return rows, model
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    full, model_full = _toy_train(tmp_path / "full")
+    assert full[-1]["test_mse"] < full[0]["test_mse"]
+    partial, _ = _toy_train(tmp_path / "resumed", stop=2)
+    assert len(partial) == 2
+    resumed, model_resumed = _toy_train(tmp_path / "resumed")
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    for a, b in zip(model_full.parameters(), model_resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_configuration_is_not_reused(tmp_path):
+    _toy_train(tmp_path, stop=2)
+    model, x, y = _toy_problem()
+    rows = train(
+        model,
+        lambda batch, epoch: {"loss": torch.nn.functional.mse_loss(model(x[batch]), y[batch])},
+        len(x),
+        TrainSettings(epochs=3, batch_size=8, lr=1e-2, seed=3),
+        checkpoint_dir=tmp_path,
+        identity={"toy": 2},
+    )
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- on the demo
+
+
+def _test_frames(workspace, store):
+    segments, clips = store["segment"][:].tolist(), store["clip"][:]
+    frames = {
+        s: open_store(workspace / f"results/frames/{s}.zarr")["frames"][:] for s in set(segments)
+    }
+    return np.stack([frames[s][c] for s, c in zip(segments, clips, strict=True)])
+
+
+def _mean_ssim(a, b):
+    return np.mean(
+        [
+            structural_similarity(x, y, channel_axis=-1)
+            for clip_a, clip_b in zip(a, b, strict=True)
+            for x, y in zip(clip_a, clip_b, strict=True)
+        ]
+    )
+
+
+def _mean_frame_ssim(workspace, truth):
+    """SSIM of the baseline that always shows the mean training frame."""
+    train = [
+        open_store(p)["frames"][:] for p in sorted((workspace / "results/frames").glob("seg*.zarr"))
+    ]
+    mean = np.concatenate(train).reshape(-1, *truth.shape[2:]).mean(0).round().astype(np.uint8)
+    return _mean_ssim(np.broadcast_to(mean, truth.shape), truth)
+
+
+def test_model_directories(workspace):
+    for name in ("perception", "semantic"):
+        directory = workspace / f"results/subject1/{name}/model"
+        config = json.loads((directory / "config.json").read_text())
+        assert config["stage"] == f"train_{name}" and config["n_parameters"] > 0
+        header = (directory / "metrics.csv").read_text().splitlines()
+        assert "train_loss" in header[0] and len(header) > 2
+        assert (directory / "loss.png").read_bytes()[:4] == b"\x89PNG"
+        # the checkpoints live outside the output and are kept for resuming
+        assert (workspace / f"results/subject1/checkpoints/{name}").is_dir()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 4 open: decoding predicted latents through the tiny VAE costs more SSIM than "
+    "the fMRI signal gains (small demo: 0.137 vs mean frame 0.141; default demo at 224 px: "
+    "0.596 vs 0.630, ridge-predicted latents 0.580, the decoded mean latent 0.556)",
+)
+def test_blurry_video_beats_mean_training_frame(workspace):
+    store = open_store(
+        workspace / "results/subject1/perception/blurry.zarr", stage="predict_perception"
+    )
+    pred = store["frames"][:]
+    truth = _test_frames(workspace, store)
+    assert pred.shape == truth.shape
+    assert _mean_ssim(pred, truth) > _mean_frame_ssim(workspace, truth)
+
+
+def test_semantic_retrieval_beats_chance(workspace):
+    store = open_store(
+        workspace / "results/subject1/semantic/embeddings.zarr", stage="predict_semantic"
+    )
+    chance = store.attrs["chance"]
+    retrieval = store.attrs["retrieval"]
+    assert retrieval["fmri_embeds_keyframe_top1"] >= 5 * chance
+    assert retrieval["fmri_embeds_fmri_top1"] >= 5 * chance
+    assert store["prior_embeds"].shape == store["fmri_embeds"].shape
+
+
+def test_shuffled_pairs_stay_at_chance(workspace, tmp_path):
+    """The control that makes the checks above able to fail: the same thresholds fail."""
+    config = small_config(perception={"shuffle_control": True}, semantic={"shuffle_control": True})
+    aligned = workspace / "results/subject1/aligned.zarr"
+    cache = workspace / "results/cache"
+    rows = train_semantic(
+        aligned,
+        cache / "clip_images.zarr",
+        cache / "clip_text.zarr",
+        tmp_path / "sr",
+        settings=reconstructor_settings(config, "semantic") | {"prior_epochs": 1},
+        checkpoint_dir=tmp_path / "ckpt_sr",
+        device="cpu",
+    )
+    chance = 1 / min(300, open_store(aligned)["test/fmri"].shape[0])
+    last_align = [r for r in rows if r["phase"] == "align"][-1]
+    assert last_align["test_keyframe_top1"] < 5 * chance
+    assert last_align["test_fmri_top1"] < 5 * chance
+
+    train_perception(
+        aligned,
+        cache / "vae_latents.zarr",
+        tmp_path / "pr",
+        settings=reconstructor_settings(config, "perception"),
+        checkpoint_dir=tmp_path / "ckpt_pr",
+        device="cpu",
+    )
+    predict_perception(
+        tmp_path / "pr",
+        aligned,
+        workspace / "resources/models/tiny/vae",
+        tmp_path / "blurry.zarr",
+        device="cpu",
+    )
+    store = open_store(tmp_path / "blurry.zarr")
+    truth = _test_frames(workspace, store)
+    assert _mean_ssim(store["frames"][:], truth) <= _mean_frame_ssim(workspace, truth)
+
+
+def test_interrupted_perception_training_resumes_to_the_same_result(workspace, tmp_path):
+    """Stopped after 3 epochs and rerun: the metrics of the workflow's uninterrupted run."""
+    import csv
+
+    settings = reconstructor_settings(small_config(), "perception")
+    aligned = workspace / "results/subject1/aligned.zarr"
+    latents = workspace / "results/cache/vae_latents.zarr"
+    kwargs = {"settings": settings, "checkpoint_dir": tmp_path / "ckpt", "device": "cpu"}
+    assert train_perception(aligned, latents, tmp_path / "pr", stop_after_epoch=3, **kwargs) is None
+    assert not (tmp_path / "pr").exists()
+    resumed = train_perception(aligned, latents, tmp_path / "pr", **kwargs)
+    with open(workspace / "results/subject1/perception/model/metrics.csv") as f:
+        uninterrupted = list(csv.DictReader(f))
+    assert len(resumed) == len(uninterrupted) == settings["epochs"]
+    for key in ("train_loss", "test_mae", "test_latent_top1"):
+        assert float(uninterrupted[-1][key]) == pytest.approx(resumed[-1][key], rel=1e-4, abs=1e-6)
