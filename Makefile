@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fmri.py
 	$(BIN)/python bench/bench_frames.py
 	$(BIN)/python bench/bench_caches.py
+	$(BIN)/python bench/bench_reconstructors.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

@@ -5,6 +5,14 @@ tiny preset's VAE starts random, so the ``tiny_models`` rule fits it to the
 training stimuli's frames (random crops, L1 reconstruction + a small KL term,
 as in the LDM autoencoder without its adversarial part) and records how well it
 reconstructs held-out frames.
+
+A third term asks the decoder to map a mix of two latents to the same mix of
+the two images, ``decode(λ z_a + (1 − λ) z_b) ≈ λ x_a + (1 − λ) x_b``. A
+regression from fMRI predicts something like an average of the latents it
+cannot tell apart; without the term such averages decode to artefacts (on the
+demo the decoded mean training latent scored SSIM 0.556 against the test frames
+where the mean training frame scores 0.640), with it they decode to the
+average image (0.636), and the round trip itself improves (0.78 → 0.81).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ def fit_vae(
     batch_size: int = 16,
     lr: float = 2e-3,
     kl_weight: float = 1e-6,
+    mix_weight: float = 1.0,
 ):
     """Fit ``vae`` (a diffusers ``AutoencoderKL``) to random crops of ``frames``.
 
@@ -45,6 +54,8 @@ def fit_vae(
         Optimisation steps (AdamW, cosine learning-rate decay).
     crop : int
         Side of the square training crops (the VAE is fully convolutional).
+    mix_weight : float
+        Weight of the latent-mixing consistency term (see the module docstring).
 
     Returns
     -------
@@ -68,8 +79,14 @@ def fit_vae(
         )
         x = _to_model(batch)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        z = posterior.sample()
+        recon = vae.decode(z).sample
         loss = (recon - x).abs().mean() + kl_weight * posterior.kl().mean()
+        if mix_weight > 0:
+            lam = torch.rand(len(x), 1, 1, 1)
+            perm = torch.randperm(len(x))
+            mixed = vae.decode(lam * z + (1 - lam) * z[perm]).sample
+            loss = loss + mix_weight * (mixed - (lam * x + (1 - lam) * x[perm])).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -213,6 +213,7 @@ def write_tiny_models(
             "n_frames": int(len(train)),
             "steps": vae_steps,
             "seed": seed,
+            "objective": "L1 + 1e-6 KL + L1 latent-mixing consistency (see pipeline/models/fit.py)",
             "final_loss": losses[-1] if losses else None,
             "reconstruction_ssim": reconstruction_ssim(vae, held),
             "reconstruction_ssim_unfitted": ssim_before,
