@@ -128,7 +128,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 def _cmd_train_perception(args: argparse.Namespace) -> None:
     from pipeline.reconstructors.stages import train_perception
 
-    train_perception(
+    rows = train_perception(
         args.aligned,
         args.vae_cache,
         args.output,
@@ -137,6 +137,14 @@ def _cmd_train_perception(args: argparse.Namespace) -> None:
         device=args.device,
         stop_after_epoch=args.stop_after_epoch,
     )
+    _stopped_early(rows)
+
+
+def _stopped_early(rows: list | None) -> None:
+    """A training stopped by --stop-after-epoch exits 3: no output yet, only the checkpoint."""
+    if rows is None:
+        log.warning("stopped before the last epoch; rerun the same command to resume")
+        raise SystemExit(3)
 
 
 def _cmd_predict_perception(args: argparse.Namespace) -> None:
@@ -157,7 +165,7 @@ def _cmd_predict_perception(args: argparse.Namespace) -> None:
 def _cmd_train_semantic(args: argparse.Namespace) -> None:
     from pipeline.reconstructors.stages import train_semantic
 
-    train_semantic(
+    rows = train_semantic(
         args.aligned,
         args.clip_cache,
         args.text_cache,
@@ -167,6 +175,7 @@ def _cmd_train_semantic(args: argparse.Namespace) -> None:
         device=args.device,
         stop_after_epoch=args.stop_after_epoch,
     )
+    _stopped_early(rows)
 
 
 def _cmd_predict_semantic(args: argparse.Namespace) -> None:
@@ -285,7 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--stop-after-epoch", type=int, help="return after this epoch, leaving the checkpoint"
+        "--stop-after-epoch",
+        type=int,
+        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
     )
     p.set_defaults(func=_cmd_train_perception)
 
@@ -308,7 +319,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--stop-after-epoch", type=int, help="return after this epoch, leaving the checkpoint"
+        "--stop-after-epoch",
+        type=int,
+        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
     )
     p.set_defaults(func=_cmd_train_semantic)
 

@@ -113,8 +113,11 @@ def _toy_problem():
 def _toy_train(tmp_path, stop=None):
     model, x, y = _toy_problem()
 
-    def step(batch, epoch):
-        return {"loss": torch.nn.functional.mse_loss(model(x[batch]), y[batch])}
+    def load(batch, epoch):
+        return x[batch], y[batch]
+
+    def step(data, epoch):
+        return {"loss": torch.nn.functional.mse_loss(model(data[0]), data[1])}
 
     def evaluate(epoch):
         return {"test_mse": float(torch.nn.functional.mse_loss(model(x), y))}
@@ -122,6 +125,7 @@ def _toy_train(tmp_path, stop=None):
     settings = TrainSettings(epochs=6, batch_size=8, lr=1e-2, seed=3)
     rows = train(
         model,
+        load,
         step,
         len(x),
         settings,
@@ -149,7 +153,8 @@ def test_checkpoint_of_another_configuration_is_not_reused(tmp_path):
     model, x, y = _toy_problem()
     rows = train(
         model,
-        lambda batch, epoch: {"loss": torch.nn.functional.mse_loss(model(x[batch]), y[batch])},
+        lambda batch, epoch: (x[batch], y[batch]),
+        lambda data, epoch: {"loss": torch.nn.functional.mse_loss(model(data[0]), data[1])},
         len(x),
         TrainSettings(epochs=3, batch_size=8, lr=1e-2, seed=3),
         checkpoint_dir=tmp_path,
@@ -282,3 +287,36 @@ def test_interrupted_perception_training_resumes_to_the_same_result(workspace, t
     assert len(resumed) == len(uninterrupted) == settings["epochs"]
     for key in ("train_loss", "test_mae", "test_latent_top1"):
         assert float(uninterrupted[-1][key]) == pytest.approx(resumed[-1][key], rel=1e-4, abs=1e-6)
+
+
+def test_cli_stop_after_epoch_exits_3_without_output(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    settings = reconstructor_settings(small_config(), "perception") | {"epochs": 3}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train-perception",
+        "--aligned",
+        str(workspace / "results/subject1/aligned.zarr"),
+        "--vae-cache",
+        str(workspace / "results/cache/vae_latents.zarr"),
+        "--output",
+        str(tmp_path / "model"),
+        "--settings",
+        json.dumps(settings),
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        "--device",
+        "cpu",
+    ]
+    stopped = subprocess.run([*cmd, "--stop-after-epoch", "1"], capture_output=True, text=True)
+    assert stopped.returncode == 3, stopped.stderr[-2000:]
+    assert not (tmp_path / "model").exists()
+    assert json.loads((tmp_path / "ckpt/state.json").read_text())["epoch"] == 1
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from the checkpoint of epoch 1" in resumed.stderr
+    assert (tmp_path / "model/model.safetensors").exists()

@@ -101,10 +101,13 @@ def train_perception(
     test_fmri = test_split.fmri.to(device)
     tau, weight = settings["tau"], settings["contrastive_weight"]
 
-    def step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    def load(batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = batch.to(device)
-        target = latents[train_rows[batch]].float()
-        return perception_loss(model(fmri[batch]), target, tau, weight)
+        return fmri[batch], latents[train_rows[batch]].float()
+
+    def step(data: tuple[torch.Tensor, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        x, target = data
+        return perception_loss(model(x), target, tau, weight)
 
     def evaluate(epoch: int) -> dict[str, float]:
         pred = torch.cat([model(test_fmri[s]).float() for s in _batches(len(test_fmri), 64)])
@@ -120,6 +123,7 @@ def train_perception(
     identity = {"settings": settings, "inputs": input_identity(aligned, vae_cache)}
     rows = train(
         model,
+        load,
         step,
         len(train_split),
         train_settings,
@@ -304,14 +308,14 @@ def train_semantic(
     def candidate(epoch: int) -> int:
         return epoch % n_cand if settings["target_policy"] == "cycle" else 0
 
-    def batch_targets(batch: torch.Tensor, epoch: int):
+    def load(batch: torch.Tensor, epoch: int):
         k = candidate(epoch)
         target = tokens[train_rows[batch], k].to(device, non_blocking=True).float()
         text = texts[train_text_rows[batch], k].to(device, non_blocking=True).float()
         return fmri[batch.to(device)], target, text
 
-    def align_step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        x, target, text = batch_targets(batch, epoch)
+    def align_step(data, epoch: int) -> dict[str, torch.Tensor]:
+        x, target, text = data
         if epoch < mixup_epochs:
             b = len(x)
             perm = torch.randperm(b, device=device)
@@ -344,8 +348,8 @@ def train_semantic(
             "test_reftm": float(reftm),
         }
 
-    def prior_step(batch: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        x, target, text = batch_targets(batch, epoch)
+    def prior_step(data, epoch: int) -> dict[str, torch.Tensor]:
+        x, target, text = data
         with torch.no_grad():
             _, embedding = model.backbone(x)
         prior, pred = model.prior_loss(embedding, target)
@@ -373,6 +377,7 @@ def train_semantic(
         phase_settings = _phase_settings(settings, phase)
         rows = train(
             model,
+            load,
             step,
             len(train_split),
             phase_settings,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,10 @@ class TrainSettings:
     seed: int = 0
 
 
-#: ``step(batch_indices, epoch) -> {"loss": tensor, other parts...}``
-StepFn = Callable[[torch.Tensor, int], dict[str, torch.Tensor]]
+#: ``load(batch_indices, epoch) -> batch``: gathers one batch (timed as data loading)
+LoadFn = Callable[[torch.Tensor, int], Any]
+#: ``step(batch, epoch) -> {"loss": tensor, other parts...}``
+StepFn = Callable[[Any, int], dict[str, torch.Tensor]]
 #: ``evaluate(epoch) -> {metric: float}``, run after every epoch in eval mode
 EvalFn = Callable[[int], dict[str, float]]
 
@@ -74,6 +77,7 @@ def _autocast(device: torch.device):
 
 def train(
     model: nn.Module,
+    load: LoadFn,
     step: StepFn,
     n_samples: int,
     settings: TrainSettings,
@@ -89,9 +93,12 @@ def train(
 
     Parameters
     ----------
+    load
+        Gathers the batch of the given sample indices (from memory, onto the
+        device); its time is the ``data_fraction`` of the metrics.
     step
-        Computes the losses of one batch (given as sample indices) in train
-        mode; this function does the backward pass and the optimizer step.
+        Computes the losses of one loaded batch in train mode; this function
+        does the backward pass and the optimizer step.
     identity
         JSON-serialisable description of the run (configuration, input
         provenance); a checkpoint with a different identity is discarded.
@@ -130,7 +137,7 @@ def train(
         started = time.perf_counter()
         for i in range(steps_per_epoch):
             t0 = time.perf_counter()
-            batch = order[i * batch_size : (i + 1) * batch_size]
+            batch = load(order[i * batch_size : (i + 1) * batch_size], epoch)
             t1 = time.perf_counter()
             with _autocast(device):
                 losses = step(batch, epoch)
