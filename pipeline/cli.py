@@ -210,6 +210,19 @@ def _cmd_lag_scan(args: argparse.Namespace) -> None:
         print(f"{lag}\t{score:.4f}")
 
 
+def _training_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the reconstructor training subcommands."""
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--settings", required=True, help="effective settings, JSON")
+    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -289,15 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-perception", help="train a subject's Perception Reconstructor")
     p.add_argument("--aligned", required=True, help="the subject's aligned store")
     p.add_argument("--vae-cache", required=True, help="the VAE latents cache")
-    p.add_argument("--output", required=True, help="model directory to write")
-    p.add_argument("--settings", required=True, help="effective settings, JSON")
-    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--stop-after-epoch",
-        type=int,
-        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
-    )
+    _training_arguments(p)
     p.set_defaults(func=_cmd_train_perception)
 
     p = sub.add_parser("predict-perception", help="blurry videos of a subject's test clips")
@@ -314,15 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned", required=True, help="the subject's aligned store")
     p.add_argument("--clip-cache", required=True, help="the CLIP image-token cache")
     p.add_argument("--text-cache", required=True, help="the CLIP caption-embedding cache")
-    p.add_argument("--output", required=True, help="model directory to write")
-    p.add_argument("--settings", required=True, help="effective settings, JSON")
-    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--stop-after-epoch",
-        type=int,
-        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
-    )
+    _training_arguments(p)
     p.set_defaults(func=_cmd_train_semantic)
 
     p = sub.add_parser("predict-semantic", help="fMRI and prior CLIP embeddings of test clips")

@@ -233,7 +233,9 @@ def plot_losses(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in rows]
-    columns = [k for k in rows[0] if k.startswith(("train_", "test_")) and "top1" not in k]
+    # every loss column of any row: the phases of a model may log different losses
+    keys = dict.fromkeys(k for row in rows for k in row)
+    columns = [k for k in keys if k.startswith(("train_", "test_")) and "top1" not in k]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key in columns:
         ax.plot(epochs, [row.get(key, np.nan) for row in rows], label=key)
