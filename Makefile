@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_frames.py
 	$(BIN)/python bench/bench_caches.py
 	$(BIN)/python bench/bench_reconstructors.py
+	$(BIN)/python bench/bench_blurry.py --every 4
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

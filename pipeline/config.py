@@ -146,6 +146,11 @@ def _check_consistency(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"config key 'demo.snr': low {demo['snr'][0]} exceeds high {demo['snr'][1]}"
         )
+    if demo["luminance_grid"] > demo["frame_size"]:
+        raise ConfigError(
+            f"config key 'demo.luminance_grid': {demo['luminance_grid']} cells a side exceed "
+            f"the frame size demo.frame_size = {demo['frame_size']}"
+        )
     if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "

@@ -9,7 +9,8 @@ stimulus through a known linear encoding model:
 
 ``bold = baseline + scale * (snr * (hrf * (features @ W)) + drift + noise)``
 
-with stimulus features per TR (a 4x4 luminance grid, mean colour, the area
+with stimulus features per TR (a coarse luminance grid — the retinotopic
+part, ``luminance_grid`` cells a side — mean colour, the area
 of every object class and the motion energy), a canonical (SPM double-gamma)
 HRF shifted so that its peak lies at the planted delay, slow polynomial and
 cosine drifts, and noise drawn independently for every repetition. The
@@ -61,7 +62,6 @@ FULL_SCALE = {
 }
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_GRID = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ class DemoSettings:
     test_repetitions: int = 10
     fps: int = 30
     frame_size: int = 160
+    luminance_grid: int = 8
+    object_speed: float = 0.3
+    pan_speed: float = 0.1
     cortex_vertices: tuple[int, int] = (1200, 1200)
     subcortical_voxels: int = 400
     driven_fraction: float = 0.2
@@ -206,7 +209,14 @@ class _Scene:
     objects: list[_Object]
 
 
-def _draw_scenes(rng: np.random.Generator, n_frames: int, fps: int, size: int) -> list[_Scene]:
+def _draw_scenes(
+    rng: np.random.Generator,
+    n_frames: int,
+    fps: int,
+    size: int,
+    object_speed: float,
+    pan_speed: float,
+) -> list[_Scene]:
     scenes, frame = [], 0
     while frame < n_frames:
         objects = [
@@ -215,7 +225,7 @@ def _draw_scenes(rng: np.random.Generator, n_frames: int, fps: int, size: int) -
                 color=rng.uniform(0.15, 1.0, 3).astype(np.float32),
                 radius=float(rng.uniform(0.10, 0.22) * size),
                 pos=rng.uniform(0.25, 0.75, 2) * size,
-                vel=rng.normal(0, 0.9, 2) * size / fps,
+                vel=rng.normal(0, object_speed, 2) * size / fps,
             )
             for _ in range(int(rng.integers(1, 4)))
         ]
@@ -225,7 +235,7 @@ def _draw_scenes(rng: np.random.Generator, n_frames: int, fps: int, size: int) -
             float(rng.uniform(1.5, 6.0) / size),
             float(rng.uniform(0, np.pi)),
         )
-        pan = rng.normal(0, 0.3, 2) * size / fps
+        pan = rng.normal(0, pan_speed, 2) * size / fps
         scenes.append(_Scene(frame, grating, pan, objects))
         frame += int(rng.uniform(3.0, 7.0) * fps)
     return scenes
@@ -249,26 +259,39 @@ def _shape_mask(cls: int, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarra
 
 
 def render_segment(
-    rng: np.random.Generator, n_frames: int, fps: int, size: int
+    rng: np.random.Generator,
+    n_frames: int,
+    fps: int,
+    size: int,
+    grid: int = 8,
+    object_speed: float = 0.3,
+    pan_speed: float = 0.1,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """Render a segment frame by frame.
+
+    ``grid`` is the side of the luminance grid in the features; ``object_speed``
+    and ``pan_speed`` are the standard deviations of the object and camera
+    velocities per axis, in frame sizes per second.
 
     Returns
     -------
     frames : iterator of ndarray of shape (size, size, 3), uint8
         Lazily rendered frames (consume before using the other outputs).
     features : ndarray of shape (n_frames, n_features), float32
-        Filled while ``frames`` is consumed: 4x4 luminance grid, mean RGB,
+        Filled while ``frames`` is consumed: luminance grid, mean RGB,
         area of each class, motion energy.
     class_area : ndarray of shape (n_frames, n_classes), float32
         Fraction of the frame covered by each class (filled while consuming).
     """
-    scenes = _draw_scenes(rng, n_frames, fps, size)
-    n_features = _GRID * _GRID + 3 + len(CLASSES) + 1
+    if not 1 <= grid <= size:
+        raise ValueError(f"luminance grid {grid} must lie in [1, frame size {size}]")
+    scenes = _draw_scenes(rng, n_frames, fps, size, object_speed, pan_speed)
+    n_cells = grid * grid
+    n_features = n_cells + 3 + len(CLASSES) + 1
     features = np.zeros((n_frames, n_features), np.float32)
     class_area = np.zeros((n_frames, len(CLASSES)), np.float32)
     axis = np.arange(size, dtype=np.float32)
-    cell = size // _GRID
+    cell = size // grid
 
     def frames():
         previous = None
@@ -301,12 +324,12 @@ def render_segment(
             # single-axis reductions only: no BLAS calls, which oversubscribe the cores
             # when the encoder's threads run beside them
             luma = img[..., 0] * _LUMA[0] + img[..., 1] * _LUMA[1] + img[..., 2] * _LUMA[2]
-            rows = luma[: cell * _GRID].reshape(_GRID, cell, size).sum(1)
-            grid = rows[:, : cell * _GRID].reshape(_GRID, _GRID, cell).sum(2) / (cell * cell)
+            rows = luma[: cell * grid].reshape(grid, cell, size).sum(1)
+            cells = rows[:, : cell * grid].reshape(grid, grid, cell).sum(2) / (cell * cell)
             motion = 0.0 if previous is None else float(np.abs(luma - previous).mean())
-            features[f, : _GRID * _GRID] = grid.ravel()
-            features[f, _GRID * _GRID : _GRID * _GRID + 3] = img.sum(0).sum(0) / (size * size)
-            features[f, _GRID * _GRID + 3 : -1] = class_area[f]
+            features[f, :n_cells] = cells.ravel()
+            features[f, n_cells : n_cells + 3] = img.sum(0).sum(0) / (size * size)
+            features[f, n_cells + 3 : -1] = class_area[f]
             features[f, -1] = motion
             previous = luma
             yield (img * 255 + 0.5).astype(np.uint8)
@@ -416,7 +439,13 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
         for index, segment in enumerate(tqdm(dataset.segments, desc="demo stimuli", unit="video")):
             rng = np.random.default_rng([settings.seed, 0, index])
             frames, features, area = render_segment(
-                rng, n_frames, settings.fps, settings.frame_size
+                rng,
+                n_frames,
+                settings.fps,
+                settings.frame_size,
+                settings.luminance_grid,
+                settings.object_speed,
+                settings.pan_speed,
             )
             path = stimulus_path(tmp, segment)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -466,7 +495,11 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 "delay_s": settings.delay_s,
                 "tr_s": settings.tr_s,
                 "classes": list(CLASSES),
-                "feature_names": [f"luma_{i}_{j}" for i in range(_GRID) for j in range(_GRID)]
+                "feature_names": [
+                    f"luma_{i}_{j}"
+                    for i in range(settings.luminance_grid)
+                    for j in range(settings.luminance_grid)
+                ]
                 + ["mean_r", "mean_g", "mean_b"]
                 + [f"area_{c}" for c in CLASSES]
                 + ["motion"],

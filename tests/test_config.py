@@ -39,6 +39,8 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"frames": {"fps": 4}}, "frames.fps"),
         ({"frames": {"fps": 7}}, "frames.fps"),
         ({"demo": {"scale": "huge"}}, "demo.scale"),
+        ({"demo": {"luminance_grid": 200}}, "demo.luminance_grid"),
+        ({"demo": {"object_speed": -1}}, "demo.object_speed"),
         ({"dataset": {"subjects": ["sub-01"]}}, "dataset.subjects.0"),
     ],
 )

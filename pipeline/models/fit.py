@@ -6,13 +6,18 @@ training stimuli's frames (random crops, L1 reconstruction + a small KL term,
 as in the LDM autoencoder without its adversarial part) and records how well it
 reconstructs held-out frames.
 
-A third term asks the decoder to map a mix of two latents to the same mix of
-the two images, ``decode(λ z_a + (1 − λ) z_b) ≈ λ x_a + (1 − λ) x_b``. A
-regression from fMRI predicts something like an average of the latents it
-cannot tell apart; without the term such averages decode to artefacts (on the
-demo the decoded mean training latent scored SSIM 0.556 against the test frames
-where the mean training frame scores 0.640), with it they decode to the
-average image (0.636), and the round trip itself improves (0.78 → 0.81).
+A third term asks the decoder to map a mix of latents to the same mix of the
+images, ``decode(Σ w_i z_i) ≈ Σ w_i x_i`` with weights ``w`` drawn from a
+Dirichlet distribution over the frames of the batch. A regression from fMRI
+predicts something like an average of the latents it cannot tell apart;
+without the term such averages decode to artefacts. On the demo the decoded
+mean training latent scored SSIM 0.556 against the test frames where the mean
+training frame scores 0.640; mixing pairs of latents raised it to 0.636. On the
+small demo at 64 px (bench/bench_blurry.py; 300 steps), mixing the whole batch
+with concentration 0.2 — from near-single frames to broad averages — instead
+of pairs raised the decoded mean latent from 0.257 to 0.267 and a ridge
+read-out of the fMRI in latent space from 0.278 to 0.288, for a held-out round
+trip of 0.495 instead of 0.504.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import torch
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-__all__ = ["encode_frames", "fit_vae", "reconstruction_ssim"]
+__all__ = ["MIX_CONCENTRATION", "encode_frames", "fit_vae", "reconstruction_ssim"]
+
+#: Dirichlet concentration of the latent-mixing term's weights (module docstring).
+MIX_CONCENTRATION = 0.2
 
 
 def _to_model(frames: np.ndarray) -> torch.Tensor:
@@ -44,6 +52,7 @@ def fit_vae(
     lr: float = 2e-3,
     kl_weight: float = 1e-6,
     mix_weight: float = 1.0,
+    mix_concentration: float = MIX_CONCENTRATION,
 ):
     """Fit ``vae`` (a diffusers ``AutoencoderKL``) to random crops of ``frames``.
 
@@ -56,6 +65,9 @@ def fit_vae(
         Side of the square training crops (the VAE is fully convolutional).
     mix_weight : float
         Weight of the latent-mixing consistency term (see the module docstring).
+    mix_concentration : float
+        Dirichlet concentration of the mixing weights: small values mix few
+        frames, large ones give near-uniform averages of the batch.
 
     Returns
     -------
@@ -83,10 +95,12 @@ def fit_vae(
         recon = vae.decode(z).sample
         loss = (recon - x).abs().mean() + kl_weight * posterior.kl().mean()
         if mix_weight > 0:
-            lam = torch.rand(len(x), 1, 1, 1)
-            perm = torch.randperm(len(x))
-            mixed = vae.decode(lam * z + (1 - lam) * z[perm]).sample
-            loss = loss + mix_weight * (mixed - (lam * x + (1 - lam) * x[perm])).abs().mean()
+            weights = torch.from_numpy(
+                rng.dirichlet(np.full(len(x), mix_concentration), len(x)).astype(np.float32)
+            )
+            mixed = vae.decode(torch.einsum("ij,jchw->ichw", weights, z)).sample
+            target = torch.einsum("ij,jchw->ichw", weights, x)
+            loss = loss + mix_weight * (mixed - target).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -190,7 +190,12 @@ def write_tiny_models(
     import numpy as np
     import zarr
 
-    from pipeline.models.fit import encode_frames, fit_vae, reconstruction_ssim
+    from pipeline.models.fit import (
+        MIX_CONCENTRATION,
+        encode_frames,
+        fit_vae,
+        reconstruction_ssim,
+    )
     from pipeline.models.loading import load_vae
     from pipeline.stores import atomic_output
 
@@ -213,7 +218,8 @@ def write_tiny_models(
             "n_frames": int(len(train)),
             "steps": vae_steps,
             "seed": seed,
-            "objective": "L1 + 1e-6 KL + L1 latent-mixing consistency (see pipeline/models/fit.py)",
+            "objective": "L1 + 1e-6 KL + L1 latent-mixing consistency, Dirichlet("
+            f"{MIX_CONCENTRATION}) batch mixes (see pipeline/models/fit.py)",
             "final_loss": losses[-1] if losses else None,
             "reconstruction_ssim": reconstruction_ssim(vae, held),
             "reconstruction_ssim_unfitted": ssim_before,
