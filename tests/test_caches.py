@@ -7,7 +7,7 @@ import torch
 from pipeline.caches import _ahead, _clip_preprocess, _to_tensor
 from pipeline.models import load_clip
 from pipeline.stores import open_store
-from tests.conftest import SMALL_DEMO
+from tests.conftest import FRAME_SIZE, SMALL_DEMO
 
 N_SAMPLES = (SMALL_DEMO["n_train_segments"] + SMALL_DEMO["n_test_segments"]) * (
     SMALL_DEMO["segment_duration_s"] // 2
@@ -17,7 +17,7 @@ N_SAMPLES = (SMALL_DEMO["n_train_segments"] + SMALL_DEMO["n_test_segments"]) * (
 def test_vae_latents(workspace):
     cache = open_store(workspace / "results/cache/vae_latents.zarr", stage="cache_vae")
     latents = cache["latents"]
-    assert latents.shape == (N_SAMPLES, 6, 4, 32 // 8, 32 // 8)
+    assert latents.shape == (N_SAMPLES, 6, 4, FRAME_SIZE // 8, FRAME_SIZE // 8)
     assert latents.dtype == np.float16 and latents.chunks[0] == 1
     values = latents[:20]
     assert np.isfinite(values).all() and values.std() > 0.1

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cc2017 import run_path
 from pipeline.stores import open_store
-from tests.conftest import SMALL_DEMO, planned_jobs, snakemake, snakemake_command
+from tests.conftest import FRAME_SIZE, SMALL_DEMO, planned_jobs, snakemake, snakemake_command
 
 N_TRAIN, N_TEST = SMALL_DEMO["n_train_segments"], SMALL_DEMO["n_test_segments"]
 N_CLIPS = SMALL_DEMO["segment_duration_s"] // 2
@@ -31,7 +31,7 @@ def test_outputs_of_the_main_job(workspace):
     prov = aligned.attrs["provenance"]
     assert prov["params"]["shift_s"] == 4.0 and prov["pipeline_version"] and prov["created"]
     frames = open_store(workspace / "results/frames/test2.zarr", stage="extract_frames")
-    assert frames["frames"].shape == (N_CLIPS, 6, 32, 32, 3)
+    assert frames["frames"].shape == (N_CLIPS, 6, FRAME_SIZE, FRAME_SIZE, 3)
     assert frames["frames"].dtype == np.uint8
 
 

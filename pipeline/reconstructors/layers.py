@@ -10,6 +10,8 @@ __all__ = [
     "Attention",
     "ResidualMLP",
     "info_nce",
+    "mix_like",
+    "mix_samples",
     "mixco_nce",
     "soft_clip_loss",
     "top1_retrieval",
@@ -70,6 +72,31 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> to
     logits = p @ t.T / temperature
     labels = torch.arange(len(p), device=p.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def mix_samples(
+    x: torch.Tensor, beta: torch.distributions.Beta, probability: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MixCo's input mixing: ``beta x + (1 - beta) x[perm]`` for a random ``select`` of samples.
+
+    Returns ``(mixed, perm, betas, select)``; each sample is selected with
+    ``probability`` and mixed with a random partner at a weight drawn from
+    ``beta`` (global torch RNG, so a seeded epoch replays the same draws).
+    """
+    b = len(x)
+    perm = torch.randperm(b, device=x.device)
+    betas = beta.sample((b,)).to(x.device)
+    select = torch.rand(b, device=x.device) < probability
+    return mix_like(x, perm, betas, select), perm, betas, select
+
+
+def mix_like(
+    x: torch.Tensor, perm: torch.Tensor, betas: torch.Tensor, select: torch.Tensor
+) -> torch.Tensor:
+    """``x`` mixed with the partners and weights of :func:`mix_samples` (e.g. the targets)."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    mixed = x * betas.view(shape) + x[perm] * (1 - betas.view(shape))
+    return torch.where(select.view(shape), mixed, x)
 
 
 def mixco_nce(

@@ -16,6 +16,8 @@ from pipeline.models.loading import load_vae, resolve_device
 from pipeline.reconstructors.data import cache_rows, input_identity, load_split
 from pipeline.reconstructors.layers import (
     info_nce,
+    mix_like,
+    mix_samples,
     mixco_nce,
     soft_clip_loss,
     top1_retrieval,
@@ -100,6 +102,8 @@ def train_perception(
     train_rows, test_rows = train_rows.to(device), test_rows.to(device)
     test_fmri = test_split.fmri.to(device)
     tau, weight = settings["tau"], settings["contrastive_weight"]
+    mixup_epochs = int(settings["mixup_fraction"] * settings["epochs"])
+    beta = torch.distributions.Beta(settings["mixup_beta"], settings["mixup_beta"])
 
     def load(batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = batch.to(device)
@@ -107,6 +111,10 @@ def train_perception(
 
     def step(data: tuple[torch.Tensor, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         x, target = data
+        if epoch < mixup_epochs:
+            # mixup: every sample mixed with a partner, fMRI and latents alike
+            x, perm, betas, select = mix_samples(x, beta, 1.0)
+            target = mix_like(target, perm, betas, select)
         return perception_loss(model(x), target, tau, weight)
 
     def evaluate(epoch: int) -> dict[str, float]:
@@ -317,13 +325,7 @@ def train_semantic(
     def align_step(data, epoch: int) -> dict[str, torch.Tensor]:
         x, target, text = data
         if epoch < mixup_epochs:
-            b = len(x)
-            perm = torch.randperm(b, device=device)
-            betas = beta.sample((b,)).to(device)
-            select = torch.rand(b, device=device) <= 0.5
-            mixed = torch.where(
-                select[:, None], x * betas[:, None] + x[perm] * (1 - betas[:, None]), x
-            )
+            mixed, perm, betas, select = mix_samples(x, beta, 0.5)  # MindEye's MixCo
             _, embedding = model.backbone(mixed)
             contrastive = mixco_nce(embedding, target, settings["bimixco_tau"], perm, betas, select)
         else:
