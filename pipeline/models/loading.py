@@ -21,6 +21,7 @@ __all__ = [
     "load_captioner",
     "load_clip",
     "load_vae",
+    "require_model",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -32,7 +33,9 @@ class ModelNotFoundError(PipelineError, FileNotFoundError):
     """A model directory is missing or incomplete."""
 
 
-def _require(path: str | os.PathLike, marker: str) -> Path:
+def require_model(path: str | os.PathLike, marker: str) -> Path:
+    """``path`` if it holds ``marker`` (a model directory), else a clear error saying which rule
+    writes it."""
     path = Path(path)
     if not (path / marker).is_file():
         raise ModelNotFoundError(
@@ -69,7 +72,7 @@ def load_clip(
     """
     import open_clip
 
-    path = _require(path, "open_clip_config.json")
+    path = require_model(path, "open_clip_config.json")
     weights = path / "open_clip_model.safetensors"
     if not weights.is_file():
         raise ModelNotFoundError(f"{path}: open_clip_model.safetensors missing (safetensors only)")
@@ -85,7 +88,7 @@ def load_vae(
     """diffusers ``AutoencoderKL`` from a directory in diffusers layout (safetensors)."""
     from diffusers import AutoencoderKL
 
-    path = _require(path, "config.json")
+    path = require_model(path, "config.json")
     vae = AutoencoderKL.from_pretrained(
         path, use_safetensors=True, local_files_only=True, torch_dtype=dtype
     )
@@ -98,7 +101,7 @@ def load_captioner(
     """transformers BLIP-2 processor and model from a directory in transformers layout."""
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    path = _require(path, "config.json")
+    path = require_model(path, "config.json")
     processor = Blip2Processor.from_pretrained(path, local_files_only=True)
     model = Blip2ForConditionalGeneration.from_pretrained(
         path, use_safetensors=True, local_files_only=True, dtype=dtype

@@ -1,0 +1,63 @@
+"""Pieces shared by the keyframe and video samplers: partial schedules, seeded noise, VAE I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "clip_generators",
+    "decode_images",
+    "encode_images",
+    "partial_timesteps",
+    "seeded_noise",
+]
+
+
+def partial_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+    """The last ``round(strength * steps)`` of a ``steps``-step schedule (img2img ``strength``).
+
+    Starting from an image noised to the first of these timesteps and running
+    only them is what the paper's α guidance describes with ϑ = ``strength``
+    (and what diffusers' img2img pipelines do). ``strength`` 0 returns no
+    timesteps (the input comes back unchanged), 1 the whole schedule.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    scheduler.set_timesteps(steps)
+    run = int(round(strength * steps))
+    return scheduler.timesteps[steps - run :] if run else scheduler.timesteps[:0]
+
+
+def clip_generators(seed: int, keys: list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per clip, seeded by ``(seed, key)``: a clip's noise does not depend on
+    which other clips share its batch."""
+    generators = []
+    for key in keys:
+        state = int(np.random.SeedSequence([seed, int(key)]).generate_state(1)[0])
+        generators.append(torch.Generator(device="cpu").manual_seed(state))
+    return generators
+
+
+def seeded_noise(
+    shape: tuple[int, ...], generators: list[torch.Generator], device, dtype
+) -> torch.Tensor:
+    """Standard normal noise of ``(len(generators), *shape)``, one generator per row."""
+    rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 ``(n, h, w, 3)`` → scaled VAE latents ``(n, c, h/f, w/f)`` (the posterior mode)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1.0)
+    return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_images(vae, latents: torch.Tensor) -> np.ndarray:
+    """Scaled VAE latents ``(n, c, h, w)`` → uint8 images ``(n, H, W, 3)``."""
+    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+    x = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,140 @@
+"""fMRI → a keyframe generator's own CLIP image embedding, fitted on the training clips.
+
+The diffusers unCLIP generators (``sd21_unclip``, ``tiny``) are conditioned on
+the CLIP image embedding of their own image encoder (ViT-H/14, 1024-d, for SD
+2.1 unCLIP), a space the Semantic Reconstructor does not predict. This stage
+fits a ridge regression (scikit-learn ``RidgeCV``, the penalty chosen by
+efficient leave-one-out cross-validation on the training samples) from the
+subject's standardised training fMRI to the generator's embedding of each
+training clip's keyframe frame, and reports on the test clips how well the
+prediction retrieves the true keyframe among up to 300 (paper appendix C.6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import StoreError
+from pipeline.reconstructors.data import load_split
+from pipeline.reconstructors.layers import top1_retrieval
+from pipeline.stores import atomic_output, open_store, provenance
+
+__all__ = ["KeyframeEmbedder", "clip_frames", "fit_embedder", "load_embedder"]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG = "embedder.safetensors", "config.json"
+
+
+class KeyframeEmbedder:
+    """``(fmri - mean) / std @ coef.T + intercept``."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], config: dict):
+        self.coef, self.intercept = tensors["coef"], tensors["intercept"]
+        self.mean, self.std = tensors["x_mean"], tensors["x_std"]
+        self.config = config
+
+    def __call__(self, fmri: torch.Tensor) -> torch.Tensor:
+        x = (fmri.float() - self.mean) / self.std
+        return x @ self.coef.T + self.intercept
+
+
+def clip_frames(frame_dir: str | os.PathLike, segments, clips, frame: int) -> np.ndarray:
+    """Frame ``frame`` of each (segment, clip), read from ``{frame_dir}/{segment}.zarr``."""
+    out, stores = [], {}
+    for segment, clip in zip(segments, clips, strict=True):
+        if segment not in stores:
+            path = Path(frame_dir) / f"{segment}.zarr"
+            stores[segment] = open_store(path, stage="extract_frames")
+        out.append(stores[segment]["frames"][int(clip), frame])
+    return np.stack(out)
+
+
+def _embed(generator, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    parts = [
+        generator.image_embeds(images[i : i + batch_size])
+        for i in tqdm(range(0, len(images), batch_size), desc="image embeddings", unit="batch")
+    ]
+    return torch.cat(parts).cpu()
+
+
+def fit_embedder(
+    aligned: str | os.PathLike,
+    frame_dir: str | os.PathLike,
+    generator,
+    output: str | os.PathLike,
+    *,
+    frame: int,
+    alphas: list[float],
+    batch_size: int = 32,
+) -> dict:
+    """Fit, evaluate on the test clips and write ``output/{embedder.safetensors,config.json}``."""
+    from sklearn.linear_model import RidgeCV
+
+    train, test = load_split(aligned, "train"), load_split(aligned, "test")
+    # embed each clip's keyframe once; training repetitions share it
+    keys = sorted(set(zip(train.segment.tolist(), train.clip.tolist(), strict=True)))
+    index = {key: i for i, key in enumerate(keys)}
+    unique = _embed(generator, clip_frames(frame_dir, *zip(*keys, strict=True), frame), batch_size)
+    y_train = unique[[index[k] for k in zip(train.segment, train.clip.tolist(), strict=True)]]
+    y_test = _embed(generator, clip_frames(frame_dir, test.segment, test.clip, frame), batch_size)
+
+    x = train.fmri.numpy().astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    ridge = RidgeCV(alphas=alphas).fit((x - mean) / std, y_train.numpy().astype(np.float64))
+    tensors = {
+        "coef": torch.from_numpy(np.ascontiguousarray(ridge.coef_)).float(),
+        "intercept": torch.from_numpy(np.atleast_1d(ridge.intercept_)).float(),
+        "x_mean": torch.from_numpy(mean).float(),
+        "x_std": torch.from_numpy(std).float(),
+    }
+    embedder = KeyframeEmbedder(tensors, {})
+    pred = embedder(test.fmri)
+    forward, backward = top1_retrieval(pred, y_test)
+    cosine = torch.nn.functional.cosine_similarity(pred, y_test).mean().item()
+    metrics = {
+        "alpha": float(ridge.alpha_),
+        "test_cosine": cosine,
+        "test_keyframe_top1": forward,
+        "test_fmri_top1": backward,
+        "chance": 1 / min(300, len(test)),
+    }
+    log.info("keyframe embedder: %s", metrics)
+    config = {
+        "stage": "fit_keyframe_embedder",
+        "frame": frame,
+        "alphas": list(alphas),
+        "embedding_dim": int(y_train.shape[1]),
+        "n_train": len(train),
+        "metrics": metrics,
+        "provenance": provenance(
+            "fit_keyframe_embedder", {"frame": frame, "alphas": list(alphas)}, [str(aligned)]
+        ),
+    }
+    with atomic_output(output) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+    return metrics
+
+
+def load_embedder(directory: str | os.PathLike) -> KeyframeEmbedder:
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        tensors = load_file(str(directory / WEIGHTS))
+    except FileNotFoundError as exc:
+        raise StoreError(
+            f"{directory}: not a complete keyframe embedder ({exc.filename} is missing); "
+            "run the fit_keyframe_embedder rule"
+        ) from None
+    return KeyframeEmbedder(tensors, config)

@@ -1,0 +1,231 @@
+"""Video synthesis: AnimateDiff + SparseCtrl RGB under NeuroClips' three guidances (paper §3.3).
+
+* **α** — the blurry video: its 6 frames are linearly interpolated in time to
+  the output length, VAE-encoded and noised; then the frozen text-to-video
+  model denoises. ``alpha_mode: paper`` does what the paper's eq. 5 says: noise
+  to the timestep of ϑ·T and run only the last round(ϑ·steps) DDIM steps
+  (img2img ``strength`` ϑ). ``alpha_mode: official`` reproduces the official
+  code: noise to the *first* timestep of the schedule and run all steps
+  (SPEC §3), so both can be compared. Without the blurry video (the Table 2
+  ablation) the latents start from pure noise.
+* **β** — the keyframe, VAE-encoded, is SparseCtrl's condition at frame 0
+  only (mask 1 there, 0 elsewhere).
+* **γ** — the keyframe's caption + the paper's suffix is the prompt;
+  classifier-free guidance against the configured negative prompt.
+
+The diffusers ``AnimateDiffSparseControlNetPipeline`` supplies the components
+and the prompt/condition preparation; the denoising loop is ours because the
+pipeline has no ``strength`` (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.generation.diffusion import (
+    clip_generators,
+    decode_images,
+    encode_images,
+    partial_timesteps,
+    seeded_noise,
+)
+from pipeline.generation.keyframes import resize_images
+
+__all__ = ["ALPHA_MODES", "VideoSettings", "VideoSynthesizer", "interpolate_frames"]
+
+log = logging.getLogger(__name__)
+
+ALPHA_MODES = ("paper", "official")
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    steps: int = 25
+    theta: float = 0.3
+    alpha_mode: str = "paper"
+    guidance_scale: float = 8.5
+    n_frames: int = 16
+    size: int = 256
+    negative_prompt: str = ""
+    prompt_suffix: str = ""
+    controlnet_scale: float = 1.0
+    seed: int = 0
+    use_blurry: bool = True
+    use_keyframe: bool = True
+    use_caption: bool = True
+
+
+@dataclass
+class SynthesisTrace:
+    """What one call did: the timesteps run and the SparseCtrl mask (for tests and logs)."""
+
+    timesteps: list[int] = field(default_factory=list)
+    start_timestep: int | None = None
+    mask: torch.Tensor | None = None
+
+
+def interpolate_frames(frames: np.ndarray, n_frames: int, size: int) -> np.ndarray:
+    """uint8 (n, f, h, w, 3) → (n, n_frames, size, size, 3): linear in time, first and last kept."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 4, 1, 2, 3)
+    x = F.interpolate(x, size=(n_frames, size, size), mode="trilinear", align_corners=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+
+
+class VideoSynthesizer:
+    """Loads AnimateDiff (base model + motion adapter), SparseCtrl and the DDIM scheduler once."""
+
+    def __init__(
+        self,
+        base: str | Path,
+        motion_adapter: str | Path,
+        sparsectrl: str | Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        domain_adapter: str | Path | None = None,
+    ):
+        from diffusers import (
+            AnimateDiffSparseControlNetPipeline,
+            DDIMScheduler,
+            MotionAdapter,
+            SparseControlNetModel,
+        )
+
+        from pipeline.models.loading import require_model
+
+        kwargs = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype}
+        adapter = MotionAdapter.from_pretrained(
+            require_model(motion_adapter, "config.json"), **kwargs
+        )
+        controlnet = SparseControlNetModel.from_pretrained(
+            require_model(sparsectrl, "config.json"), **kwargs
+        )
+        self.pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
+            require_model(base, "model_index.json"),
+            motion_adapter=adapter,
+            controlnet=controlnet,
+            **kwargs,
+        ).to(device)
+        if domain_adapter is not None:
+            # AnimateDiff v3's domain adapter: a LoRA on the base model's attention
+            self.pipe.load_lora_weights(str(domain_adapter), adapter_name="domain_adapter")
+        # DDIM as AnimateDiff's inference configs set it (SPEC §3)
+        self.pipe.scheduler = DDIMScheduler.from_config(
+            self.pipe.scheduler.config,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device, self.dtype = device, dtype
+
+    def _timesteps(self, settings: VideoSettings) -> torch.Tensor:
+        scheduler = self.pipe.scheduler
+        if not settings.use_blurry or settings.alpha_mode == "official":
+            scheduler.set_timesteps(settings.steps)
+            return scheduler.timesteps
+        if settings.alpha_mode != "paper":
+            mode = settings.alpha_mode
+            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {mode!r}")
+        return partial_timesteps(scheduler, settings.steps, settings.theta)
+
+    @torch.no_grad()
+    def synthesize(
+        self,
+        blurry: np.ndarray,
+        keyframes: np.ndarray,
+        prompts: list[str],
+        keys: list[int],
+        settings: VideoSettings,
+        trace: SynthesisTrace | None = None,
+    ) -> np.ndarray:
+        """uint8 blurry (n, f, h, w, 3) and keyframes (n, H, W, 3) → uint8 (n, frames, s, s, 3)."""
+        pipe, n, s, t_len = self.pipe, len(keys), settings.size, settings.n_frames
+        device, dtype = self.device, self.dtype
+        trace = trace if trace is not None else SynthesisTrace()
+        guided = settings.guidance_scale > 1.0
+        generators = clip_generators(settings.seed, keys, device)
+
+        # γ: the caption prompt (or the suffix alone in the no-caption ablation)
+        texts = [(p if settings.use_caption else "") + settings.prompt_suffix for p in prompts]
+        prompt_embeds, negative = pipe.encode_prompt(
+            texts, device, 1, guided, negative_prompt=[settings.negative_prompt] * n
+        )
+        if guided:
+            prompt_embeds = torch.cat([negative, prompt_embeds])
+        # the motion UNet and SparseCtrl take one text embedding per frame
+        prompt_embeds = prompt_embeds.repeat_interleave(t_len, dim=0)
+
+        # α: the blurry video, interpolated to the output length and encoded frame by frame
+        timesteps = self._timesteps(settings)
+        factor = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, t_len, s // factor, s // factor)
+        noise = seeded_noise(shape, generators, device, dtype)
+        if settings.use_blurry:
+            video = interpolate_frames(blurry, t_len, s).reshape(n * t_len, s, s, 3)
+            z = encode_images(pipe.vae, video, device, dtype)
+            z = z.view(n, t_len, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (n, c, f, h, w)
+            if len(timesteps) == 0:
+                trace.timesteps = []
+                return _decode_video(pipe.vae, z)
+            start = timesteps[:1].repeat(n)
+            latents = pipe.scheduler.add_noise(z, noise, start)
+            trace.start_timestep = int(timesteps[0])
+        else:
+            latents = noise * pipe.scheduler.init_noise_sigma
+
+        # β: the keyframe at frame 0 through SparseCtrl
+        if settings.use_keyframe:
+            frames = resize_images(keyframes, s)
+            cond = encode_images(pipe.vae, frames, device, dtype)[:, :, None]  # (n, c, 1, h, w)
+        else:
+            cond = torch.zeros((n, shape[0], 1, *shape[2:]), device=device, dtype=dtype)
+        cond, mask = pipe.prepare_sparse_control_conditioning(cond, t_len, [0], device, dtype)
+        if not settings.use_keyframe:
+            mask = torch.zeros_like(mask)
+        trace.mask = mask.detach().cpu()
+        if guided:
+            cond, mask = torch.cat([cond] * 2), torch.cat([mask] * 2)
+
+        for t in timesteps:
+            model_in = torch.cat([latents] * 2) if guided else latents
+            model_in = pipe.scheduler.scale_model_input(model_in, t)
+            down, mid = pipe.controlnet(
+                model_in,
+                t,
+                encoder_hidden_states=prompt_embeds,
+                controlnet_cond=cond,
+                conditioning_mask=mask,
+                conditioning_scale=settings.controlnet_scale,
+                guess_mode=False,
+                return_dict=False,
+            )
+            eps = pipe.unet(
+                model_in,
+                t,
+                encoder_hidden_states=prompt_embeds,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
+            if guided:
+                uncond, text = eps.chunk(2)
+                eps = uncond + settings.guidance_scale * (text - uncond)
+            latents = pipe.scheduler.step(eps, t, latents).prev_sample
+            trace.timesteps.append(int(t))
+        return _decode_video(pipe.vae, latents)
+
+
+def _decode_video(vae, latents: torch.Tensor) -> np.ndarray:
+    """(n, c, f, h, w) latents → uint8 (n, f, H, W, 3), decoded frame by frame."""
+    n, c, f, h, w = latents.shape
+    frames = decode_images(vae, latents.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w))
+    return frames.reshape(n, f, *frames.shape[1:])

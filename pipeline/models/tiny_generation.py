@@ -1,0 +1,240 @@
+"""The ``tiny`` preset's generation models: unCLIP keyframes and AnimateDiff + SparseCtrl video.
+
+Real diffusers / transformers classes with small, seeded, random configurations,
+saved with ``save_pretrained`` in the layouts of the hub repositories the paper
+preset names (:data:`pipeline.models.presets.GENERATION`):
+
+* ``unclip`` — a ``StableUnCLIPImg2ImgPipeline`` directory like
+  ``stabilityai/stable-diffusion-2-1-unclip`` (model_index.json, ``unet``,
+  ``vae``, ``text_encoder``, ``tokenizer``, ``image_encoder``,
+  ``feature_extractor``, ``image_normalizer``, ``image_noising_scheduler``,
+  ``scheduler``);
+* ``video_base`` — a Stable Diffusion 1.5 directory (``unet``, ``vae``,
+  ``text_encoder``, ``tokenizer``, ``scheduler``) like RealisticVision;
+* ``motion_adapter`` — a ``MotionAdapter`` like ``guoyww/animatediff-motion-adapter-v1-5-3``;
+* ``sparsectrl`` — a ``SparseControlNetModel`` like ``guoyww/animatediff-sparsectrl-rgb``.
+
+Both pipelines decode with the tiny preset's fitted VAE (copied in), so their
+images look like the demo's frames rather than noise. The text tokenizer is a
+real ``CLIPTokenizer`` over a byte-level vocabulary without merges (every
+character a token), written as ``vocab.json`` + ``merges.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+__all__ = ["write_tiny_generation"]
+
+_WIDTH = 32  # text/image embedding width of the tiny CLIP encoders
+_BLOCKS = (32, 64)  # UNet / ControlNet / motion adapter channels
+
+
+def _byte_unicode() -> list[str]:
+    """GPT-2's reversible byte → printable-character table (what CLIPTokenizer expects)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _write_tokenizer(path: Path) -> int:
+    """A ``CLIPTokenizer`` directory without merges; returns the vocabulary size."""
+    from transformers import CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = _byte_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77
+    )
+    tokenizer.save_pretrained(str(path))
+    return len(tokens)
+
+
+def _text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=_WIDTH,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+
+
+def _unet(sample_size: int, **extra):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=_BLOCKS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
+def _ddim():
+    """DDIM as AnimateDiff and SD 2.1 unCLIP configure it (linear betas 0.00085–0.012)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def write_tiny_unclip(path: Path, vae_dir: Path, seed: int, image_size: int) -> Path:
+    """A tiny ``StableUnCLIPImg2ImgPipeline`` directory (see the module docstring)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    torch.manual_seed(seed)
+    vocab = _write_tokenizer(path / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, local_files_only=True)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=_WIDTH,
+        )
+    )
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        image_encoder=image_encoder,
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=_WIDTH),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
+        text_encoder=_text_encoder(vocab),
+        # unCLIP: the noised image embedding and its noise-level embedding, concatenated,
+        # enter the UNet as a class embedding
+        unet=_unet(
+            image_size // factor,
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=2 * _WIDTH,
+        ),
+        scheduler=_ddim(),
+        vae=vae,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def write_tiny_video(root: Path, vae_dir: Path, seed: int, image_size: int) -> dict[str, Path]:
+    """Tiny ``video_base``, ``motion_adapter`` and ``sparsectrl`` directories under ``root``."""
+    from diffusers import (
+        AutoencoderKL,
+        MotionAdapter,
+        SparseControlNetModel,
+        StableDiffusionPipeline,
+    )
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed + 1)
+    base = root / "video_base"
+    vocab = _write_tokenizer(base / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, local_files_only=True)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_text_encoder(vocab),
+        tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"),
+        unet=_unet(image_size // factor),
+        scheduler=_ddim(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(str(base), safe_serialization=True)
+    MotionAdapter(
+        block_out_channels=_BLOCKS,
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=8,
+        motion_max_seq_length=32,
+        use_motion_mid_block=False,  # AnimateDiff v3 has no mid-block motion module
+    ).save_pretrained(str(root / "motion_adapter"), safe_serialization=True)
+    SparseControlNetModel(
+        in_channels=4,
+        conditioning_channels=4,  # the VAE-encoded RGB condition (SparseCtrl RGB)
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        block_out_channels=_BLOCKS,
+        layers_per_block=1,
+        cross_attention_dim=_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        conditioning_embedding_out_channels=(16, 32),
+        motion_num_attention_heads=2,
+        concat_conditioning_mask=True,
+        use_simplified_condition_embedding=True,
+    ).save_pretrained(str(root / "sparsectrl"), safe_serialization=True)
+    return {role: root / role for role in ("video_base", "motion_adapter", "sparsectrl")}
+
+
+def write_tiny_generation(
+    output: str | os.PathLike, encoders: str | os.PathLike, *, seed: int = 0
+) -> dict:
+    """Write the tiny generation models to ``output/{unclip,video_base,motion_adapter,sparsectrl}``.
+
+    ``encoders`` is the tiny preset's directory (its fitted ``vae`` is reused);
+    the generated image size is the VAE's ``sample_size`` (the frames' size).
+    The directory appears only once complete. Returns a small manifest.
+    """
+    from pipeline.stores import atomic_output
+
+    vae_dir = Path(encoders) / "vae"
+    image_size = int(json.loads((vae_dir / "config.json").read_text())["sample_size"])
+    with atomic_output(output) as tmp:
+        write_tiny_unclip(tmp / "unclip", vae_dir, seed, image_size)
+        write_tiny_video(tmp, vae_dir, seed, image_size)
+        shutil.copy(vae_dir / "metadata.json", tmp / "vae_metadata.json")
+        manifest = {"seed": seed, "image_size": image_size, "vae": str(vae_dir)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
