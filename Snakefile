@@ -1,5 +1,5 @@
 """NeuroClips as a reproducible pipeline: raw cc2017 files → aligned fMRI, clip frames,
-feature caches and trained reconstructors.
+feature caches, trained reconstructors, keyframes and the reconstructed videos.
 
 Wiring only: configuration, validation, rule modules and the default target.
 All logic lives in the ``pipeline`` package.
@@ -44,11 +44,12 @@ include: "rules/stimuli.smk"
 include: "rules/models.smk"
 include: "rules/caches.smk"
 include: "rules/reconstructors.smk"
+include: "rules/generation.smk"
 
 
-# The furthest outputs that exist: aligned fMRI of every subject, frames of every
-# stimulus, the feature caches, and the blurry videos and CLIP embeddings of every subject's
-# test clips.
+# Everything: aligned fMRI of every subject, frames of every stimulus, the feature caches,
+# the blurry videos and CLIP embeddings of every subject's test clips, and the final
+# videos (results/{subject}/videos, the main target).
 rule all:
     default_target: True
     input:
@@ -57,3 +58,4 @@ rule all:
         cache_stores,
         blurry_stores,
         embedding_stores,
+        video_dirs,

@@ -32,7 +32,14 @@ from tqdm.auto import tqdm
 from pipeline.models.loading import load_captioner, load_clip, load_vae
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
-__all__ = ["cache_captions", "cache_clip_images", "cache_clip_text", "cache_vae_latents"]
+__all__ = [
+    "cache_captions",
+    "cache_clip_images",
+    "cache_clip_text",
+    "cache_vae_latents",
+    "caption_inputs",
+    "generate_captions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +312,20 @@ def cache_clip_images(
         timer.record(store, "cache_clip_images")
 
 
+def caption_inputs(processor, images: np.ndarray, device, dtype):
+    """BLIP-2 processor inputs of uint8 images (n, h, w, 3), on ``device``."""
+    inputs = processor(images=list(images), return_tensors="pt").to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
+
+
+@torch.no_grad()
+def generate_captions(processor, captioner, inputs, generation: dict) -> list[str]:
+    """Captions of prepared inputs (greedy or beam search as ``generation`` says)."""
+    out = captioner.generate(**inputs, **generation)
+    return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+
+
 @torch.no_grad()
 def cache_captions(
     frame_stores: Sequence[str | os.PathLike],
@@ -340,15 +361,12 @@ def cache_captions(
 
         def batches():
             for start, frames in _clip_batches(frame_stores, max(1, batch_size // k), candidates):
-                images = list(frames.reshape(-1, *frames.shape[-3:]))
-                inputs = processor(images=images, return_tensors="pt").to(device)
-                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-                yield start, len(frames), inputs
+                images = frames.reshape(-1, *frames.shape[-3:])
+                yield start, len(frames), caption_inputs(processor, images, device, dtype)
 
         for start, n, inputs in _ahead(batches(), prefetch):
             with timer.model():
-                out = captioner.generate(**inputs, **generation)
-            text = [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+                text = generate_captions(processor, captioner, inputs, generation)
             captions[start : start + n] = np.array(text, dtype=object).reshape(n, k)
             progress.update(n)
         progress.close()

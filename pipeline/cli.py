@@ -91,9 +91,9 @@ def _cmd_tiny_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_download_models(args: argparse.Namespace) -> None:
-    from pipeline.models.download import download_preset
+    from pipeline.models.download import download_generation, download_preset
 
-    download_preset(args.preset, args.root)
+    (download_generation if args.set == "generation" else download_preset)(args.preset, args.root)
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
@@ -194,6 +194,78 @@ def _cmd_predict_semantic(args: argparse.Namespace) -> None:
     )
 
 
+def _devices(args: argparse.Namespace) -> dict:
+    from pipeline.models.loading import resolve_device, resolve_dtype
+
+    return {"device": resolve_device(args.device), "dtype": resolve_dtype(args.dtype)}
+
+
+def _cmd_tiny_generation_models(args: argparse.Namespace) -> None:
+    from pipeline.models.tiny_generation import write_tiny_generation
+
+    write_tiny_generation(args.output, args.encoders, seed=args.seed)
+
+
+def _cmd_fit_keyframe_embedder(args: argparse.Namespace) -> None:
+    from pipeline.generation.stages import fit_keyframe_embedder
+
+    settings = json.loads(args.settings)
+    fit_keyframe_embedder(
+        args.aligned,
+        args.frames_dir,
+        args.generation,
+        args.output,
+        generator=settings["generator"],
+        frame=settings["frame"],
+        alphas=settings["embedder_alphas"],
+        **_devices(args),
+    )
+
+
+def _cmd_generate_keyframes(args: argparse.Namespace) -> None:
+    from pipeline.generation.stages import generate_keyframes
+
+    generate_keyframes(
+        args.blurry,
+        args.generation,
+        args.output,
+        settings=json.loads(args.settings),
+        aligned=args.aligned,
+        embedder=args.embedder,
+        semantic=args.semantic,
+        batch_size=args.batch_size,
+        **_devices(args),
+    )
+
+
+def _cmd_caption_keyframes(args: argparse.Namespace) -> None:
+    from pipeline.generation.stages import caption_keyframes
+
+    caption_keyframes(
+        args.keyframes,
+        args.captioner,
+        args.output,
+        generation=json.loads(args.settings) | {"do_sample": False},
+        batch_size=args.batch_size,
+        **_devices(args),
+    )
+
+
+def _cmd_synthesize_videos(args: argparse.Namespace) -> None:
+    from pipeline.generation.stages import synthesize_videos
+
+    synthesize_videos(
+        args.blurry,
+        args.keyframes,
+        args.captions,
+        args.generation,
+        args.output,
+        settings=json.loads(args.settings),
+        batch_size=args.batch_size,
+        **_devices(args),
+    )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
@@ -282,6 +354,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download-models", help="fetch a preset's models from the hub (network)")
     p.add_argument("--preset", required=True)
     p.add_argument("--root", required=True)
+    p.add_argument(
+        "--set", choices=["encoders", "generation"], default="encoders", help="which models"
+    )
     p.set_defaults(func=_cmd_download_models)
 
     p = sub.add_parser("cache", help="a feature cache: vae, clip-images, captions, clip-text")
@@ -333,6 +408,59 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_cmd_predict_semantic)
+
+    p = sub.add_parser("tiny-generation-models", help="write the tiny preset's generation models")
+    p.add_argument("--output", required=True)
+    p.add_argument("--encoders", required=True, help="the tiny preset's directory (fitted VAE)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tiny_generation_models)
+
+    def generation_parser(name: str, help: str, settings: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--output", required=True)
+        p.add_argument("--settings", required=True, help=f"JSON of the {settings}")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--dtype", default="float32")
+        return p
+
+    p = generation_parser(
+        "fit-keyframe-embedder",
+        "ridge fMRI -> a diffusers unCLIP generator's image embedding",
+        "effective keyframes settings",
+    )
+    p.add_argument("--aligned", required=True)
+    p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
+    p.add_argument("--generation", required=True, help="the preset's generation model directory")
+    p.set_defaults(func=_cmd_fit_keyframe_embedder)
+
+    p = generation_parser(
+        "generate-keyframes", "one keyframe per test clip", "effective keyframes settings"
+    )
+    p.add_argument("--blurry", required=True, help="the subject's blurry videos")
+    p.add_argument("--generation", required=True, help="the preset's generation model directory")
+    p.add_argument("--aligned", help="aligned store (generators conditioned on image embeddings)")
+    p.add_argument("--embedder", help="fitted keyframe embedder directory")
+    p.add_argument("--semantic", help="SR embeddings store (generators on prior tokens)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_cmd_generate_keyframes)
+
+    p = generation_parser(
+        "caption-keyframes", "BLIP-2 captions of the generated keyframes", "captions section"
+    )
+    p.add_argument("--keyframes", required=True)
+    p.add_argument("--captioner", required=True, help="BLIP-2 model directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_caption_keyframes)
+
+    p = generation_parser(
+        "synthesize-videos", "AnimateDiff + SparseCtrl videos", "effective video settings"
+    )
+    p.add_argument("--blurry", required=True)
+    p.add_argument("--keyframes", required=True)
+    p.add_argument("--captions", required=True, help="keyframe captions store")
+    p.add_argument("--generation", required=True, help="the preset's generation model directory")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.set_defaults(func=_cmd_synthesize_videos)
 
     p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
     p.add_argument("path")

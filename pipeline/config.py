@@ -136,6 +136,7 @@ def _check_consistency(config: dict[str, Any]) -> None:
             reconstructor_settings(config, name)
         except ValueError as exc:
             raise ConfigError(f"config key '{name}.architecture': {exc}") from None
+    _check_generation(config)
     demo = config["demo"]
     if (Fraction(str(demo["segment_duration_s"])) / tr).denominator != 1:
         raise ConfigError(
@@ -155,6 +156,26 @@ def _check_consistency(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "
             f"stimulus rate demo.fps = {demo['fps']}"
+        )
+
+
+def _check_generation(config: dict[str, Any]) -> None:
+    from pipeline.models.presets import GENERATION, GENERATOR_ROLES, generation_settings
+
+    preset = config["models"]["preset"]
+    generator = generation_settings(config, "keyframes")["generator"]
+    if GENERATOR_ROLES[generator] not in GENERATION[preset] or (generator == "tiny") != (
+        preset == "tiny"
+    ):
+        raise ConfigError(
+            f"config key 'keyframes.generator': {generator!r} is not available in the "
+            f"{preset!r} model preset (models.preset)"
+        )
+    video = generation_settings(config, "video")
+    if video["size"] % 8:
+        raise ConfigError(
+            f"config key 'video.size': {video['size']} is not a multiple of 8 (the VAE's "
+            "downsampling); set video.size"
         )
 
 

@@ -131,3 +131,70 @@ def embedding_stores(wildcards):
 
 def blurry_stores(wildcards):
     return expand("results/{subject}/perception/blurry.zarr", subject=SUBJECTS)
+
+
+def generation_dir():
+    """The preset's generation models (tiny_generation_models or download_generation_models)."""
+    return f"{MODELS_CONFIG['root']}/{MODELS_CONFIG['preset']}-generation"
+
+
+def generation_json(section, *keys):
+    """Effective ``keyframes`` / ``video`` settings (nulls resolved from the preset) as JSON,
+    restricted to ``keys`` when given: a rule's params hold exactly what its stage reads.
+    """
+    import json
+
+    from pipeline.models.presets import generation_settings
+
+    settings = generation_settings(config, section)
+    settings = {k: v for k, v in settings.items() if k in keys} if keys else settings
+    settings.pop("batch_size", None)  # how clips are batched never changes a result
+    return json.dumps(settings, sort_keys=True)
+
+
+#: keyframes settings each stage reads (the candidates belong to the caches)
+EMBEDDER_KEYS = ("generator", "frame", "embedder_alphas")
+KEYFRAME_KEYS = (
+    "generator",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "noise_level",
+    "seed",
+)
+
+
+def keyframe_generator():
+    from pipeline.models.presets import generation_settings
+
+    return generation_settings(config, "keyframes")["generator"]
+
+
+def keyframe_conditions(wildcards):
+    """What the configured generator is conditioned on: the fitted embedder + the aligned
+    fMRI (diffusers unCLIP generators) or the SR's prior embeddings (SDXL unCLIP)."""
+    if keyframe_generator() == "mindeye2_sdxl_unclip":
+        return {"semantic": f"results/{wildcards.subject}/semantic/embeddings.zarr"}
+    return {
+        "embedder": f"results/{wildcards.subject}/keyframes/embedder",
+        "aligned": f"results/{wildcards.subject}/aligned.zarr",
+    }
+
+
+def condition_arguments(wildcards, input):
+    """The generate-keyframes options naming the inputs of :func:`keyframe_conditions`."""
+    import shlex
+
+    keys = [k for k in ("embedder", "aligned", "semantic") if k in input.keys()]
+    return " ".join(f"--{k} {shlex.quote(str(input[k]))}" for k in keys)
+
+
+def captions_json():
+    """The BLIP-2 generation settings (``captions`` section) as JSON."""
+    import json
+
+    return json.dumps(config["captions"], sort_keys=True)
+
+
+def video_dirs(wildcards):
+    return expand("results/{subject}/videos", subject=SUBJECTS)

@@ -35,6 +35,9 @@ SMALL_OVERLAY = {
     "frames": {"size": 64},
     "models": {"tiny_vae_steps": 300, "batch_size": 64},
     "semantic": {"align_epochs": 10, "prior_epochs": 2},
+    # 10-step schedules: alpha guidance runs round(0.3 * 10) = 3 of them per video
+    "keyframes": {"steps": 10},
+    "video": {"steps": 10, "batch_size": 8},
 }
 #: Side of the extracted frames in the small demo.
 FRAME_SIZE = SMALL_OVERLAY["frames"]["size"]

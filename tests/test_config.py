@@ -42,6 +42,17 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"demo": {"luminance_grid": 200}}, "demo.luminance_grid"),
         ({"demo": {"object_speed": -1}}, "demo.object_speed"),
         ({"dataset": {"subjects": ["sub-01"]}}, "dataset.subjects.0"),
+        ({"keyframes": {"generator": "sd21_unclip"}}, "keyframes.generator"),  # tiny preset
+        (
+            {"models": {"preset": "paper"}, "keyframes": {"generator": "tiny"}},
+            "keyframes.generator",
+        ),
+        ({"keyframes": {"generator": "dalle"}}, "keyframes.generator"),
+        ({"keyframes": {"strength": 0}}, "keyframes.strength"),
+        ({"video": {"theta": 1.0}}, "video.theta"),
+        ({"video": {"alpha_mode": "both"}}, "video.alpha_mode"),
+        ({"video": {"size": 100}}, "video.size"),
+        ({"frames": {"size": 100}}, "video.size"),  # the tiny preset's videos follow the frames
     ],
 )
 def test_bad_values_name_the_key(config, key):

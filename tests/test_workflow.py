@@ -39,33 +39,47 @@ def test_complete_run_has_nothing_to_do(workspace):
     assert planned_jobs(workspace) == {}
 
 
-PR = {"train_perception": 1, "predict_perception": 1}
+GEN = {"generate_keyframes": 1, "caption_keyframes": 1, "synthesize_videos": 1}
+PR = {"train_perception": 1, "predict_perception": 1, **GEN}
 SR = {"train_semantic": 1, "predict_semantic": 1}
+EMB = {"fit_keyframe_embedder": 1, **GEN}
 
 
 @pytest.mark.parametrize(
     ("overlay", "expected"),
     [
-        ({"alignment": {"shift_s": 6.0}}, {"align": 1, **PR, **SR, "all": 1}),
-        ({"selection": {"alpha": 0.01}}, {"select_voxels": 1, "align": 1, **PR, **SR, "all": 1}),
+        ({"alignment": {"shift_s": 6.0}}, {"align": 1, **PR, **SR, **EMB, "all": 1}),
+        (
+            {"selection": {"alpha": 0.01}},
+            {"select_voxels": 1, "align": 1, **PR, **SR, **EMB, "all": 1},
+        ),
         (
             {"preprocess": {"detrend_order": 3}},
-            {"preprocess": 1, "select_voxels": 1, "align": 1, **PR, **SR, "all": 1},
+            {"preprocess": 1, "select_voxels": 1, "align": 1, **PR, **SR, **EMB, "all": 1},
         ),
         (
             {"frames": {"size": 40}},
             {
                 "extract_frames": N_TRAIN + N_TEST,
                 "tiny_models": 1,
+                "tiny_generation_models": 1,
                 **dict.fromkeys(CACHES, 1),
                 **PR,
                 **SR,
+                **EMB,
                 "all": 1,
             },
         ),
         (
             {"captions": {"max_new_tokens": 12}},
-            {"cache_captions": 1, "cache_clip_text": 1, **SR, "all": 1},
+            {
+                "cache_captions": 1,
+                "cache_clip_text": 1,
+                **SR,
+                "caption_keyframes": 1,
+                "synthesize_videos": 1,
+                "all": 1,
+            },
         ),
         (
             {"keyframes": {"candidates": [2]}},
@@ -73,7 +87,14 @@ SR = {"train_semantic": 1, "predict_semantic": 1}
         ),
         (
             {"models": {"preset": "paper"}},
-            {"download_models": 1, **dict.fromkeys(CACHES, 1), **PR, **SR, "all": 1},
+            {
+                "download_models": 1,
+                "download_generation_models": 1,
+                **dict.fromkeys(CACHES, 1),
+                **PR,
+                **SR,
+                "all": 1,
+            },
         ),
         ({"models": {"batch_size": 7, "device": "cpu"}}, {}),
         # a PR hyperparameter: PR training and its descendants, not SR or the caches
@@ -82,6 +103,12 @@ SR = {"train_semantic": 1, "predict_semantic": 1}
         ({"semantic": {"reftm_weight": 0.5}}, {**SR, "all": 1}),
         # inference-only settings of the prior: prediction only
         ({"semantic": {"guidance": 2.0}}, {"predict_semantic": 1, "all": 1}),
+        # generation: each setting reruns its stage and what follows, never training
+        ({"keyframes": {"strength": 0.5}}, {**GEN, "all": 1}),
+        ({"keyframes": {"embedder_alphas": [1.0, 10.0]}}, {**EMB, "all": 1}),
+        ({"video": {"guidance_scale": 6.0}}, {"synthesize_videos": 1, "all": 1}),
+        ({"video": {"theta": 0.5}}, {"synthesize_videos": 1, "all": 1}),
+        ({"video": {"batch_size": 2}}, {}),
     ],
 )
 def test_changing_a_key_reruns_only_its_stage_and_descendants(workspace, overlay, expected):

@@ -106,7 +106,7 @@ class UnclipGenerator:
             require_model(path, "model_index.json"),
             use_safetensors=True,
             local_files_only=True,
-            torch_dtype=dtype,
+            dtype=dtype,
         ).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.dtype = device, dtype

@@ -87,10 +87,12 @@ class VideoSynthesizer:
         sparsectrl: str | Path,
         device: torch.device,
         dtype: torch.dtype,
+        vae: str | Path | None = None,
         domain_adapter: str | Path | None = None,
     ):
         from diffusers import (
             AnimateDiffSparseControlNetPipeline,
+            AutoencoderKL,
             DDIMScheduler,
             MotionAdapter,
             SparseControlNetModel,
@@ -98,22 +100,28 @@ class VideoSynthesizer:
 
         from pipeline.models.loading import require_model
 
-        kwargs = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype}
-        adapter = MotionAdapter.from_pretrained(
-            require_model(motion_adapter, "config.json"), **kwargs
-        )
-        controlnet = SparseControlNetModel.from_pretrained(
-            require_model(sparsectrl, "config.json"), **kwargs
-        )
+        kwargs = {"use_safetensors": True, "local_files_only": True, "dtype": dtype}
+        components = {
+            "motion_adapter": MotionAdapter.from_pretrained(
+                require_model(motion_adapter, "config.json"), **kwargs
+            ),
+            "controlnet": SparseControlNetModel.from_pretrained(
+                require_model(sparsectrl, "config.json"), **kwargs
+            ),
+        }
+        if vae is not None:  # a base model distributed without its VAE (RealisticVision noVAE)
+            components["vae"] = AutoencoderKL.from_pretrained(
+                require_model(vae, "config.json"), **kwargs
+            )
         self.pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
-            require_model(base, "model_index.json"),
-            motion_adapter=adapter,
-            controlnet=controlnet,
-            **kwargs,
+            require_model(base, "model_index.json"), **components, **kwargs
         ).to(device)
         if domain_adapter is not None:
             # AnimateDiff v3's domain adapter: a LoRA on the base model's attention
-            self.pipe.load_lora_weights(str(domain_adapter), adapter_name="domain_adapter")
+            path = Path(domain_adapter)
+            self.pipe.load_lora_weights(
+                str(path.parent), weight_name=path.name, adapter_name="domain_adapter"
+            )
         # DDIM as AnimateDiff's inference configs set it (SPEC §3)
         self.pipe.scheduler = DDIMScheduler.from_config(
             self.pipe.scheduler.config,
@@ -127,6 +135,23 @@ class VideoSynthesizer:
         )
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.dtype = device, dtype
+
+    @classmethod
+    def from_generation_dir(
+        cls, root: str | Path, device, dtype, domain_adapter: bool = True
+    ) -> VideoSynthesizer:
+        """Load from a preset's generation directory (roles as in ``presets.GENERATION``)."""
+        root = Path(root)
+        lora = root / "domain_adapter" / "lora.safetensors"
+        return cls(
+            root / "video_base",
+            root / "motion_adapter",
+            root / "sparsectrl",
+            device,
+            dtype,
+            vae=root / "video_vae" if (root / "video_vae").is_dir() else None,
+            domain_adapter=lora if domain_adapter and lora.is_file() else None,
+        )
 
     def _timesteps(self, settings: VideoSettings) -> torch.Tensor:
         scheduler = self.pipe.scheduler

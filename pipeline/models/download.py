@@ -1,7 +1,7 @@
 """Fetching a preset's models from the Hugging Face hub: the only code that uses the network.
 
-Run by the ``download_models`` rule, e.g. on a cluster login node; every other
-rule loads the local copies offline.
+Run by the ``download_models`` and ``download_generation_models`` rules, e.g. on
+a cluster login node; every other rule loads the local copies offline.
 """
 
 from __future__ import annotations
@@ -9,38 +9,90 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.models.presets import model_dir, preset_sources
+from pipeline.models.presets import GENERATION, ModelSource, generation_dir, preset_sources
 
-__all__ = ["download_preset"]
+__all__ = ["convert_checkpoint", "download_generation", "download_preset"]
+
+#: Name of a single-file source's weights after conversion, per role.
+SINGLE_FILE_NAMES = {"sdxl_unclip": "unclip6.safetensors", "domain_adapter": "lora.safetensors"}
+
+
+def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A pickled checkpoint → safetensors, unpickling tensors only (``weights_only=True``).
+
+    Lightning checkpoints keep the weights under ``state_dict``; that mapping
+    is written. Anything that is not a tensor mapping is refused.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    data = torch.load(source, map_location="cpu", weights_only=True)
+    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source}: not a checkpoint of tensors")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+
+
+def _fetch(source: ModelSource, role: str, target: Path) -> None:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    from pipeline.stores import atomic_output
+
+    with atomic_output(target) as tmp:
+        if source.filename:
+            tmp.mkdir(parents=True)
+            path = hf_hub_download(
+                source.repo, source.filename, repo_type=source.repo_type, local_dir=tmp
+            )
+            name = SINGLE_FILE_NAMES.get(role, Path(source.filename).stem + ".safetensors")
+            if path.endswith(".safetensors"):
+                Path(path).rename(tmp / name)
+            else:
+                convert_checkpoint(path, tmp / name)
+                Path(path).unlink()
+            return
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+        if source.subfolder:
+            patterns = [f"{source.subfolder}/{p}" for p in patterns]
+        snapshot_download(
+            source.repo, local_dir=tmp, allow_patterns=patterns, repo_type=source.repo_type
+        )
+        if source.subfolder:  # flatten: the role's directory is the subfolder
+            nested = tmp / source.subfolder
+            for item in nested.iterdir():
+                item.rename(tmp / item.name)
+            nested.rmdir()
+
+
+def _hub_sources(preset: str, sources: dict[str, ModelSource]) -> dict[str, ModelSource]:
+    for role, source in sources.items():
+        if source.repo is None:
+            raise ValueError(
+                f"preset {preset!r} role {role!r} has no hub repository; it is written by the "
+                "tiny model rules"
+            )
+    return sources
 
 
 def download_preset(preset: str, root: str | os.PathLike) -> list[Path]:
-    """Download every model of ``preset`` into ``{root}/{preset}/{role}``.
+    """Download every encoder model of ``preset`` into ``{root}/{preset}/{role}``.
 
     Each role's directory receives the files of its repository (or of its
     subfolder), laid out as on the hub, safetensors weights only.
     """
-    from huggingface_hub import snapshot_download
-
-    from pipeline.stores import atomic_output
-
     written = []
-    for role, source in preset_sources(preset).items():
-        if source.repo is None:
-            raise ValueError(
-                f"preset {preset!r} role {role!r} has no hub repository; it is written by the "
-                "tiny_models rule"
-            )
-        target = model_dir(root, preset, role)
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-        if source.subfolder:
-            patterns = [f"{source.subfolder}/{p}" for p in patterns]
-        with atomic_output(target) as tmp:
-            snapshot_download(source.repo, local_dir=tmp, allow_patterns=patterns)
-            if source.subfolder:  # flatten: the role's directory is the subfolder
-                nested = tmp / source.subfolder
-                for item in nested.iterdir():
-                    item.rename(tmp / item.name)
-                nested.rmdir()
+    for role, source in _hub_sources(preset, preset_sources(preset)).items():
+        target = Path(root) / preset / role
+        _fetch(source, role, target)
+        written.append(target)
+    return written
+
+
+def download_generation(preset: str, root: str | os.PathLike) -> list[Path]:
+    """Download ``preset``'s generation models into ``{root}/{preset}-generation/{role}``."""
+    written = []
+    for role, source in _hub_sources(preset, GENERATION[preset]).items():
+        target = generation_dir(root, preset) / role
+        _fetch(source, role, target)
         written.append(target)
     return written

@@ -90,7 +90,7 @@ def load_vae(
 
     path = require_model(path, "config.json")
     vae = AutoencoderKL.from_pretrained(
-        path, use_safetensors=True, local_files_only=True, torch_dtype=dtype
+        path, use_safetensors=True, local_files_only=True, dtype=dtype
     )
     return vae.to(device).eval().requires_grad_(False)
 

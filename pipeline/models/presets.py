@@ -14,7 +14,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PRESETS", "ROLES", "ModelSource", "model_dir", "preset_sources"]
+__all__ = [
+    "GENERATION",
+    "GENERATOR_ROLES",
+    "PRESETS",
+    "ROLES",
+    "ModelSource",
+    "generation_dir",
+    "generation_settings",
+    "model_dir",
+    "preset_sources",
+]
 
 #: The roles a preset fills (later stages add keyframe, video and evaluation models).
 ROLES = ("clip", "vae", "captioner")
@@ -33,11 +43,19 @@ class ModelSource:
         ``tiny_models`` rule writes the directory.
     subfolder : str or None
         Folder of the repository that holds this model (e.g. ``vae``).
+    filename : str or None
+        A single checkpoint file of the repository to fetch instead of its
+        diffusers/transformers layout; a pickled ``.ckpt`` is converted to
+        safetensors on download (``torch.load(weights_only=True)``).
+    repo_type : str
+        ``model`` or ``dataset`` (MindEye2's weights live in a dataset repository).
     """
 
     library: str
     repo: str | None = None
     subfolder: str | None = None
+    filename: str | None = None
+    repo_type: str = "model"
 
 
 #: Registry of presets: role → source.
@@ -57,6 +75,71 @@ PRESETS: dict[str, dict[str, ModelSource]] = {
         "captioner": ModelSource("transformers"),
     },
 }
+
+
+#: Generation models per preset (issue 5): keyframe generators and the video model.
+#: They live in ``{models.root}/{preset}-generation/{role}``, apart from the encoders,
+#: so that changing them never invalidates the caches or the trained reconstructors.
+GENERATION: dict[str, dict[str, ModelSource]] = {
+    "paper": {
+        # `sd21_unclip` generator: SD 2.1 unCLIP, 1024-d ViT-H/14 image embeddings
+        "unclip": ModelSource("diffusers", "stabilityai/stable-diffusion-2-1-unclip"),
+        # `mindeye2_sdxl_unclip` generator: MindEye2's fine-tuned SDXL unCLIP (SPEC §3)
+        "sdxl_unclip": ModelSource(
+            "sgm",
+            "pscotti/mindeyev2",
+            filename="unclip6_epoch0_step110000.ckpt",
+            repo_type="dataset",
+        ),
+        # AnimateDiff v3 on RealisticVision V6.0 B1, SparseCtrl RGB (paper appendix A)
+        "video_base": ModelSource("diffusers", "SG161222/Realistic_Vision_V6.0_B1_noVAE"),
+        "video_vae": ModelSource("diffusers", "stabilityai/sd-vae-ft-mse"),
+        "motion_adapter": ModelSource("diffusers", "guoyww/animatediff-motion-adapter-v1-5-3"),
+        "sparsectrl": ModelSource("diffusers", "guoyww/animatediff-sparsectrl-rgb"),
+        "domain_adapter": ModelSource(
+            "diffusers", "guoyww/animatediff", filename="v3_sd15_adapter.ckpt"
+        ),
+    },
+    "tiny": {
+        "unclip": ModelSource("diffusers"),
+        "video_base": ModelSource("diffusers"),
+        "motion_adapter": ModelSource("diffusers"),
+        "sparsectrl": ModelSource("diffusers"),
+    },
+}
+
+#: Keyframe generator → the generation role holding its model.
+GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip", "tiny": "unclip"}
+
+#: Per-preset defaults of the generation settings (config keys set to null take these).
+GENERATION_DEFAULTS = {
+    "paper": {
+        "keyframes": {"generator": "mindeye2_sdxl_unclip", "steps": 38, "guidance_scale": 5.0},
+        "video": {"size": 256},
+    },
+    # tiny: the video size follows the extracted frames (`frames.size`)
+    "tiny": {"keyframes": {"generator": "tiny", "steps": 20, "guidance_scale": 5.0}, "video": {}},
+}
+
+
+def generation_dir(root: str | os.PathLike, preset: str) -> Path:
+    """Directory of ``preset``'s generation models (one role per subdirectory)."""
+    if preset not in GENERATION:
+        raise ValueError(f"unknown model preset {preset!r}; known: {sorted(GENERATION)}")
+    return Path(root) / f"{preset}-generation"
+
+
+def generation_settings(config: dict, section: str) -> dict:
+    """``keyframes`` or ``video`` settings with null values resolved from the preset."""
+    preset = config["models"]["preset"]
+    values = dict(config[section])
+    defaults = GENERATION_DEFAULTS[preset][section]
+    if section == "video" and "size" not in defaults:
+        defaults = defaults | {"size": config["frames"]["size"]}
+    for key, value in defaults.items():
+        if values.get(key) is None:
+            values[key] = value
+    return values
 
 
 def preset_sources(preset: str) -> dict[str, ModelSource]:

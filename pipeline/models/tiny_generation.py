@@ -17,7 +17,7 @@ preset names (:data:`pipeline.models.presets.GENERATION`):
 Both pipelines decode with the tiny preset's fitted VAE (copied in), so their
 images look like the demo's frames rather than noise. The text tokenizer is a
 real ``CLIPTokenizer`` over a byte-level vocabulary without merges (every
-character a token), written as ``vocab.json`` + ``merges.txt``.
+character a token, up to 256 per prompt), written as ``vocab.json`` + ``merges.txt``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import torch
 __all__ = ["write_tiny_generation"]
 
 _WIDTH = 32  # text/image embedding width of the tiny CLIP encoders
+#: Prompt length in tokens: the character-level tokenizer needs more than CLIP's 77 BPE
+#: tokens to hold a caption and the paper's prompt suffix
+_CONTEXT = 256
 _BLOCKS = (32, 64)  # UNet / ControlNet / motion adapter channels
 
 
@@ -59,7 +62,7 @@ def _write_tokenizer(path: Path) -> int:
     (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (path / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(
-        str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77
+        str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=_CONTEXT
     )
     tokenizer.save_pretrained(str(path))
     return len(tokens)
@@ -75,7 +78,7 @@ def _text_encoder(vocab_size: int):
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
-            max_position_embeddings=77,
+            max_position_embeddings=_CONTEXT,
             projection_dim=_WIDTH,
             bos_token_id=vocab_size - 2,
             eos_token_id=vocab_size - 1,

@@ -1,0 +1,177 @@
+"""Keyframes and video synthesis on the tiny generation models the workflow wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pipeline.generation.diffusion import partial_timesteps
+from pipeline.generation.keyframes import KeyframeSettings, load_generator
+from pipeline.generation.sdxl_unclip import MissingDependencyError
+from pipeline.generation.video import (
+    SynthesisTrace,
+    VideoSettings,
+    VideoSynthesizer,
+    interpolate_frames,
+)
+from pipeline.stores import open_store
+from tests.conftest import FRAME_SIZE
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def generation_dir(workspace):
+    return workspace / "resources/models/tiny-generation"
+
+
+@pytest.fixture(scope="module")
+def synthesizer(generation_dir):
+    return VideoSynthesizer.from_generation_dir(generation_dir, CPU, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def clips(workspace):
+    """Blurry videos and keyframes of two test clips, as the workflow made them."""
+    blurry = open_store(workspace / "results/subject1/perception/blurry.zarr")["frames"][:2]
+    keyframes = open_store(workspace / "results/subject1/keyframes/keyframes.zarr")
+    return blurry, keyframes["keyframes"][:2]
+
+
+def _settings(**overrides) -> VideoSettings:
+    return VideoSettings(**({"steps": 10, "size": FRAME_SIZE, "n_frames": 16} | overrides))
+
+
+def _unet_calls(synthesizer, run):
+    calls = []
+    handle = synthesizer.pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return out, len(calls)
+
+
+@pytest.mark.parametrize("theta", [0.3, 0.5, 1.0])
+def test_alpha_guidance_runs_round_theta_steps(synthesizer, clips, theta):
+    blurry, keyframes = clips
+    trace = SynthesisTrace()
+    settings = _settings(theta=theta)
+    out, calls = _unet_calls(
+        synthesizer,
+        lambda: synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], settings, trace),
+    )
+    assert calls == len(trace.timesteps) == round(theta * settings.steps)
+    schedule = partial_timesteps(synthesizer.pipe.scheduler, settings.steps, 1.0)
+    assert trace.timesteps == schedule[-calls:].tolist()  # the tail of the schedule
+    assert out.shape == (2, 16, FRAME_SIZE, FRAME_SIZE, 3) and out.dtype == np.uint8
+
+
+def test_theta_zero_returns_the_encoded_blurry_video(synthesizer, clips):
+    blurry, keyframes = clips
+    out, calls = _unet_calls(
+        synthesizer,
+        lambda: synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], _settings(theta=0)),
+    )
+    assert calls == 0
+    # the same frames through the VAE directly: encode (mode) and decode
+    video = interpolate_frames(blurry, 16, FRAME_SIZE).reshape(-1, FRAME_SIZE, FRAME_SIZE, 3)
+    vae = synthesizer.pipe.vae
+    with torch.no_grad():
+        x = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    expected = ((y.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    assert np.abs(out.reshape(expected.shape).astype(float) - expected).max() <= 1
+
+
+def test_official_alpha_mode_starts_at_the_first_timestep(synthesizer, clips):
+    blurry, keyframes = clips
+    trace = SynthesisTrace()
+    settings = _settings(alpha_mode="official")
+    synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], settings, trace)
+    full = partial_timesteps(synthesizer.pipe.scheduler, settings.steps, 1.0).tolist()
+    assert trace.start_timestep == full[0] and trace.timesteps == full
+
+
+def test_sparsectrl_gets_the_keyframe_at_frame_zero_only(synthesizer, clips):
+    blurry, keyframes = clips
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["mask"] = kwargs["conditioning_mask"].clone()
+        seen["cond"] = kwargs["controlnet_cond"].clone()
+
+    handle = synthesizer.pipe.controlnet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], _settings())
+    finally:
+        handle.remove()
+    mask, cond = seen["mask"], seen["cond"]  # (batch, 1 | c, frames, h, w)
+    assert (mask[:, :, 0] == 1).all() and (mask[:, :, 1:] == 0).all()
+    assert cond[:, :, 0].abs().sum() > 0 and (cond[:, :, 1:] == 0).all()
+
+
+def test_a_clip_does_not_depend_on_its_batch(synthesizer, clips):
+    blurry, keyframes = clips
+    both = synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], _settings())
+    alone = synthesizer.synthesize(blurry[1:], keyframes[1:], ["b"], [2], _settings())
+    assert np.abs(both[1].astype(int) - alone[0]).max() <= 2
+    other_seed = synthesizer.synthesize(blurry[1:], keyframes[1:], ["b"], [3], _settings())
+    assert np.abs(other_seed[0].astype(int) - alone[0]).max() > 2
+
+
+def test_keyframe_strength_zero_keeps_the_start_image_and_seeds_are_per_clip(generation_dir, clips):
+    blurry, _ = clips
+    generator = load_generator("tiny", generation_dir / "unclip", CPU, torch.float32)
+    embeds = torch.randn(2, generator.embedding_dim)
+    first = blurry[:, 0]
+    run = KeyframeSettings(steps=10, guidance_scale=5.0, strength=0.8, seed=0)
+    both = generator.generate(embeds, first, [7, 8], run)
+    alone = generator.generate(embeds[1:], first[1:], [8], run)
+    assert np.abs(both[1].astype(int) - alone[0]).max() <= 2
+    kept = generator.generate(embeds, first, [7, 8], KeyframeSettings(10, 5.0, 0.0))
+    roundtrip_error = np.abs(kept.astype(float) - first).mean()
+    assert roundtrip_error < np.abs(both.astype(float) - first).mean()
+
+
+def test_sd21_unclip_generator_runs_on_a_hub_layout(generation_dir, clips):
+    """``sd21_unclip`` is diffusers' StableUnCLIPImg2ImgPipeline: the tiny one has its layout."""
+    generator = load_generator("sd21_unclip", generation_dir / "unclip", CPU, torch.float32)
+    out = generator.generate(
+        torch.zeros(1, generator.embedding_dim),
+        clips[0][:1, 0],
+        [1],
+        KeyframeSettings(steps=4, guidance_scale=3.0, strength=1.0),
+    )
+    assert out.shape == (1, generator.size, generator.size, 3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sgm") is not None, reason="sgm is installed")
+def test_sdxl_unclip_without_sgm_says_what_to_install(tmp_path):
+    with pytest.raises(MissingDependencyError, match="pip install .*generative-models"):
+        load_generator("mindeye2_sdxl_unclip", tmp_path, CPU, torch.float32)
+
+
+def test_the_main_job_writes_one_playable_video_per_test_clip(workspace):
+    videos = workspace / "results/subject1/videos"
+    store = open_store(videos / "frames.zarr", stage="synthesize_videos")
+    aligned = open_store(workspace / "results/subject1/aligned.zarr")
+    assert store["segment"][:].tolist() == aligned["test/segment"][:].tolist()
+    files = store["file"][:].tolist()
+    assert sorted(files) == sorted(p.name for p in videos.glob("*.mp4"))
+    frames = store["videos"]
+    assert frames.shape == (len(files), 16, FRAME_SIZE, FRAME_SIZE, 3)
+    for i in (0, len(files) - 1):
+        with av.open(str(videos / files[i])) as container:
+            decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            assert container.streams.video[0].codec_context.name == "h264"
+        assert decoded.shape == frames.shape[1:]
+        # H.264 (crf 18, 4:2:0 chroma) against the stored frames
+        assert np.abs(decoded.astype(float) - frames[i]).mean() < 6
+    keyframes = open_store(workspace / "results/subject1/keyframes/keyframes.zarr")
+    assert np.array_equal(store["keyframes"][:], keyframes["keyframes"][:])
+    assert all(p.endswith(store.attrs["settings"]["prompt_suffix"]) for p in store["prompts"][:])
