@@ -176,8 +176,9 @@ RECONSTRUCTORS: dict[str, dict[str, dict]] = {
             "epochs": 150,
             "batch_size": 40,
             "lr": 3e-4,
-            # the official train_PR.py mixes the latent targets only after computing the
-            # loss (and never the fMRI), so its mixup has no effect: none here
+            # the official train_PR.py would mix only the latent targets, after the loss is
+            # computed, with `perm`/`select` it never defines (the script stops there on
+            # its first batch): no mixup in the paper preset
             "mixup_fraction": 0.0,
         },
         "semantic": {
