@@ -1,0 +1,1 @@
+"""The inference half of NeuroClips: keyframes (β), captions (γ), videos (α + β + γ), fusion."""
