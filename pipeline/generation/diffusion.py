@@ -6,12 +6,25 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ANIMATEDIFF_DDIM",
     "clip_generators",
     "decode_images",
     "encode_images",
     "partial_timesteps",
     "seeded_noise",
 ]
+
+
+#: DDIM as AnimateDiff's inference configs set it (SPEC §3: linear betas 0.00085–0.012)
+ANIMATEDIFF_DDIM = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
 
 
 def partial_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:

@@ -152,7 +152,7 @@ def generate_keyframes(
             compression="fast",
         )
         for s in tqdm(_batches(n, batch_size), desc="keyframes", unit="batch"):
-            first = source["frames"][s][:, 0]  # first frame of each blurry video
+            first = source["frames"][s, 0]  # first frame of each blurry video only
             images[s] = model.generate(condition[s], first, keys[s], run)
         store.attrs["generator"] = name
         store.attrs["provenance"] = provenance("generate_keyframes", params, inputs)

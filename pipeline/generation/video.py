@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.generation.diffusion import (
+    ANIMATEDIFF_DDIM,
     clip_generators,
     decode_images,
     encode_images,
@@ -122,16 +123,8 @@ class VideoSynthesizer:
             self.pipe.load_lora_weights(
                 str(path.parent), weight_name=path.name, adapter_name="domain_adapter"
             )
-        # DDIM as AnimateDiff's inference configs set it (SPEC §3)
         self.pipe.scheduler = DDIMScheduler.from_config(
-            self.pipe.scheduler.config,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            timestep_spacing="leading",
+            self.pipe.scheduler.config, **ANIMATEDIFF_DDIM
         )
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.dtype = device, dtype

@@ -106,18 +106,12 @@ def _unet(sample_size: int, **extra):
 
 
 def _ddim():
-    """DDIM as AnimateDiff and SD 2.1 unCLIP configure it (linear betas 0.00085–0.012)."""
+    """DDIM as AnimateDiff configures it (``diffusion.ANIMATEDIFF_DDIM``)."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    from pipeline.generation.diffusion import ANIMATEDIFF_DDIM
+
+    return DDIMScheduler(**ANIMATEDIFF_DDIM)
 
 
 def write_tiny_unclip(path: Path, vae_dir: Path, seed: int, image_size: int) -> Path:
