@@ -1,5 +1,6 @@
 """NeuroClips as a reproducible pipeline: raw cc2017 files → aligned fMRI, clip frames,
-feature caches, trained reconstructors, keyframes and the reconstructed videos.
+feature caches, trained reconstructors, keyframes, the reconstructed videos and their
+multi-fMRI fusion.
 
 Wiring only: configuration, validation, rule modules and the default target.
 All logic lives in the ``pipeline`` package.
@@ -45,11 +46,12 @@ include: "rules/models.smk"
 include: "rules/caches.smk"
 include: "rules/reconstructors.smk"
 include: "rules/generation.smk"
+include: "rules/fusion.smk"
 
 
 # Everything: aligned fMRI of every subject, frames of every stimulus, the feature caches,
 # the blurry videos and CLIP embeddings of every subject's test clips, and the final
-# videos (results/{subject}/videos, the main target).
+# videos (results/{subject}/videos, the main target) and their multi-fMRI fusion.
 rule all:
     default_target: True
     input:
@@ -59,3 +61,4 @@ rule all:
         blurry_stores,
         embedding_stores,
         video_dirs,
+        fused_dirs,

@@ -38,6 +38,7 @@ __all__ = [
     "cache_clip_text",
     "cache_vae_latents",
     "caption_inputs",
+    "clip_image_embeds",
     "generate_captions",
 ]
 
@@ -240,6 +241,21 @@ def _clip_preprocess(x: torch.Tensor, model) -> torch.Tensor:
     mean = torch.tensor(model.visual.image_mean, device=x.device, dtype=x.dtype)[:, None, None]
     std = torch.tensor(model.visual.image_std, device=x.device, dtype=x.dtype)[:, None, None]
     return (x.clamp(0, 1) - mean) / std
+
+
+@torch.no_grad()
+def clip_image_embeds(
+    clip, images: np.ndarray, device, dtype, batch_size: int = 32
+) -> torch.Tensor:
+    """Pooled OpenCLIP image embeddings (what ``image_embeds`` of the cache holds) of uint8
+    images (n, h, w, 3), on the CPU as float32."""
+    parts = [
+        clip.visual(_clip_preprocess(_to_tensor(images[i : i + batch_size], device, dtype), clip))[
+            0
+        ]
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts).float().cpu() if parts else torch.zeros(0)
 
 
 @torch.no_grad()

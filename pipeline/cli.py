@@ -91,9 +91,12 @@ def _cmd_tiny_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_download_models(args: argparse.Namespace) -> None:
-    from pipeline.models.download import download_generation, download_preset
+    from pipeline.models.download import download_preset, download_set
 
-    (download_generation if args.set == "generation" else download_preset)(args.preset, args.root)
+    if args.set == "encoders":
+        download_preset(args.preset, args.root)
+    else:
+        download_set(args.set, args.preset, args.root)
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
@@ -266,6 +269,44 @@ def _cmd_synthesize_videos(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_tiny_classifiers(args: argparse.Namespace) -> None:
+    from pipeline.models.tiny_classifiers import write_tiny_classifiers
+
+    write_tiny_classifiers(
+        args.output, args.frames, seed=args.seed, steps=args.steps, classes=args.classes
+    )
+
+
+def _cmd_train_fusion(args: argparse.Namespace) -> None:
+    from pipeline.generation.fusion import fit_fusion
+
+    fit_fusion(
+        args.clip_images,
+        args.frames,
+        args.classifier,
+        args.output,
+        settings=json.loads(args.settings),
+        **_devices(args),
+    )
+
+
+def _cmd_fuse_videos(args: argparse.Namespace) -> None:
+    from pipeline.generation.fusion import fuse_videos
+
+    fuse_videos(
+        args.videos,
+        args.blurry,
+        args.clip,
+        args.generation,
+        args.fusion,
+        args.output,
+        threshold=args.threshold,
+        max_chain=args.max_chain,
+        batch_size=args.batch_size,
+        **_devices(args),
+    )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
@@ -351,11 +392,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, default=600)
     p.set_defaults(func=_cmd_tiny_models)
 
+    p = sub.add_parser(
+        "tiny-classifiers", help="write the tiny classifiers (fitted to k-means of the frames)"
+    )
+    p.add_argument("--output", required=True)
+    p.add_argument("--frames", nargs="+", required=True, help="training frame stores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--classes", type=int, default=8)
+    p.set_defaults(func=_cmd_tiny_classifiers)
+
     p = sub.add_parser("download-models", help="fetch a preset's models from the hub (network)")
     p.add_argument("--preset", required=True)
     p.add_argument("--root", required=True)
     p.add_argument(
-        "--set", choices=["encoders", "generation"], default="encoders", help="which models"
+        "--set",
+        choices=["encoders", "generation", "classifiers"],
+        default="encoders",
+        help="which models",
     )
     p.set_defaults(func=_cmd_download_models)
 
@@ -461,6 +515,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", required=True, help="the preset's generation model directory")
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=_cmd_synthesize_videos)
+
+    p = generation_parser(
+        "train-fusion", "the multi-fMRI fusion pair classifier", "fusion training settings"
+    )
+    p.add_argument("--clip-images", required=True, help="CLIP image cache store")
+    p.add_argument("--frames", nargs="+", required=True, help="training frame stores")
+    p.add_argument("--classifier", required=True, help="frame classifier directory")
+    p.set_defaults(func=_cmd_train_fusion)
+
+    p = sub.add_parser("fuse-videos", help="chain neighbouring test clips into longer videos")
+    p.add_argument("--videos", required=True, help="the subject's videos directory")
+    p.add_argument("--blurry", required=True)
+    p.add_argument("--clip", required=True, help="OpenCLIP model directory")
+    p.add_argument("--generation", required=True, help="the preset's generation model directory")
+    p.add_argument("--fusion", required=True, help="the trained fusion classifier")
+    p.add_argument("--output", required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--max-chain", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=_cmd_fuse_videos)
 
     p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
     p.add_argument("path")

@@ -171,6 +171,13 @@ def _check_generation(config: dict[str, Any]) -> None:
             f"config key 'keyframes.generator': {generator!r} is not available in the "
             f"{preset!r} model preset (models.preset)"
         )
+    classes = config["models"]["tiny_classifier_classes"]
+    if preset == "tiny" and config["fusion"]["label_top_k"] >= classes:
+        raise ConfigError(
+            f"config key 'fusion.label_top_k': {config['fusion']['label_top_k']} is not below the "
+            f"tiny frame classifier's {classes} classes (models.tiny_classifier_classes); every "
+            "pair would be labelled the same"
+        )
     video = generation_settings(config, "video")
     if video["size"] % 8:
         raise ConfigError(

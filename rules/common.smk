@@ -198,3 +198,35 @@ def captions_json():
 
 def video_dirs(wildcards):
     return expand("results/{subject}/videos", subject=SUBJECTS)
+
+
+def classifier_dir():
+    """The preset's classifiers (tiny_classifiers or download_classifiers)."""
+    return f"{MODELS_CONFIG['root']}/{MODELS_CONFIG['preset']}-classifiers"
+
+
+#: fusion settings each stage reads
+FUSION_TRAINING_KEYS = (
+    "label_top_k",
+    "validation_fraction",
+    "hidden",
+    "dropout",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "seed",
+)
+
+
+def fusion_json():
+    """The fusion classifier's training settings as JSON."""
+    import json
+
+    return json.dumps(
+        {k: config["fusion"][k] for k in FUSION_TRAINING_KEYS}, sort_keys=True
+    )
+
+
+def fused_dirs(wildcards):
+    return expand("results/{subject}/fused", subject=SUBJECTS)

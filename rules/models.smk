@@ -3,6 +3,7 @@
 
 localrules:
     download_models,
+    download_classifiers,
 
 
 rule tiny_models:
@@ -41,3 +42,44 @@ rule download_models:
         root=MODELS_CONFIG["root"],
     shell:
         "python -m pipeline download-models --preset paper --root {params.root:q} > {log:q} 2>&1"
+
+
+rule tiny_classifiers:
+    """Tiny frame classifier (a ViT) fitted to k-means clusters of the training frames."""
+    input:
+        training_frame_stores,
+    output:
+        directory(f"{MODELS_CONFIG['root']}/tiny-classifiers"),
+    log:
+        "logs/tiny_classifiers/tiny_classifiers.log",
+    benchmark:
+        "benchmarks/tiny_classifiers/tiny_classifiers.tsv"
+    conda:
+        "../envs/models.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        models=config_values(
+            "models", "tiny_seed", "tiny_classifier_steps", "tiny_classifier_classes"
+        ),
+    shell:
+        "python -m pipeline tiny-classifiers --output {output:q} --frames {input:q}"
+        " --seed {params.models[tiny_seed]} --steps {params.models[tiny_classifier_steps]}"
+        " --classes {params.models[tiny_classifier_classes]} > {log:q} 2>&1"
+
+
+rule download_classifiers:
+    """Fetch the paper preset's classifiers (the ImageNet ViT of the frame metrics)."""
+    output:
+        directory(f"{MODELS_CONFIG['root']}/paper-classifiers"),
+    log:
+        "logs/download_classifiers/download_classifiers.log",
+    conda:
+        "../envs/models.yaml"
+    params:
+        root=MODELS_CONFIG["root"],
+    shell:
+        "python -m pipeline download-models --set classifiers --preset paper"
+        " --root {params.root:q} > {log:q} 2>&1"

@@ -68,9 +68,9 @@ def snakemake_command(workdir: Path, *args: str, overlay: dict | None = None) ->
         str(workdir),
         "--cores",
         "2",
+        *args,  # before --configfile, which would take targets for more config files
         "--configfile",
         str(overlay_file),
-        *args,
     ]
     return cmd
 

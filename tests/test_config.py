@@ -53,6 +53,9 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"video": {"alpha_mode": "both"}}, "video.alpha_mode"),
         ({"video": {"size": 100}}, "video.size"),
         ({"frames": {"size": 100}}, "video.size"),  # the tiny preset's videos follow the frames
+        ({"fusion": {"label_top_k": 8}}, "fusion.label_top_k"),  # all 8 tiny classes
+        ({"fusion": {"threshold": 1.5}}, "fusion.threshold"),
+        ({"fusion": {"validation_fraction": 1.0}}, "fusion.validation_fraction"),
     ],
 )
 def test_bad_values_name_the_key(config, key):

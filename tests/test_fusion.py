@@ -1,5 +1,11 @@
-"""Multi-fMRI fusion: the pair classifier on constructed embeddings and the chain rule."""
+"""Multi-fMRI fusion: the pair classifier on constructed embeddings and the chain rule;
+the workflow's fusion stages on the small demo."""
 
+import csv
+import json
+from itertools import pairwise
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -10,6 +16,7 @@ from pipeline.generation.fusion import (
     neighbour_pairs,
     train_fusion,
 )
+from pipeline.stores import open_store
 
 
 def test_neighbour_pairs_stay_within_segments():
@@ -71,3 +78,74 @@ def test_classifier_chains_exactly_the_same_class_pairs_and_a_shuffled_control_c
         guess = control(test_x[test_pairs[:, 0]], test_x[test_pairs[:, 1]]).numpy() > 0
     balanced = 0.5 * ((guess[truth]).mean() + (~guess[~truth]).mean())
     assert abs(balanced - 0.5) < 0.15  # chance
+
+
+# --- the fusion stages of the workflow (the small demo) ---------------------------------
+
+
+def test_fusion_classifier_beats_its_shuffled_label_control(workspace):
+    config = json.loads((workspace / "results/fusion/classifier/config.json").read_text())
+    validation = config["metrics"]["validation"]
+    control = config["metrics"]["shuffled_label_control"]
+    assert 0 < validation["positive_rate"] < 1  # both labels occur: the task is not trivial
+    assert validation["auc"] >= 0.75
+    assert validation["balanced_accuracy"] >= control["balanced_accuracy"] + 0.15
+    assert abs(control["auc"] - 0.5) < 0.15 and abs(control["balanced_accuracy"] - 0.5) < 0.15
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fused_videos_follow_the_chains(workspace):
+    fused = workspace / "results/subject1/fused"
+    store = open_store(fused / "frames.zarr", stage="fuse_videos")
+    unfused = open_store(workspace / "results/subject1/videos/frames.zarr")
+    segments, clips = store["segment"][:].tolist(), store["clip"][:].tolist()
+    assert segments == unfused["segment"][:].tolist()
+    index = {(s, c): i for i, (s, c) in enumerate(zip(segments, clips, strict=True))}
+    chains = _read_csv(fused / "chains.csv")
+    pairs = _read_csv(fused / "pairs.csv")
+    threshold = store.attrs["provenance"]["params"]["threshold"]
+    max_chain = store.attrs["provenance"]["params"]["max_chain"]
+
+    # every test clip is in exactly one chain of consecutive clips, at most max_chain long
+    members = [
+        (c["segment"], k)
+        for c in chains
+        for k in range(int(c["first_clip"]), int(c["last_clip"]) + 1)
+    ]
+    assert sorted(members) == sorted(index)
+    lengths = [int(c["n_clips"]) for c in chains]
+    assert max(lengths) <= max_chain and max(lengths) > 1 and min(lengths) >= 1
+    # a pair is joined only when called same; a same pair is left apart only at a full chain
+    joined = {(p["segment"], int(p["clip_a"])) for p in pairs if p["joined"] == "True"}
+    for p in pairs:
+        assert (p["same"] == "True") == (float(p["score"]) >= threshold)
+        if p["joined"] == "True":
+            assert p["same"] == "True"
+    full_ends = {
+        (c["segment"], int(c["last_clip"])) for c in chains if int(c["n_clips"]) == max_chain
+    }
+    for p in pairs:
+        key = (p["segment"], int(p["clip_a"]))
+        if p["same"] == "True" and key not in joined:
+            assert key in full_ends
+
+    videos, first = store["videos"], store["first_frames"]
+    for chain in chains:
+        ids = [
+            index[(chain["segment"], k)]
+            for k in range(int(chain["first_clip"]), int(chain["last_clip"]) + 1)
+        ]
+        # the first clip is the unfused video; each later one starts from its predecessor's tail
+        assert np.array_equal(videos[ids[0]], unfused["videos"][ids[0]])
+        for previous, current in pairwise(ids):
+            assert store["regenerated"][current]
+            assert np.array_equal(first[current], videos[previous][-1])
+            assert not np.array_equal(videos[current], unfused["videos"][current])
+        with av.open(str(fused / chain["file"])) as container:
+            n_frames = sum(1 for _ in container.decode(video=0))
+        assert n_frames == len(ids) * videos.shape[1]
+    assert sorted(c["file"] for c in chains) == sorted(p.name for p in fused.glob("*.mp4"))

@@ -115,6 +115,21 @@ def test_sparsectrl_gets_the_keyframe_at_frame_zero_only(synthesizer, clips):
     assert cond[:, :, 0].abs().sum() > 0 and (cond[:, :, 1:] == 0).all()
 
 
+def test_the_keyframe_steers_the_video(synthesizer, clips):
+    """beta guidance has an effect: another keyframe, same everything else, another video."""
+    blurry, keyframes = clips
+    settings = _settings()
+    same = synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], settings)
+    swapped = synthesizer.synthesize(blurry, keyframes[::-1], ["a", "b"], [1, 2], settings)
+    off = synthesizer.synthesize(
+        blurry, keyframes, ["a", "b"], [1, 2], _settings(use_keyframe=False)
+    )
+    # SparseCtrl conditions frame 0: that is where the swap shows, the others follow weakly
+    by_frame = np.abs(same.astype(float) - swapped).mean(axis=(0, 2, 3, 4))
+    assert by_frame[0] > 0.5 and by_frame[0] > 5 * by_frame[1:].mean()
+    assert np.abs(same.astype(float) - off).mean() > 0.05
+
+
 def test_a_clip_does_not_depend_on_its_batch(synthesizer, clips):
     blurry, keyframes = clips
     both = synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], _settings())
@@ -175,3 +190,64 @@ def test_the_main_job_writes_one_playable_video_per_test_clip(workspace):
     keyframes = open_store(workspace / "results/subject1/keyframes/keyframes.zarr")
     assert np.array_equal(store["keyframes"][:], keyframes["keyframes"][:])
     assert all(p.endswith(store.attrs["settings"]["prompt_suffix"]) for p in store["prompts"][:])
+
+
+def _count_calls(monkeypatch, owner, name: str) -> list:
+    """Count the calls of ``owner.name`` (still calling it)."""
+    calls, original = [], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_stages_load_their_models_once_not_per_clip(workspace, tmp_path, monkeypatch):
+    """Every clip in its own batch: the models are still loaded once per stage."""
+    import diffusers
+
+    from pipeline.generation import stages
+
+    subject = workspace / "results/subject1"
+    n_clips = open_store(subject / "videos/frames.zarr")["segment"].shape[0]
+    # the sampler calls are replaced by blanks: only the loading is under test here
+    monkeypatch.setattr(
+        VideoSynthesizer,
+        "synthesize",
+        lambda self, blurry, key, prompts, keys, run, trace=None: np.zeros(
+            (len(keys), run.n_frames, run.size, run.size, 3), np.uint8
+        ),
+    )
+    adapters = _count_calls(monkeypatch, diffusers.MotionAdapter, "from_pretrained")
+    synthesizers = _count_calls(monkeypatch, VideoSynthesizer, "from_generation_dir")
+    settings = dict(open_store(subject / "videos/frames.zarr").attrs["settings"])
+    stages.synthesize_videos(
+        subject / "perception/blurry.zarr",
+        subject / "keyframes/keyframes.zarr",
+        subject / "keyframes/captions.zarr",
+        workspace / "resources/models/tiny-generation",
+        tmp_path / "videos",
+        settings=settings,
+        device=CPU,
+        dtype=torch.float32,
+        batch_size=1,
+    )
+    assert len(adapters) == len(synthesizers) == 1
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == n_clips
+
+    generators = _count_calls(monkeypatch, stages, "load_generator")
+    keyframes = open_store(subject / "keyframes/keyframes.zarr")
+    stages.generate_keyframes(
+        subject / "perception/blurry.zarr",
+        workspace / "resources/models/tiny-generation",
+        tmp_path / "keyframes.zarr",
+        settings=keyframes.attrs["provenance"]["params"] | {"steps": 1},
+        aligned=subject / "aligned.zarr",
+        embedder=subject / "keyframes/embedder",
+        device=CPU,
+        dtype=torch.float32,
+        batch_size=16,
+    )
+    assert len(generators) == 1

@@ -39,7 +39,9 @@ def test_complete_run_has_nothing_to_do(workspace):
     assert planned_jobs(workspace) == {}
 
 
-GEN = {"generate_keyframes": 1, "caption_keyframes": 1, "synthesize_videos": 1}
+VIDEO = {"synthesize_videos": 1, "fuse_videos": 1}
+GEN = {"generate_keyframes": 1, "caption_keyframes": 1, **VIDEO}
+FUSION = {"train_fusion": 1, "fuse_videos": 1}
 PR = {"train_perception": 1, "predict_perception": 1, **GEN}
 SR = {"train_semantic": 1, "predict_semantic": 1}
 EMB = {"fit_keyframe_embedder": 1, **GEN}
@@ -63,7 +65,9 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
                 "extract_frames": N_TRAIN + N_TEST,
                 "tiny_models": 1,
                 "tiny_generation_models": 1,
+                "tiny_classifiers": 1,
                 **dict.fromkeys(CACHES, 1),
+                **FUSION,
                 **PR,
                 **SR,
                 **EMB,
@@ -77,20 +81,29 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
                 "cache_clip_text": 1,
                 **SR,
                 "caption_keyframes": 1,
-                "synthesize_videos": 1,
+                **VIDEO,
                 "all": 1,
             },
         ),
         (
             {"keyframes": {"candidates": [2]}},
-            {"cache_clip_images": 1, "cache_captions": 1, "cache_clip_text": 1, **SR, "all": 1},
+            {
+                "cache_clip_images": 1,
+                "cache_captions": 1,
+                "cache_clip_text": 1,
+                **SR,
+                **FUSION,
+                "all": 1,
+            },
         ),
         (
             {"models": {"preset": "paper"}},
             {
                 "download_models": 1,
                 "download_generation_models": 1,
+                "download_classifiers": 1,
                 **dict.fromkeys(CACHES, 1),
+                **FUSION,
                 **PR,
                 **SR,
                 "all": 1,
@@ -106,9 +119,15 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
         # generation: each setting reruns its stage and what follows, never training
         ({"keyframes": {"strength": 0.5}}, {**GEN, "all": 1}),
         ({"keyframes": {"embedder_alphas": [1.0, 10.0]}}, {**EMB, "all": 1}),
-        ({"video": {"guidance_scale": 6.0}}, {"synthesize_videos": 1, "all": 1}),
-        ({"video": {"theta": 0.5}}, {"synthesize_videos": 1, "all": 1}),
+        ({"video": {"guidance_scale": 6.0}}, {**VIDEO, "all": 1}),
+        ({"video": {"theta": 0.5}}, {**VIDEO, "all": 1}),
         ({"video": {"batch_size": 2}}, {}),
+        # fusion: the classifier's training is shared by the subjects; the threshold and the
+        # chain length are read only where the chains are made
+        ({"fusion": {"threshold": 0.7}}, {"fuse_videos": 1, "all": 1}),
+        ({"fusion": {"max_chain": 2}}, {"fuse_videos": 1, "all": 1}),
+        ({"fusion": {"epochs": 20}}, {**FUSION, "all": 1}),
+        ({"models": {"tiny_classifier_steps": 100}}, {"tiny_classifiers": 1, **FUSION, "all": 1}),
     ],
 )
 def test_changing_a_key_reruns_only_its_stage_and_descendants(workspace, overlay, expected):
@@ -154,9 +173,12 @@ def test_real_dataset_with_a_missing_segment_fails_at_dag_time(real_root, tmp_pa
 
 
 def test_killed_cache_stage_is_not_taken_as_complete(workspace):
-    """kill -9 of Snakemake and its job mid-stage: nothing passes for complete, the rerun ends."""
+    """kill -9 of Snakemake and its job mid-stage: nothing passes for complete; the rerun ends
+    with the store of the uninterrupted run."""
     cache = workspace / "results/cache"
-    cmd = snakemake_command(workspace, "--forcerun", "cache_vae", "results/cache/vae_latents.zarr")
+    target = "results/cache/vae_latents.zarr"
+    before = open_store(cache / "vae_latents.zarr")["latents"][:]
+    cmd = snakemake_command(workspace, target, "--forcerun", "cache_vae")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -169,6 +191,9 @@ def test_killed_cache_stage_is_not_taken_as_complete(workspace):
     assert not (cache / "vae_latents.zarr").exists()
     snakemake(workspace, "--unlock")
     assert planned_jobs(workspace).get("cache_vae") == 1
-    snakemake(workspace)
-    assert planned_jobs(workspace) == {}
+    snakemake(workspace, target)
     assert not list(cache.glob(".vae_latents.zarr.tmp-*"))  # the orphan was cleaned up
+    assert np.array_equal(open_store(cache / "vae_latents.zarr")["latents"][:], before)
+    # the same bytes as before: what was made from them stays valid, mark it so
+    snakemake(workspace, "--touch")
+    assert planned_jobs(workspace) == {}

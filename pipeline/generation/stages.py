@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from pipeline.models.presets import GENERATOR_ROLES
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = [
+    "batch_slices",
     "caption_keyframes",
     "clip_keys",
     "fit_keyframe_embedder",
     "generate_keyframes",
+    "same_clips",
     "synthesize_videos",
     "video_name",
     "write_mp4",
@@ -47,11 +50,12 @@ def video_name(segment: str, clip: int) -> str:
     return f"{segment}_clip{int(clip):03d}"
 
 
-def _batches(n: int, size: int):
+def batch_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(n)``."""
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _same_clips(a: zarr.Group, b: zarr.Group, names: tuple[str, str]) -> None:
+def same_clips(a: zarr.Group, b: zarr.Group, names: tuple[str, str]) -> None:
     if a["segment"][:].tolist() != b["segment"][:].tolist() or not np.array_equal(
         a["clip"][:], b["clip"][:]
     ):
@@ -100,7 +104,7 @@ def _conditions(model, aligned, embedder, semantic, blurry) -> torch.Tensor:
     if semantic is None:
         raise ValueError("this generator needs the Semantic Reconstructor's embeddings")
     store = open_store(semantic, stage="predict_semantic")
-    _same_clips(store, blurry, (str(semantic), "blurry.zarr"))
+    same_clips(store, blurry, (str(semantic), "blurry.zarr"))
     return torch.from_numpy(store["prior_embeds"][:].astype(np.float32))
 
 
@@ -151,7 +155,7 @@ def generate_keyframes(
             chunks=(1, size, size, 3),
             compression="fast",
         )
-        for s in tqdm(_batches(n, batch_size), desc="keyframes", unit="batch"):
+        for s in tqdm(batch_slices(n, batch_size), desc="keyframes", unit="batch"):
             first = source["frames"][s, 0]  # first frame of each blurry video only
             images[s] = model.generate(condition[s], first, keys[s], run)
         store.attrs["generator"] = name
@@ -177,7 +181,7 @@ def caption_keyframes(
     source = open_store(keyframes, stage="generate_keyframes")
     n = source["keyframes"].shape[0]
     captions: list[str] = []
-    for s in tqdm(_batches(n, batch_size), desc="keyframe captions", unit="batch"):
+    for s in tqdm(batch_slices(n, batch_size), desc="keyframe captions", unit="batch"):
         inputs = caption_inputs(processor, source["keyframes"][s], device, dtype)
         captions += generate_captions(processor, model, inputs, generation)
     with atomic_output(output) as tmp:
@@ -225,19 +229,21 @@ def synthesize_videos(
     ``keyframes``, ``captions`` and ``prompts`` used, ``segment``, ``clip``,
     ``key`` (seed source) and ``file`` (the mp4 of each clip).
     """
-    from pipeline.generation.video import VideoSettings, VideoSynthesizer
+    from pipeline.generation.video import SynthesisTrace, VideoSettings, VideoSynthesizer
 
+    started = time.perf_counter()
     sources = {
         "blurry": open_store(blurry, stage="predict_perception"),
         "keyframes": open_store(keyframes, stage="generate_keyframes"),
         "captions": open_store(captions, stage="caption_keyframes"),
     }
-    _same_clips(sources["blurry"], sources["keyframes"], ("blurry.zarr", str(keyframes)))
-    _same_clips(sources["keyframes"], sources["captions"], (str(keyframes), str(captions)))
+    same_clips(sources["blurry"], sources["keyframes"], ("blurry.zarr", str(keyframes)))
+    same_clips(sources["keyframes"], sources["captions"], (str(keyframes), str(captions)))
     run = VideoSettings(**{k: settings[k] for k in VideoSettings.__dataclass_fields__})
     synthesizer = VideoSynthesizer.from_generation_dir(
         generation_dir, device, dtype, domain_adapter=settings["domain_adapter"]
     )
+    loaded = time.perf_counter()
     segments = sources["blurry"]["segment"][:].tolist()
     clips = sources["blurry"]["clip"][:]
     keys = clip_keys(segments, clips)
@@ -269,18 +275,36 @@ def synthesize_videos(
             chunks=(1, f, size, size, 3),
             compression="fast",
         )
-        for s in tqdm(_batches(n, batch_size), desc="videos", unit="batch"):
+        trace, synthesis_s, write_s = SynthesisTrace(), 0.0, 0.0
+        for s in tqdm(batch_slices(n, batch_size), desc="videos", unit="batch"):
+            begin = time.perf_counter()
             out = synthesizer.synthesize(
                 sources["blurry"]["frames"][s],
                 sources["keyframes"]["keyframes"][s],
                 prompts[s],
                 keys[s],
                 run,
+                trace,
             )
+            middle = time.perf_counter()
             videos[s] = out
             for name, video in zip(files[s], out, strict=True):
                 write_mp4(tmp / name, video, settings["fps"])
+            synthesis_s, write_s = (
+                synthesis_s + middle - begin,
+                write_s + time.perf_counter() - middle,
+            )
         store.attrs["settings"] = json.loads(json.dumps(settings))
+        store.attrs["timing"] = {
+            "load_s": round(loaded - started, 3),
+            "synthesize_s": round(synthesis_s, 3),
+            "denoise_s": round(trace.denoise_seconds, 3),
+            "write_s": round(write_s, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+            "videos": n,
+            "batch_size": batch_size,
+            "device": str(device),
+        }
         store.attrs["provenance"] = provenance(
             "synthesize_videos",
             settings,

@@ -21,6 +21,7 @@ pipeline has no ``strength`` (SPEC §3).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class SynthesisTrace:
     timesteps: list[int] = field(default_factory=list)
     start_timestep: int | None = None
     mask: torch.Tensor | None = None
+    denoise_seconds: float = 0.0  # wall time in the denoising loop (UNet + SparseCtrl steps)
 
 
 def interpolate_frames(frames: np.ndarray, n_frames: int, size: int) -> np.ndarray:
@@ -214,6 +216,7 @@ class VideoSynthesizer:
         if guided:
             cond, mask = torch.cat([cond] * 2), torch.cat([mask] * 2)
 
+        started = time.perf_counter()
         for t in timesteps:
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = pipe.scheduler.scale_model_input(model_in, t)
@@ -239,6 +242,9 @@ class VideoSynthesizer:
                 eps = uncond + settings.guidance_scale * (text - uncond)
             latents = pipe.scheduler.step(eps, t, latents).prev_sample
             trace.timesteps.append(int(t))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        trace.denoise_seconds += time.perf_counter() - started
         return _decode_video(pipe.vae, latents)
 
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.models.presets import GENERATION, ModelSource, generation_dir, preset_sources
+from pipeline.models.presets import (
+    CLASSIFIERS,
+    GENERATION,
+    ModelSource,
+    classifier_dir,
+    generation_dir,
+    preset_sources,
+)
 
-__all__ = ["convert_checkpoint", "download_generation", "download_preset"]
+__all__ = ["SETS", "convert_checkpoint", "download_preset", "download_set"]
 
 #: Name of a single-file source's weights after conversion, per role.
 SINGLE_FILE_NAMES = {"sdxl_unclip": "unclip6.safetensors", "domain_adapter": "lora.safetensors"}
@@ -88,11 +95,17 @@ def download_preset(preset: str, root: str | os.PathLike) -> list[Path]:
     return written
 
 
-def download_generation(preset: str, root: str | os.PathLike) -> list[Path]:
-    """Download ``preset``'s generation models into ``{root}/{preset}-generation/{role}``."""
+#: The model sets besides the encoders: name → (registry, directory of a preset's set).
+SETS = {"generation": (GENERATION, generation_dir), "classifiers": (CLASSIFIERS, classifier_dir)}
+
+
+def download_set(name: str, preset: str, root: str | os.PathLike) -> list[Path]:
+    """Download ``preset``'s models of set ``name`` (``generation``, ``classifiers``) into
+    ``{root}/{preset}-{name}/{role}``."""
+    registry, directory = SETS[name]
     written = []
-    for role, source in _hub_sources(preset, GENERATION[preset]).items():
-        target = generation_dir(root, preset) / role
+    for role, source in _hub_sources(preset, registry[preset]).items():
+        target = directory(root, preset) / role
         _fetch(source, role, target)
         written.append(target)
     return written

@@ -20,6 +20,7 @@ __all__ = [
     "ModelNotFoundError",
     "load_captioner",
     "load_clip",
+    "load_image_classifier",
     "load_vae",
     "require_model",
     "resolve_device",
@@ -104,6 +105,20 @@ def load_captioner(
     path = require_model(path, "config.json")
     processor = Blip2Processor.from_pretrained(path, local_files_only=True)
     model = Blip2ForConditionalGeneration.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, dtype=dtype
+    )
+    return processor, model.to(device).eval().requires_grad_(False)
+
+
+def load_image_classifier(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """transformers image processor and image-classification model (e.g. a ViT)."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    path = require_model(path, "config.json")
+    processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageClassification.from_pretrained(
         path, use_safetensors=True, local_files_only=True, dtype=dtype
     )
     return processor, model.to(device).eval().requires_grad_(False)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CLASSIFIERS",
     "GENERATION",
     "GENERATOR_ROLES",
     "PRESETS",
     "ROLES",
     "ModelSource",
+    "classifier_dir",
     "generation_dir",
     "generation_settings",
     "model_dir",
@@ -108,6 +110,18 @@ GENERATION: dict[str, dict[str, ModelSource]] = {
     },
 }
 
+#: Classifiers per preset: the frame classifier labels the fusion pairs (paper §3.4:
+#: "the same class of object"), and evaluation reuses it. They live in
+#: ``{models.root}/{preset}-classifiers/{role}``; the tiny ones are fitted to the
+#: training frames (pipeline/models/tiny_classifiers.py).
+CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
+    "paper": {
+        # the ImageNet classifier of the field's frame N-way metric (SPEC §4)
+        "frame_classifier": ModelSource("transformers", "google/vit-base-patch16-224"),
+    },
+    "tiny": {"frame_classifier": ModelSource("transformers")},
+}
+
 #: Keyframe generator → the generation role holding its model.
 GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip", "tiny": "unclip"}
 
@@ -127,6 +141,13 @@ def generation_dir(root: str | os.PathLike, preset: str) -> Path:
     if preset not in GENERATION:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(GENERATION)}")
     return Path(root) / f"{preset}-generation"
+
+
+def classifier_dir(root: str | os.PathLike, preset: str) -> Path:
+    """Directory of ``preset``'s classifiers (one role per subdirectory)."""
+    if preset not in CLASSIFIERS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {sorted(CLASSIFIERS)}")
+    return Path(root) / f"{preset}-classifiers"
 
 
 def generation_settings(config: dict, section: str) -> dict:

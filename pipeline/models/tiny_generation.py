@@ -198,7 +198,7 @@ def write_tiny_video(root: Path, vae_dir: Path, seed: int, image_size: int) -> d
         motion_max_seq_length=32,
         use_motion_mid_block=False,  # AnimateDiff v3 has no mid-block motion module
     ).save_pretrained(str(root / "motion_adapter"), safe_serialization=True)
-    SparseControlNetModel(
+    sparsectrl = SparseControlNetModel(
         in_channels=4,
         conditioning_channels=4,  # the VAE-encoded RGB condition (SparseCtrl RGB)
         down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
@@ -211,7 +211,18 @@ def write_tiny_video(root: Path, vae_dir: Path, seed: int, image_size: int) -> d
         motion_num_attention_heads=2,
         concat_conditioning_mask=True,
         use_simplified_condition_embedding=True,
-    ).save_pretrained(str(root / "sparsectrl"), safe_serialization=True)
+    )
+    # ControlNet's zero convolutions (condition in, residuals out) start at zero so that
+    # training begins from the frozen base model; untrained, they would make the keyframe
+    # (beta guidance) inert. A trained SparseCtrl has moved them away from zero: here they
+    # take PyTorch's default initialisation, seeded like everything else.
+    for conv in (
+        sparsectrl.controlnet_cond_embedding,
+        *sparsectrl.controlnet_down_blocks,
+        sparsectrl.controlnet_mid_block,
+    ):
+        conv.reset_parameters()
+    sparsectrl.save_pretrained(str(root / "sparsectrl"), safe_serialization=True)
     return {role: root / role for role in ("video_base", "motion_adapter", "sparsectrl")}
 
 

@@ -1,0 +1,52 @@
+"""Frame classification with a preset's image classifier (fusion labels; evaluation)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from pipeline.models.loading import load_image_classifier
+
+__all__ = ["FrameClassifier", "share_class"]
+
+
+class FrameClassifier:
+    """An image classifier loaded once; class scores of uint8 frames in batches."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.processor, self.model = load_image_classifier(path, device, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.model.config.num_labels)
+
+    @torch.no_grad()
+    def logits(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 (n, h, w, 3) → float32 (n, classes)."""
+        out = []
+        for i in range(0, len(frames), batch_size):
+            x = self.processor(images=list(frames[i : i + batch_size]), return_tensors="pt")
+            x = x.pixel_values.to(self.device, self.dtype)
+            out.append(self.model(pixel_values=x).logits.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
+
+    def top_k(self, frames: np.ndarray, k: int = 1, batch_size: int = 64) -> np.ndarray:
+        """Indices of the ``k`` highest-scoring classes per frame, best first: (n, k)."""
+        logits = self.logits(frames, batch_size)
+        return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def share_class(top_a: np.ndarray, top_b: np.ndarray) -> np.ndarray:
+    """Per row, whether two top-k class sets intersect (top-1: the same class): (n,) bool."""
+    top_a, top_b = np.asarray(top_a), np.asarray(top_b)
+    if top_a.shape != top_b.shape:
+        raise ValueError(f"top-k shapes differ: {top_a.shape} vs {top_b.shape}")
+    return (top_a[:, :, None] == top_b[:, None, :]).any(axis=(1, 2))
