@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_caches.py
 	$(BIN)/python bench/bench_reconstructors.py
 	$(BIN)/python bench/bench_blurry.py --every 4
+	$(BIN)/python bench/bench_videos.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

@@ -437,24 +437,20 @@ def fuse_videos(
                 out[c] = source["videos"][c]
                 first[c] = resize_images(source["keyframes"][c : c + 1], size)[0]
 
-        loaded = time.perf_counter()
-        later = [
-            (chain[p - 1], chain[p])
+        prepared = time.perf_counter()
+        # position p of every chain at once: each clip needs its predecessor's final video
+        steps = [
+            [(chain[p - 1], chain[p]) for chain in chains if len(chain) > p]
             for p in range(1, max_chain)
-            for chain in chains
-            if len(chain) > p
         ]
-        synthesizer = (
-            VideoSynthesizer.from_generation_dir(
+        n_later = sum(map(len, steps))
+        synthesizer = None
+        if n_later:
+            synthesizer = VideoSynthesizer.from_generation_dir(
                 generation_dir, device, dtype, domain_adapter=settings["domain_adapter"]
             )
-            if later
-            else None
-        )
-        progress = tqdm(total=len(later), desc="regenerate fused clips", unit="clip")
-        for p in range(1, max_chain):
-            # all chains' p-th clips together: each needs its predecessor's final video
-            step = [(chain[p - 1], chain[p]) for chain in chains if len(chain) > p]
+        progress = tqdm(total=n_later, desc="regenerate fused clips", unit="clip")
+        for step in steps:
             for s in batch_slices(len(step), batch_size):
                 previous, current = zip(*step[s], strict=True)
                 tails = np.stack([out[c][-1] for c in previous])
@@ -518,10 +514,10 @@ def fuse_videos(
         )
         store.attrs["settings"] = settings
         store.attrs["timing"] = {
-            "prepare_s": round(loaded - started, 3),
-            "regenerate_s": round(generated - loaded, 3),
+            "prepare_s": round(prepared - started, 3),
+            "regenerate_s": round(generated - prepared, 3),
             "write_s": round(time.perf_counter() - generated, 3),
-            "regenerated_clips": len(later),
+            "regenerated_clips": n_later,
         }
         store.attrs["provenance"] = provenance("fuse_videos", params, inputs)
     return chains
