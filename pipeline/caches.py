@@ -249,12 +249,10 @@ def clip_image_embeds(
 ) -> torch.Tensor:
     """Pooled OpenCLIP image embeddings (what ``image_embeds`` of the cache holds) of uint8
     images (n, h, w, 3), on the CPU as float32."""
-    parts = [
-        clip.visual(_clip_preprocess(_to_tensor(images[i : i + batch_size], device, dtype), clip))[
-            0
-        ]
-        for i in range(0, len(images), batch_size)
-    ]
+    parts = []
+    for i in range(0, len(images), batch_size):
+        x = _clip_preprocess(_to_tensor(images[i : i + batch_size], device, dtype), clip)
+        parts.append(clip.visual(x)[0])
     return torch.cat(parts).float().cpu() if parts else torch.zeros(0)
 
 

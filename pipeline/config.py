@@ -178,12 +178,6 @@ def _check_generation(config: dict[str, Any]) -> None:
             f"tiny frame classifier's {classes} classes (models.tiny_classifier_classes); every "
             "pair would be labelled the same"
         )
-    video = generation_settings(config, "video")
-    if video["size"] % 8:
-        raise ConfigError(
-            f"config key 'video.size': {video['size']} is not a multiple of 8 (the VAE's "
-            "downsampling); set video.size"
-        )
 
 
 def uses_demo(config: dict[str, Any]) -> bool:

@@ -35,9 +35,10 @@ SMALL_OVERLAY = {
     "frames": {"size": 64},
     "models": {"tiny_vae_steps": 300, "batch_size": 64},
     "semantic": {"align_epochs": 10, "prior_epochs": 2},
-    # 10-step schedules: alpha guidance runs round(0.3 * 10) = 3 of them per video
+    # 10-step schedules: alpha guidance runs round(0.3 * 10) = 3 of them per video; videos
+    # at the frames' size (the tiny preset's half would leave 4 x 4 latents)
     "keyframes": {"steps": 10},
-    "video": {"steps": 10, "batch_size": 8},
+    "video": {"steps": 10, "size": 64, "batch_size": 8},
 }
 #: Side of the extracted frames in the small demo.
 FRAME_SIZE = SMALL_OVERLAY["frames"]["size"]

@@ -52,7 +52,6 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"video": {"theta": 1.0}}, "video.theta"),
         ({"video": {"alpha_mode": "both"}}, "video.alpha_mode"),
         ({"video": {"size": 100}}, "video.size"),
-        ({"frames": {"size": 100}}, "video.size"),  # the tiny preset's videos follow the frames
         ({"fusion": {"label_top_k": 8}}, "fusion.label_top_k"),  # all 8 tiny classes
         ({"fusion": {"threshold": 1.5}}, "fusion.threshold"),
         ({"fusion": {"validation_fraction": 1.0}}, "fusion.validation_fraction"),
@@ -83,3 +82,23 @@ def test_snakemake_rejects_bad_config_at_dag_time(tmp_path, overlay, message):
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("sections", "size", "steps"),
+    [
+        ({}, 112, 10),  # tiny: half the 224 px frames
+        ({"frames": {"size": 100}}, 48, 10),  # rounded down to a multiple of 8
+        ({"frames": {"size": 40}}, 32, 10),  # never below 32
+        ({"video": {"size": 64, "steps": 4}}, 64, 4),  # explicit values win
+        ({"models": {"preset": "paper"}, "keyframes": {"generator": "sd21_unclip"}}, 256, 25),
+    ],
+)
+def test_null_video_settings_take_the_preset_values(sections, size, steps):
+    from pipeline.models.presets import generation_settings
+
+    config = default_config()
+    for key, value in sections.items():
+        config[key] = config[key] | value
+    video = generation_settings(validate_config(config), "video")
+    assert (video["size"], video["steps"]) == (size, steps)

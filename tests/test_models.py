@@ -12,7 +12,9 @@ from pipeline.models import (
     model_dir,
     preset_sources,
 )
+from pipeline.models.classifiers import FrameClassifier, share_class
 from pipeline.models.tiny import write_tiny_captioner, write_tiny_clip, write_tiny_vae
+from pipeline.models.tiny_classifiers import write_tiny_frame_classifier
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,30 @@ def test_unknown_preset():
         preset_sources("huge")
     path = model_dir("resources/models", "paper", "clip")
     assert path.as_posix() == "resources/models/paper/clip"
+
+
+def test_share_class_compares_top_k_sets():
+    a = np.array([[1, 4], [2, 5], [3, 6]])
+    b = np.array([[1, 7], [5, 9], [8, 0]])
+    assert share_class(a[:, :1], b[:, :1]).tolist() == [True, False, False]
+    assert share_class(a, b).tolist() == [True, True, False]  # 5 is in both top-2 sets
+
+
+def test_tiny_frame_classifier_learns_the_frame_clusters(tmp_path):
+    """Frames of four colours: the fitted classifier's top-1 partitions them by colour."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 210], [230, 220, 50]])
+    groups = rng.integers(0, 4, 500)
+    noise = rng.normal(0, 15, (500, 32, 32, 3))
+    frames = (colours[groups][:, None, None] + noise).clip(0, 255).astype(np.uint8)
+    metadata = write_tiny_frame_classifier(
+        tmp_path / "frame_classifier", frames, classes=4, steps=150, held_out=100
+    )
+    assert metadata["held_out_accuracy"] > 0.9
+    classifier = FrameClassifier(tmp_path / "frame_classifier")  # the paper preset's loader
+    top = classifier.top_k(frames, 2)
+    assert top.shape == (500, 2) and classifier.n_classes == 4
+    assert adjusted_rand_score(groups, top[:, 0]) > 0.95
+    assert abs(adjusted_rand_score(rng.permutation(groups), top[:, 0])) < 0.05  # control

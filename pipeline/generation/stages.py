@@ -290,10 +290,8 @@ def synthesize_videos(
             videos[s] = out
             for name, video in zip(files[s], out, strict=True):
                 write_mp4(tmp / name, video, settings["fps"])
-            synthesis_s, write_s = (
-                synthesis_s + middle - begin,
-                write_s + time.perf_counter() - middle,
-            )
+            synthesis_s += middle - begin
+            write_s += time.perf_counter() - middle
         store.attrs["settings"] = json.loads(json.dumps(settings))
         store.attrs["timing"] = {
             "load_s": round(loaded - started, 3),

@@ -41,8 +41,10 @@ def require_model(path: str | os.PathLike, marker: str) -> Path:
     if not (path / marker).is_file():
         raise ModelNotFoundError(
             f"{path}: no model here ({marker} missing). The paper preset's models are fetched "
-            "by the `download_models` rule (run it where the network is reachable, e.g. a "
-            "login node); the tiny preset's are written by the `tiny_models` rule."
+            "by the `download_models`, `download_generation_models` and `download_classifiers` "
+            "rules (run them where the network is reachable, e.g. a login node); the tiny "
+            "preset's are written by the `tiny_models`, `tiny_generation_models` and "
+            "`tiny_classifiers` rules."
         )
     return path
 

@@ -129,11 +129,20 @@ GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip
 GENERATION_DEFAULTS = {
     "paper": {
         "keyframes": {"generator": "mindeye2_sdxl_unclip", "steps": 38, "guidance_scale": 5.0},
-        "video": {"size": 256},
+        "video": {"size": 256, "steps": 25},
     },
-    # tiny: the video size follows the extracted frames (`frames.size`)
-    "tiny": {"keyframes": {"generator": "tiny", "steps": 20, "guidance_scale": 5.0}, "video": {}},
+    # tiny: videos at half the extracted frames' side (:func:`tiny_video_size`) over a
+    # 10-step schedule, so that the demo's 120 clips take minutes on a CPU, not an hour
+    "tiny": {
+        "keyframes": {"generator": "tiny", "steps": 20, "guidance_scale": 5.0},
+        "video": {"steps": 10},
+    },
 }
+
+
+def tiny_video_size(frame_size: int) -> int:
+    """The tiny preset's video side: half the frames', a multiple of 8, at least 32."""
+    return max(32, frame_size // 2 // 8 * 8)
 
 
 def generation_dir(root: str | os.PathLike, preset: str) -> Path:
@@ -156,7 +165,7 @@ def generation_settings(config: dict, section: str) -> dict:
     values = dict(config[section])
     defaults = GENERATION_DEFAULTS[preset][section]
     if section == "video" and "size" not in defaults:
-        defaults = defaults | {"size": config["frames"]["size"]}
+        defaults = defaults | {"size": tiny_video_size(config["frames"]["size"])}
     for key, value in defaults.items():
         if values.get(key) is None:
             values[key] = value
