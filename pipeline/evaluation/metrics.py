@@ -1,0 +1,152 @@
+"""The metrics of the fMRI-to-video field, each named by the variant it computes (SPEC §4).
+
+* **N-way top-1** (MinD-Video's protocol, used by NeuroClips, NEURONS and
+  Mind-Animator): the ground-truth class set is the classifier's top-3 on the
+  ground truth; each of ``trials`` trials draws n−1 distractor classes
+  outside that set, and succeeds when, for some ground-truth class, the
+  prediction's probability of it beats every distractor's. ± is the binomial
+  sqrt(p(1−p)/trials). With a set of 3, a prediction unrelated to the ground
+  truth succeeds with probability 3/(n+2), not 1/n.
+* **SSIM**, two variants in use: ``rgb_uniform`` (skimage on RGB uint8, 7 × 7
+  uniform window: MinD-Video, Mind-Animator) and ``gray_gaussian``
+  (grayscale in [0, 1], Gaussian σ = 1.5, population covariance: MindEye,
+  NEURONS). **PSNR** on RGB uint8, data range 255, capped at
+  :data:`PSNR_MAX` for identical images.
+* **CLIP-pcc**, two definitions: ``adjacent`` (the paper's: mean cosine
+  similarity of the CLIP embeddings of consecutive frames) and ``all_pairs``
+  (NEURONS: the mean over all pairs of distinct frames).
+* **Frame sampling** from the generated frames onto the ground truth's:
+  ``neurons`` (of 16 frames drop the first 4, then every 2nd: 6 frames) or
+  ``uniform`` (evenly spaced, first and last kept).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "FRAME_SAMPLINGS",
+    "PSNR_MAX",
+    "binomial_se",
+    "clip_pcc",
+    "n_way_top1",
+    "psnr",
+    "sample_frames",
+    "ssim",
+]
+
+#: PSNR reported for identical images (dB): skimage would return infinity.
+PSNR_MAX = 100.0
+
+FRAME_SAMPLINGS = ("neurons", "uniform")
+SSIM_VARIANTS = ("rgb_uniform", "gray_gaussian")
+CLIP_PCC_VARIANTS = ("adjacent", "all_pairs")
+
+
+def n_way_top1(
+    pred_probs: np.ndarray,
+    gt_probs: np.ndarray,
+    n_way: int,
+    *,
+    trials: int = 100,
+    gt_top: int = 3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-sample N-way top-1 accuracy over ``trials`` random draws of distractors.
+
+    Parameters
+    ----------
+    pred_probs, gt_probs : ndarray of shape (n_samples, n_classes)
+        The classifier's class probabilities on each prediction and on its
+        ground truth.
+    n_way : int
+        Classes per trial: the ground truth's plus ``n_way - 1`` distractors.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        The fraction of successful trials of each sample.
+    """
+    pred_probs, gt_probs = np.asarray(pred_probs), np.asarray(gt_probs)
+    if pred_probs.shape != gt_probs.shape or pred_probs.ndim != 2:
+        raise ValueError(
+            f"probabilities must be (n, classes) alike: {pred_probs.shape}, {gt_probs.shape}"
+        )
+    n, n_classes = pred_probs.shape
+    if not 2 <= n_way <= n_classes - gt_top + 1:
+        raise ValueError(
+            f"n_way={n_way} needs 2..{n_classes - gt_top + 1} with {n_classes} classes"
+        )
+    rng = np.random.default_rng(seed)
+    gt_sets = np.argsort(-gt_probs, axis=1, kind="stable")[:, :gt_top]
+    accuracy = np.empty(n)
+    for i in range(n):
+        others = np.setdiff1d(np.arange(n_classes), gt_sets[i])
+        # a trial succeeds iff no distractor beats the best-scored ground-truth class
+        best = pred_probs[i, gt_sets[i]].max()
+        # n_way - 1 distinct distractors per trial: the first columns of random permutations
+        draws = others[np.argsort(rng.random((trials, len(others))), axis=1)[:, : n_way - 1]]
+        accuracy[i] = (pred_probs[i, draws].max(axis=1) < best).mean()
+    return accuracy
+
+
+def binomial_se(p: float, trials: int) -> float:
+    """The ± of an N-way accuracy in the field's tables: sqrt(p(1−p)/trials)."""
+    return float(np.sqrt(p * (1 - p) / trials))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
+    """SSIM of two uint8 RGB images (h, w, 3) in one of :data:`SSIM_VARIANTS`."""
+    from skimage.color import rgb2gray
+    from skimage.metrics import structural_similarity
+
+    if variant == "rgb_uniform":
+        return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+    if variant == "gray_gaussian":
+        return float(
+            structural_similarity(
+                rgb2gray(a),
+                rgb2gray(b),
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+        )
+    raise ValueError(f"unknown SSIM variant {variant!r}; known: {SSIM_VARIANTS}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 RGB images, data range 255; :data:`PSNR_MAX` when identical."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    if np.array_equal(a, b):
+        return PSNR_MAX
+    return float(min(peak_signal_noise_ratio(a, b, data_range=255), PSNR_MAX))
+
+
+def clip_pcc(embeddings: np.ndarray, variant: str = "adjacent") -> float:
+    """CLIP-pcc of one video from its frames' CLIP image embeddings (frames, dim)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if len(x) < 2:
+        raise ValueError("CLIP-pcc needs at least two frames")
+    if variant == "adjacent":
+        return float(np.mean(np.sum(x[:-1] * x[1:], axis=1)))
+    if variant == "all_pairs":
+        similarity = x @ x.T
+        return float(similarity[~np.eye(len(x), dtype=bool)].mean())
+    raise ValueError(f"unknown CLIP-pcc variant {variant!r}; known: {CLIP_PCC_VARIANTS}")
+
+
+def sample_frames(n_generated: int, n_target: int, mode: str = "neurons") -> np.ndarray:
+    """Indices of the generated frames compared with the ``n_target`` ground-truth frames."""
+    if mode == "neurons":
+        # NEURONS: drop the first frames, then every 2nd (16 -> 6: frames 4, 6, ..., 14)
+        start = n_generated - 2 * n_target
+        if start < 0:
+            raise ValueError(f"'neurons' sampling needs 2 x {n_target} frames, got {n_generated}")
+        return np.arange(start, n_generated, 2)
+    if mode == "uniform":
+        return np.linspace(0, n_generated - 1, n_target).round().astype(int)
+    raise ValueError(f"unknown frame sampling {mode!r}; known: {FRAME_SAMPLINGS}")

@@ -1,0 +1,89 @@
+"""The evaluation metrics against analytic values and the reference implementations."""
+
+from math import comb
+
+import numpy as np
+import pytest
+from skimage.color import rgb2gray
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from pipeline.evaluation.metrics import (
+    PSNR_MAX,
+    clip_pcc,
+    n_way_top1,
+    psnr,
+    sample_frames,
+    ssim,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _probabilities(n, classes, rng, peak=8.0):
+    logits = rng.normal(size=(n, classes)) * peak
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("n_way", "above"), [(2, 0), (2, 5), (5, 3), (50, 1), (50, 10)])
+def test_n_way_matches_the_analytic_value(n_way, above):
+    """``above`` non-ground-truth classes outscore the best ground-truth class: a trial
+    succeeds iff none of them is drawn, C(M - above, n - 1) / C(M, n - 1)."""
+    classes, trials = 100, 4000
+    gt = np.zeros((1, classes))
+    gt[0, :3] = [0.5, 0.3, 0.2]  # ground-truth set {0, 1, 2}
+    pred = np.linspace(0.0, 1.0, classes)[None].copy()  # class 99 scores highest
+    # the best ground-truth class just above the non-ground-truth class ranked above + 1
+    pred[0, :3] = pred[0, classes - above - 1] + 1e-6 * np.array([1, -2, -3])
+    others = classes - 3
+    expected = comb(others - above, n_way - 1) / comb(others, n_way - 1)
+    got = n_way_top1(pred, gt, n_way, trials=trials, seed=1)[0]
+    assert abs(got - expected) <= 4 * np.sqrt(expected * (1 - expected) / trials) + 1e-12
+
+
+@pytest.mark.parametrize("n_way", [2, 50])
+def test_identical_prediction_beats_a_shuffled_one_at_chance(n_way):
+    gt = _probabilities(200, 100, np.random.default_rng(n_way), peak=1.0)
+    exact = n_way_top1(gt, gt, n_way).mean()
+    shuffled = n_way_top1(np.roll(gt, 1, axis=0), gt, n_way, trials=400).mean()  # others' clips
+    assert exact == 1.0
+    # the field's protocol: any of the 3 ground-truth classes may beat the n - 1 distractors,
+    # so an unrelated prediction succeeds with probability 3 / (n + 2), not 1 / n
+    chance = 3 / (n_way + 2)
+    assert exact > shuffled and abs(shuffled - chance) < 0.05
+
+
+def test_ssim_and_psnr_equal_skimage():
+    a = RNG.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    b = np.clip(a + RNG.normal(0, 30, a.shape), 0, 255).astype(np.uint8)
+    assert abs(ssim(a, b) - structural_similarity(a, b, channel_axis=-1, data_range=255)) < 1e-6
+    reference = structural_similarity(
+        rgb2gray(a),
+        rgb2gray(b),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+    )
+    assert abs(ssim(a, b, "gray_gaussian") - reference) < 1e-6
+    assert abs(psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 1e-6
+    assert ssim(a, a) == pytest.approx(1.0) and ssim(a, a, "gray_gaussian") == pytest.approx(1.0)
+    assert psnr(a, a) == PSNR_MAX
+
+
+def test_clip_pcc_equals_a_direct_computation():
+    x = RNG.normal(size=(6, 16))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    adjacent = np.mean([unit[i] @ unit[i + 1] for i in range(5)])
+    pairs = np.mean([unit[i] @ unit[j] for i in range(6) for j in range(6) if i != j])
+    assert clip_pcc(x) == pytest.approx(adjacent) and clip_pcc(x, "all_pairs") == pytest.approx(
+        pairs
+    )
+    assert clip_pcc(np.repeat(x[:1], 6, axis=0)) == pytest.approx(1.0)
+
+
+def test_frame_sampling_conventions():
+    assert sample_frames(16, 6).tolist() == [4, 6, 8, 10, 12, 14]  # NEURONS
+    assert sample_frames(16, 6, "uniform").tolist() == [0, 3, 6, 9, 12, 15]
+    with pytest.raises(ValueError, match="frame sampling"):
+        sample_frames(16, 6, "every_other")
