@@ -12,9 +12,12 @@ from pipeline.models import (
     model_dir,
     preset_sources,
 )
-from pipeline.models.classifiers import FrameClassifier, share_class
+from pipeline.models.classifiers import FrameClassifier, VideoClassifier, share_class
 from pipeline.models.tiny import write_tiny_captioner, write_tiny_clip, write_tiny_vae
-from pipeline.models.tiny_classifiers import write_tiny_frame_classifier
+from pipeline.models.tiny_classifiers import (
+    write_tiny_frame_classifier,
+    write_tiny_video_classifier,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,24 @@ def test_tiny_frame_classifier_learns_the_frame_clusters(tmp_path):
     assert top.shape == (500, 2) and classifier.n_classes == 4
     assert adjusted_rand_score(groups, top[:, 0]) > 0.95
     assert abs(adjusted_rand_score(rng.permutation(groups), top[:, 0])) < 0.05  # control
+
+
+def test_tiny_video_classifier_learns_the_clip_clusters(tmp_path):
+    """Clips of four colours drifting over their 6 frames: top-1 partitions them by colour."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(1)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 210], [230, 220, 50]])
+    groups = rng.integers(0, 4, 300)
+    drift = np.linspace(-20, 20, 6)[None, :, None, None, None]
+    noise = rng.normal(0, 15, (300, 6, 32, 32, 3))
+    clips = (colours[groups][:, None, None, None] + drift + noise).clip(0, 255).astype(np.uint8)
+    metadata = write_tiny_video_classifier(
+        tmp_path / "video_classifier", clips, classes=4, steps=150, held_out=60
+    )
+    assert metadata["held_out_accuracy"] > 0.9
+    classifier = VideoClassifier(tmp_path / "video_classifier", num_frames=6)
+    top = classifier.top_k(clips, 1)[:, 0]
+    assert classifier.n_classes == 4
+    assert adjusted_rand_score(groups, top) > 0.95
+    assert abs(adjusted_rand_score(rng.permutation(groups), top)) < 0.05  # control

@@ -1,4 +1,4 @@
-"""Frame classification with a preset's image classifier (fusion labels; evaluation)."""
+"""Frame and clip classification with a preset's classifiers (fusion labels; evaluation)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from pipeline.models.loading import load_image_classifier
+from pipeline.models.loading import load_image_classifier, load_video_classifier
 
-__all__ = ["FrameClassifier", "share_class"]
+__all__ = ["FrameClassifier", "VideoClassifier", "share_class"]
 
 
 class FrameClassifier:
@@ -31,17 +31,43 @@ class FrameClassifier:
     @torch.no_grad()
     def logits(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """uint8 (n, h, w, 3) → float32 (n, classes)."""
-        out = []
-        for i in range(0, len(frames), batch_size):
-            x = self.processor(images=list(frames[i : i + batch_size]), return_tensors="pt")
-            x = x.pixel_values.to(self.device, self.dtype)
-            out.append(self.model(pixel_values=x).logits.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
+        return _logits(self, frames, batch_size)
 
     def top_k(self, frames: np.ndarray, k: int = 1, batch_size: int = 64) -> np.ndarray:
         """Indices of the ``k`` highest-scoring classes per frame, best first: (n, k)."""
         logits = self.logits(frames, batch_size)
         return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+class VideoClassifier(FrameClassifier):
+    """A video classifier loaded once; class scores of uint8 clips (n, f, h, w, 3) in batches.
+
+    ``num_frames`` as in :func:`pipeline.models.loading.load_video_classifier`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        num_frames: int | None = None,
+    ):
+        self.processor, self.model = load_video_classifier(path, device, dtype, num_frames)
+        self.device, self.dtype = torch.device(device), dtype
+
+    @torch.no_grad()
+    def logits(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """uint8 (n, f, h, w, 3) → float32 (n, classes)."""
+        return _logits(self, clips, batch_size)
+
+
+def _logits(classifier: FrameClassifier, items: np.ndarray, batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(items), batch_size):
+        x = classifier.processor(list(items[i : i + batch_size]), return_tensors="pt")
+        x = x.pixel_values.to(classifier.device, classifier.dtype)
+        out.append(classifier.model(pixel_values=x).logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, classifier.n_classes), np.float32)
 
 
 def share_class(top_a: np.ndarray, top_b: np.ndarray) -> np.ndarray:

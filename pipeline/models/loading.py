@@ -21,6 +21,7 @@ __all__ = [
     "load_captioner",
     "load_clip",
     "load_image_classifier",
+    "load_video_classifier",
     "load_vae",
     "require_model",
     "resolve_device",
@@ -122,5 +123,28 @@ def load_image_classifier(
     processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     model = AutoModelForImageClassification.from_pretrained(
         path, use_safetensors=True, local_files_only=True, dtype=dtype
+    )
+    return processor, model.to(device).eval().requires_grad_(False)
+
+
+def load_video_classifier(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_frames: int | None = None,
+) -> tuple[Any, Any]:
+    """transformers video processor and video-classification model (e.g. VideoMAE).
+
+    ``num_frames`` overrides the frames the model reads (the field evaluates
+    VideoMAE on the 6 frames of a clip; its position embeddings are fixed
+    sinusoids, so any even count works).
+    """
+    from transformers import AutoImageProcessor, AutoModelForVideoClassification
+
+    path = require_model(path, "config.json")
+    processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    extra = {} if num_frames is None else {"num_frames": num_frames}
+    model = AutoModelForVideoClassification.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, dtype=dtype, **extra
     )
     return processor, model.to(device).eval().requires_grad_(False)

@@ -111,15 +111,20 @@ GENERATION: dict[str, dict[str, ModelSource]] = {
 }
 
 #: Classifiers per preset: the frame classifier labels the fusion pairs (paper §3.4:
-#: "the same class of object"), and evaluation reuses it. They live in
+#: "the same class of object"); evaluation uses both for the N-way metrics. They live in
 #: ``{models.root}/{preset}-classifiers/{role}``; the tiny ones are fitted to the
 #: training frames (pipeline/models/tiny_classifiers.py).
 CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
     "paper": {
         # the ImageNet classifier of the field's frame N-way metric (SPEC §4)
         "frame_classifier": ModelSource("transformers", "google/vit-base-patch16-224"),
+        # the Kinetics-400 classifier of its video N-way metric
+        "video_classifier": ModelSource("transformers", "MCG-NJU/videomae-base-finetuned-kinetics"),
     },
-    "tiny": {"frame_classifier": ModelSource("transformers")},
+    "tiny": {
+        "frame_classifier": ModelSource("transformers"),
+        "video_classifier": ModelSource("transformers"),
+    },
 }
 
 #: Keyframe generator → the generation role holding its model.

@@ -22,19 +22,91 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["write_tiny_classifiers", "write_tiny_frame_classifier"]
+__all__ = ["write_tiny_classifiers", "write_tiny_frame_classifier", "write_tiny_video_classifier"]
 
-#: Input side of the tiny ViT (patch 8: a 4 x 4 grid of patches).
+#: Input side of the tiny ViT and VideoMAE (patch 8: a 4 x 4 grid of patches).
 IMAGE_SIZE = 32
 
 
-def _pixel_values(processor, frames: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+def _processor_kwargs() -> dict:
+    return {
+        "do_resize": True,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "resample": 2,  # bilinear
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+
+
+def _pixel_values(processor, items: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Processor outputs of images (n, h, w, 3) or clips (n, f, h, w, 3), in batches."""
     return torch.cat(
         [
-            processor(images=list(frames[i : i + batch_size]), return_tensors="pt").pixel_values
-            for i in range(0, len(frames), batch_size)
+            processor(list(items[i : i + batch_size]), return_tensors="pt").pixel_values
+            for i in range(0, len(items), batch_size)
         ]
     )
+
+
+def _fit_to_clusters(
+    model, x: torch.Tensor, features: np.ndarray, *, classes, seed, steps, held_out, batch_size, lr
+) -> dict:
+    """Train ``model`` to predict the k-means cluster of each input; metadata of the fit."""
+    from sklearn.cluster import KMeans
+
+    if len(x) <= held_out:
+        raise ValueError(f"{len(x)} inputs are too few to hold out {held_out} for checking")
+    clusters = KMeans(n_clusters=classes, n_init=4, random_state=seed).fit_predict(features)
+    order = np.random.default_rng(seed).permutation(len(x))
+    held, train = order[:held_out], order[held_out:]
+    y = torch.from_numpy(clusters.astype(np.int64))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    rng = np.random.default_rng(seed)
+    losses = []
+    model.train()
+    name = type(model).__name__
+    for _ in tqdm(range(steps), desc=f"fit tiny {name}", unit="step"):
+        idx = torch.from_numpy(rng.choice(train, batch_size))
+        batch = x[idx]
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)  # mirrored inputs: same cluster
+        batch[flip] = batch[flip].flip(-1)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=batch).logits, y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        predicted = model(pixel_values=x[torch.from_numpy(held)]).logits.argmax(-1).numpy()
+    return {
+        "n_classes": classes,
+        "cluster_sizes": np.bincount(clusters, minlength=classes).tolist(),
+        "n_fitted": int(len(train)),
+        "steps": steps,
+        "seed": seed,
+        "final_loss": losses[-1] if losses else None,
+        "held_out": int(len(held)),
+        "held_out_accuracy": float((predicted == clusters[held]).mean()),
+    }
+
+
+def _labels(classes: int) -> dict:
+    return {
+        "num_labels": classes,
+        "id2label": {i: f"cluster_{i}" for i in range(classes)},
+        "label2id": {f"cluster_{i}": i for i in range(classes)},
+    }
+
+
+def _save(path, processor, model, metadata: dict) -> dict:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(str(path))
+    model.save_pretrained(str(path), safe_serialization=True)
+    (path / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return metadata
 
 
 def write_tiny_frame_classifier(
@@ -54,75 +126,100 @@ def write_tiny_frame_classifier(
     sizes, the final loss and the accuracy on ``held_out`` frames not used
     for fitting (against their k-means cluster).
     """
-    from sklearn.cluster import KMeans
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    if len(frames) <= held_out:
-        raise ValueError(f"{len(frames)} frames are too few to hold out {held_out} for checking")
-    processor = ViTImageProcessor(
-        do_resize=True,
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        resample=2,  # bilinear
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
+    processor = ViTImageProcessor(**_processor_kwargs())
     x = _pixel_values(processor, frames)
     features = torch.nn.functional.avg_pool2d(x, 4).flatten(1).numpy()  # 8 x 8 x 3 colours
-    clusters = KMeans(n_clusters=classes, n_init=4, random_state=seed).fit_predict(features)
-    order = np.random.default_rng(seed).permutation(len(frames))
-    held, train = order[:held_out], order[held_out:]
-    y = torch.from_numpy(clusters.astype(np.int64))
-
     torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=classes,
-        id2label={i: f"cluster_{i}" for i in range(classes)},
-        label2id={f"cluster_{i}": i for i in range(classes)},
+    model = ViTForImageClassification(
+        ViTConfig(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            num_channels=3,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            **_labels(classes),
+        )
     )
-    model = ViTForImageClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    rng = np.random.default_rng(seed)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="fit tiny frame classifier", unit="step"):
-        idx = torch.from_numpy(rng.choice(train, batch_size))
-        batch = x[idx]
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)  # mirrored frames: same cluster
-        batch[flip] = batch[flip].flip(-1)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=batch).logits, y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        predicted = model(pixel_values=x[torch.from_numpy(held)]).logits.argmax(-1).numpy()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    processor.save_pretrained(str(path))
-    model.save_pretrained(str(path), safe_serialization=True)
-    metadata = {
-        "classes": "k-means clusters of the training frames (8 x 8 mean colours)",
-        "n_classes": classes,
-        "cluster_sizes": np.bincount(clusters, minlength=classes).tolist(),
-        "n_frames": int(len(train)),
-        "steps": steps,
-        "seed": seed,
-        "final_loss": losses[-1] if losses else None,
-        "held_out_frames": int(len(held)),
-        "held_out_accuracy": float((predicted == clusters[held]).mean()),
-    }
-    (path / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    return metadata
+    metadata = {"classes": "k-means clusters of the frames (8 x 8 mean colours)"}
+    metadata |= _fit_to_clusters(
+        model,
+        x,
+        features,
+        classes=classes,
+        seed=seed,
+        steps=steps,
+        held_out=held_out,
+        batch_size=batch_size,
+        lr=lr,
+    )
+    return _save(path, processor, model, metadata)
+
+
+def write_tiny_video_classifier(
+    path: str | os.PathLike,
+    clips: np.ndarray,
+    *,
+    seed: int = 0,
+    steps: int = 300,
+    classes: int = 8,
+    held_out: int = 128,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+) -> dict:
+    """Fit a tiny VideoMAE to the k-means clusters of ``clips`` (uint8, (n, f, h, w, 3)).
+
+    The clusters are those of the clips' frames' 8 x 8 mean colours taken
+    together, so content and its change over the clip both count. Metadata
+    as for :func:`write_tiny_frame_classifier`.
+    """
+    from transformers import (
+        VideoMAEConfig,
+        VideoMAEForVideoClassification,
+        VideoMAEImageProcessor,
+    )
+
+    if clips.shape[1] % 2:
+        raise ValueError(
+            f"clips of {clips.shape[1]} frames: VideoMAE's tubelets need an even number"
+        )
+    processor = VideoMAEImageProcessor(do_center_crop=False, **_processor_kwargs())
+    x = _pixel_values(processor, clips)  # (n, frames, 3, size, size)
+    features = torch.nn.functional.avg_pool2d(x.flatten(0, 1), 4).reshape(len(x), -1).numpy()
+    torch.manual_seed(seed)
+    model = VideoMAEForVideoClassification(
+        VideoMAEConfig(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            num_channels=3,
+            # the clip's frames (the field feeds VideoMAE the 6 frames of a clip:
+            # MinD-Video's video_classify_metric loads it with num_frames=6)
+            num_frames=clips.shape[1],
+            tubelet_size=2,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            use_mean_pooling=True,
+            **_labels(classes),
+        )
+    )
+    metadata = {"classes": "k-means clusters of the clips (8 x 8 mean colours of every frame)"}
+    metadata |= _fit_to_clusters(
+        model,
+        x,
+        features,
+        classes=classes,
+        seed=seed,
+        steps=steps,
+        held_out=held_out,
+        batch_size=batch_size,
+        lr=lr,
+    )
+    return _save(path, processor, model, metadata)
 
 
 def write_tiny_classifiers(
@@ -133,35 +230,34 @@ def write_tiny_classifiers(
     steps: int = 300,
     classes: int = 8,
     max_frames: int = 4096,
+    max_clips: int = 1024,
 ) -> dict:
-    """Write the tiny preset's classifiers to ``output/{role}``, fitted to ``frame_stores``.
+    """Write the tiny preset's classifiers to ``output/{frame_classifier,video_classifier}``.
 
-    At most ``max_frames`` training frames, drawn with ``seed``, are used. The
-    directory appears only once complete. Returns the metadata per role.
+    Fitted to at most ``max_frames`` frames and ``max_clips`` clips of the
+    training ``frame_stores``, drawn with ``seed``. The directory appears only
+    once complete. Returns the metadata per role.
     """
     import zarr
 
     from pipeline.stores import atomic_output
 
-    clips = [zarr.open_group(p, mode="r")["frames"] for p in frame_stores]
-    index = [
-        (s, c, f) for s, a in enumerate(clips) for c in range(a.shape[0]) for f in range(a.shape[1])
-    ]
+    clips = np.concatenate([zarr.open_group(p, mode="r")["frames"][:] for p in frame_stores])
+    frames = clips.reshape(-1, *clips.shape[2:])
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(len(index), min(max_frames, len(index)), replace=False))
-    by_store: dict[int, list[tuple[int, int]]] = {}
-    for i in chosen:
-        s, c, f = index[i]
-        by_store.setdefault(s, []).append((c, f))
-    frames = []
-    for s, items in by_store.items():
-        data = clips[s][:]
-        frames += [data[c, f] for c, f in items]
-    frames = np.stack(frames)
+    frame_rows = np.sort(rng.choice(len(frames), min(max_frames, len(frames)), replace=False))
+    clip_rows = np.sort(rng.choice(len(clips), min(max_clips, len(clips)), replace=False))
+    fit = {"seed": seed, "steps": steps, "classes": classes}
     with atomic_output(output) as tmp:
-        metadata = write_tiny_frame_classifier(
-            tmp / "frame_classifier", frames, seed=seed, steps=steps, classes=classes
-        )
-        metadata["fitted_on"] = [str(p) for p in frame_stores]
-        (tmp / "frame_classifier" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    return {"frame_classifier": metadata}
+        metadata = {
+            "frame_classifier": write_tiny_frame_classifier(
+                tmp / "frame_classifier", frames[frame_rows], **fit
+            ),
+            "video_classifier": write_tiny_video_classifier(
+                tmp / "video_classifier", clips[clip_rows], **fit
+            ),
+        }
+        for role, record in metadata.items():
+            record["fitted_on"] = [str(p) for p in frame_stores]
+            (tmp / role / "metadata.json").write_text(json.dumps(record, indent=2))
+    return metadata
