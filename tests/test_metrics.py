@@ -87,3 +87,18 @@ def test_frame_sampling_conventions():
     assert sample_frames(16, 6, "uniform").tolist() == [0, 3, 6, 9, 12, 15]
     with pytest.raises(ValueError, match="frame sampling"):
         sample_frames(16, 6, "every_other")
+
+
+def test_summary_bootstrap_interval_covers_the_mean_like_the_normal_one():
+    from pipeline.evaluation.summary import summarize
+
+    x = np.random.default_rng(3).normal(0.4, 0.1, 400)
+    s = summarize(x)
+    assert s["n"] == 400 and s["mean"] == pytest.approx(x.mean())
+    assert s["ci_low"] < 0.4 < s["ci_high"]
+    normal_width = 2 * 1.96 * x.std(ddof=1) / np.sqrt(400)
+    assert abs((s["ci_high"] - s["ci_low"]) / normal_width - 1) < 0.15
+    same = summarize(np.full(5, 0.25))
+    assert same["ci_low"] == same["ci_high"] == 0.25 and same["std"] == 0
+    with pytest.raises(ValueError, match="NaN"):
+        summarize([0.1, float("nan")])
