@@ -13,6 +13,7 @@ from pipeline.config import validate_config
 from pipeline.demo import DemoSettings, generate_demo
 
 OUTPUT = Path(__file__).resolve().parent / "output"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def full_dataset(seed: int = 0) -> Path:
@@ -41,6 +42,11 @@ def run_child(args: list[str]) -> dict:
 def python_child(code: str) -> dict:
     """:func:`run_child` of a Python snippet in a fresh interpreter."""
     return run_child([sys.executable, "-c", code])
+
+
+def snakemake_base(workdir: Path) -> list[str]:
+    """The repository's workflow run in ``workdir`` (append options and targets)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
 
 
 def report(name: str, result: dict) -> None:

@@ -22,7 +22,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import OUTPUT, report  # noqa: E402
+from bench._common import OUTPUT, report, snakemake_base  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CACHES = {
@@ -70,7 +70,7 @@ def main() -> None:
     workdir = OUTPUT / "caches"
     workdir.mkdir(parents=True, exist_ok=True)
     targets = [f"results/cache/{name}.zarr" for name in CACHES.values()]
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    base = snakemake_base(workdir)
     subprocess.run([*base, "--cores", "2", *targets], check=True, capture_output=True)
     subprocess.run(
         [*base, "--cores", "2", "--forcerun", *CACHES, "--", *targets],

@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import OUTPUT, report  # noqa: E402
+from bench._common import OUTPUT, report, snakemake_base  # noqa: E402
 from pipeline.config import validate_config  # noqa: E402
 from pipeline.models.presets import reconstructor_settings  # noqa: E402
 from pipeline.reconstructors.perception import (  # noqa: E402
@@ -40,7 +40,7 @@ LATENT = (4, 28, 28)  # SD VAE latent of a 224 px frame
 
 
 def throughput(workdir: Path) -> dict:
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    base = snakemake_base(workdir)
     targets = ["results/subject1/perception/model", "results/subject1/semantic/model"]
     subprocess.run([*base, "--cores", "2", *targets], check=True, capture_output=True)
     result = {}

@@ -9,6 +9,8 @@
 2. Calls the synthesizer in-process on the same clips with several batch
    sizes, models loaded once, to show what batching clips does on this
    machine.
+3. Times the tiny VAE encoding and decoding 64 video frames in one call
+   and in chunks (what ``diffusion.VAE_CHUNK`` chooses between).
 
     python bench/bench_videos.py      # writes bench/output/videos.json
 """
@@ -25,15 +27,14 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import OUTPUT, report  # noqa: E402
+from bench._common import OUTPUT, report, snakemake_base  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("synthesize_videos", "fuse_videos")
 
 
 def stage_timing(workdir: Path) -> dict:
     targets = ["results/subject1/videos", "results/subject1/fused"]
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    base = snakemake_base(workdir)
     subprocess.run([*base, "--cores", "2", *targets], check=True, capture_output=True)
     subprocess.run(
         [*base, "--cores", "2", "--forcerun", *STAGES, "--", *targets],
@@ -84,6 +85,30 @@ def batch_sizes(workdir: Path, sizes: list[int], n_clips: int) -> dict:
     return result
 
 
+def vae_chunks(workdir: Path, chunks: list[int], frames: int = 64, repeats: int = 3) -> dict:
+    """Seconds to encode and decode ``frames`` video frames in chunks of each size."""
+    import numpy as np
+
+    from pipeline.generation.diffusion import decode_images, encode_images
+    from pipeline.models.loading import load_vae
+
+    store = zarr.open_group(workdir / "results/subject1/videos/frames.zarr", mode="r")
+    images = store["videos"][: -(-frames // store["videos"].shape[1])]
+    images = images.reshape(-1, *images.shape[2:])[:frames]
+    vae = load_vae(workdir / "resources/models/tiny/vae")
+    result = {}
+    for chunk in chunks:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decode_images(vae, encode_images(vae, images, "cpu", vae.dtype, chunk), chunk)
+            times.append(time.perf_counter() - start)
+        result[f"{frames} frames of {images.shape[1]} px, chunks of {chunk}"] = round(
+            float(np.median(times)), 3
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8])
@@ -94,6 +119,7 @@ def main() -> None:
     result = {
         "stages": stage_timing(workdir),
         "batch_sizes": batch_sizes(workdir, args.sizes, args.clips),
+        "vae_encode_decode_s": vae_chunks(workdir, [64, 16]),
         "machine": "2 CPU cores, no GPU; tiny preset on the default demo",
     }
     report("videos", result)

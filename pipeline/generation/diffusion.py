@@ -61,7 +61,7 @@ def seeded_noise(
 
 
 #: Images per VAE call. The VAE works image by image; on a CPU, 64 frames of 112 px in
-#: one call take 2.6x as long as in four calls of 16 (bench/bench_videos.py).
+#: one call take 2.2x as long as in four calls of 16 (bench/bench_videos.py).
 VAE_CHUNK = 16
 
 

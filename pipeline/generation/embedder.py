@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from pipeline.errors import StoreError
 from pipeline.reconstructors.data import load_split
 from pipeline.reconstructors.layers import top1_retrieval
 from pipeline.stores import atomic_output, open_store, provenance
@@ -128,13 +127,7 @@ def fit_embedder(
 
 
 def load_embedder(directory: str | os.PathLike) -> KeyframeEmbedder:
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-        tensors = load_file(str(directory / WEIGHTS))
-    except FileNotFoundError as exc:
-        raise StoreError(
-            f"{directory}: not a complete keyframe embedder ({exc.filename} is missing); "
-            "run the fit_keyframe_embedder rule"
-        ) from None
+    from pipeline.reconstructors.outputs import read_model_dir
+
+    config, tensors = read_model_dir(directory, "fit_keyframe_embedder", weights=WEIGHTS)
     return KeyframeEmbedder(tensors, config)

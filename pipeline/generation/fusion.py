@@ -38,8 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, CONFIG = "classifier.safetensors", "config.json"
-
 
 class FusionClassifier(nn.Module):
     """``[a, b, |a - b|, a * b]`` of two L2-normalised embeddings → logit of "same class"."""
@@ -167,8 +165,9 @@ def _training_pairs(clip_images, frame_stores, classifier, top_k: int):
     cache = open_store(clip_images, stage="cache_clip_images")
     candidates = list(cache.attrs["candidates"])
     names = [Path(p).name.removesuffix(".zarr") for p in frame_stores]
-    rows = np.flatnonzero(np.isin(cache["segment"][:], names))
-    segments, clips = cache["segment"][:][rows], cache["clip"][:][rows]
+    all_segments = cache["segment"][:]
+    rows = np.flatnonzero(np.isin(all_segments, names))
+    segments, clips = all_segments[rows], cache["clip"][:][rows]
     embeds = torch.from_numpy(cache["image_embeds"][:][rows].astype(np.float32))
     top = np.zeros((len(rows), len(candidates), top_k), np.int64)
     for name, path in tqdm(list(zip(names, frame_stores, strict=True)), desc="classify frames"):
@@ -243,12 +242,12 @@ def fit_fusion(
     top-``label_top_k`` class. A seeded ``validation_fraction`` of the training
     segments is held out; the metrics on it, and those of the same model
     trained on shuffled labels (a control that must sit at chance), go to
-    ``output/config.json``. The classifier kept is the one fitted on the other
-    segments.
+    ``output/config.json`` (a model directory like the reconstructors': weights,
+    config, per-epoch ``metrics.csv`` and ``loss.png``). The classifier kept is
+    the one fitted on the other segments.
     """
-    from safetensors.torch import save_file
-
     from pipeline.models.classifiers import FrameClassifier
+    from pipeline.reconstructors.outputs import write_model_dir
     from pipeline.stores import atomic_output, provenance
 
     classifier = FrameClassifier(classifier_dir, device, dtype)
@@ -286,39 +285,26 @@ def fit_fusion(
         "label_top_k": settings["label_top_k"],
         "candidates": candidates,
         "metrics": metrics,
-        "losses": losses,
         "provenance": provenance(
             "train_fusion",
             settings,
             [str(clip_images), str(classifier_dir), *map(str, frame_stores)],
         ),
     }
+    rows = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(losses)]
     with atomic_output(output) as tmp:
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        write_model_dir(tmp, model, config, rows, "fusion pair classifier")
     return metrics
 
 
 def load_fusion(directory: str | os.PathLike) -> FusionClassifier:
     """The pair classifier written by :func:`fit_fusion` (eval mode)."""
-    from safetensors.torch import load_file
+    from pipeline.reconstructors.outputs import load_into, read_model_dir
 
-    from pipeline.errors import StoreError
-
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-        state = load_file(str(directory / WEIGHTS))
-    except FileNotFoundError as exc:
-        raise StoreError(
-            f"{directory}: not a complete fusion classifier ({exc.filename} is missing); "
-            "run the train_fusion rule"
-        ) from None
+    config, state = read_model_dir(directory, "train_fusion")
     settings = config["settings"]
     model = FusionClassifier(config["embedding_dim"], settings["hidden"], settings["dropout"])
-    model.load_state_dict(state)
-    return model.eval()
+    return load_into(model, state, directory).eval()
 
 
 def _chain_name(segment: str, clips: list[int]) -> str:

@@ -184,7 +184,8 @@ def write_tiny_video_classifier(
 
     if clips.shape[1] % 2:
         raise ValueError(
-            f"clips of {clips.shape[1]} frames: VideoMAE's tubelets need an even number"
+            f"clips of {clips.shape[1]} frames (frames.fps x dataset.tr_s): VideoMAE's "
+            "tubelets of 2 frames need an even number; change frames.fps"
         )
     processor = VideoMAEImageProcessor(do_center_crop=False, **_processor_kwargs())
     x = _pixel_values(processor, clips)  # (n, frames, 3, size, size)

@@ -36,12 +36,14 @@ def write_model_dir(
     plot_losses(rows, directory / CURVES, title)
 
 
-def read_model_dir(directory: str | os.PathLike, stage: str) -> tuple[dict, dict]:
-    """``(config, state_dict)`` of a model directory written by ``stage``."""
+def read_model_dir(
+    directory: str | os.PathLike, stage: str, weights: str = WEIGHTS
+) -> tuple[dict, dict]:
+    """``(config, tensors)`` of a model directory written by ``stage``."""
     directory = Path(directory)
     try:
         config = json.loads((directory / CONFIG).read_text())
-        state = load_file(directory / WEIGHTS)
+        state = load_file(directory / weights)
     except FileNotFoundError as exc:
         raise StoreError(
             f"{directory}: not a complete model directory ({exc.filename} is missing); "
