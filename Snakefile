@@ -32,6 +32,9 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 validate_config(config)
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -47,11 +50,13 @@ include: "rules/caches.smk"
 include: "rules/reconstructors.smk"
 include: "rules/generation.smk"
 include: "rules/fusion.smk"
+include: "rules/evaluation.smk"
 
 
 # Everything: aligned fMRI of every subject, frames of every stimulus, the feature caches,
 # the blurry videos and CLIP embeddings of every subject's test clips, and the final
-# videos (results/{subject}/videos, the main target) and their multi-fMRI fusion.
+# videos (results/{subject}/videos, the main target), their multi-fMRI fusion, and the
+# evaluation tables and HTML report (results/report/index.html).
 rule all:
     default_target: True
     input:
@@ -62,3 +67,4 @@ rule all:
         embedding_stores,
         video_dirs,
         fused_dirs,
+        "results/report/index.html",

@@ -307,6 +307,94 @@ def _cmd_fuse_videos(args: argparse.Namespace) -> None:
     )
 
 
+def _evaluation_settings(args: argparse.Namespace) -> dict:
+    return json.loads(args.settings) | {"batch_size": args.batch_size}
+
+
+def _cmd_evaluate_videos(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.evaluate import evaluate, pipeline_reconstructions
+
+    evaluate(
+        pipeline_reconstructions(args.videos, args.frames_dir),
+        args.output,
+        classifiers=args.classifiers,
+        clip=args.clip,
+        settings=_evaluation_settings(args),
+        **_devices(args),
+    )
+
+
+def _cmd_evaluate_external(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.evaluate import evaluate, external_reconstructions
+
+    data = external_reconstructions(
+        args.folder,
+        layout=args.layout,
+        panels=args.panels,
+        gt_panel=args.gt_panel,
+        pred_panel=args.pred_panel,
+        frames_dir=args.frames_dir,
+    )
+    evaluate(
+        data,
+        args.output,
+        classifiers=args.classifiers,
+        clip=args.clip,
+        settings=_evaluation_settings(args),
+        stage="evaluate_external",
+        **_devices(args),
+    )
+
+
+def _cmd_evaluate_retrieval(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.evaluate import evaluate_retrieval
+
+    evaluate_retrieval(
+        args.semantic, args.clip_images, args.output, settings=json.loads(args.settings)
+    )
+
+
+def _cmd_evaluation_tables(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.tables import write_tables
+
+    write_tables(
+        args.results,
+        args.output,
+        subjects=args.subjects,
+        ablation_subjects=args.ablation_subjects,
+        ablations=args.ablations,
+        n_way=args.n_way,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from pipeline.evaluation.report import write_report
+
+    results = Path(args.results)
+    subjects = {
+        s: {
+            "selection": results / s / "selection.zarr",
+            "perception": results / s / "perception" / "model",
+            "semantic": results / s / "semantic" / "model",
+            "blurry": results / s / "perception" / "blurry.zarr",
+            "keyframes": results / s / "keyframes" / "keyframes.zarr",
+            "videos": results / s / "videos",
+            "evaluation": results / s / "evaluation" / "videos",
+        }
+        for s in args.subjects
+    }
+    write_report(
+        args.output,
+        tables=args.tables,
+        subjects={s: {k: str(v) for k, v in p.items()} for s, p in subjects.items()},
+        fusion=args.fusion,
+        frames_dir=args.frames_dir,
+        config=json.loads(args.config),
+        n_clips=args.clips,
+        figures=args.figures,
+    )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
@@ -537,6 +625,54 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=_cmd_fuse_videos)
+
+    def evaluation_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p = generation_parser(name, help, "evaluation settings")
+        p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
+        p.add_argument("--classifiers", required=True, help="the preset's classifier directory")
+        p.add_argument("--clip", required=True, help="OpenCLIP model directory (CLIP-pcc)")
+        p.add_argument("--batch-size", type=int, default=32)
+        return p
+
+    p = evaluation_parser("evaluate-videos", "the field's metrics of a videos directory")
+    p.add_argument("--videos", required=True, help="synthesize_videos or fuse_videos output")
+    p.set_defaults(func=_cmd_evaluate_videos)
+
+    p = evaluation_parser("evaluate-external", "the same metrics of a folder made elsewhere")
+    p.add_argument("--folder", required=True, help="one GIF or video per clip")
+    p.add_argument("--layout", choices=("side_by_side", "separate"), default="side_by_side")
+    p.add_argument("--panels", type=int, default=2, help="side_by_side: panels per file")
+    p.add_argument("--gt-panel", type=int, default=0)
+    p.add_argument("--pred-panel", type=int, default=1)
+    p.set_defaults(func=_cmd_evaluate_external)
+
+    p = sub.add_parser("evaluate-retrieval", help="keyframe and fMRI retrieval top-1 among 300")
+    p.add_argument("--semantic", required=True, help="predict_semantic's embeddings store")
+    p.add_argument("--clip-images", required=True, help="CLIP image cache store")
+    p.add_argument("--output", required=True)
+    p.add_argument("--settings", required=True, help="JSON of the retrieval settings")
+    p.set_defaults(func=_cmd_evaluate_retrieval)
+
+    p = sub.add_parser("evaluation-tables", help="Table 1, Table 2 and retrieval across subjects")
+    p.add_argument("--results", required=True, help="the results directory")
+    p.add_argument("--output", required=True)
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--ablation-subjects", nargs="*", default=[])
+    p.add_argument("--ablations", nargs="*", default=[])
+    p.add_argument("--n-way", nargs="+", type=int, default=[2, 50])
+    p.set_defaults(func=_cmd_evaluation_tables)
+
+    p = sub.add_parser("report", help="the self-contained HTML report of a run")
+    p.add_argument("--output", required=True, help="the HTML file")
+    p.add_argument("--figures", help="directory for the figures as separate files")
+    p.add_argument("--results", required=True, help="the results directory")
+    p.add_argument("--tables", required=True, help="evaluation_tables output")
+    p.add_argument("--subjects", nargs="+", required=True)
+    p.add_argument("--fusion", required=True, help="the fusion classifier directory")
+    p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
+    p.add_argument("--config", required=True, help="the run's configuration as JSON")
+    p.add_argument("--clips", type=int, default=6, help="test clips shown as animated grids")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
     p.add_argument("path")

@@ -157,6 +157,7 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "
             f"stimulus rate demo.fps = {demo['fps']}"
         )
+    _check_evaluation(config, int(per_clip))
 
 
 def _check_generation(config: dict[str, Any]) -> None:
@@ -178,6 +179,53 @@ def _check_generation(config: dict[str, Any]) -> None:
             f"tiny frame classifier's {classes} classes (models.tiny_classifier_classes); every "
             "pair would be labelled the same"
         )
+
+
+def _check_evaluation(config: dict[str, Any], frames_per_clip: int) -> None:
+    from pipeline.models.presets import CLASSIFIER_CLASSES
+
+    evaluation = config["evaluation"]
+    preset = config["models"]["preset"]
+    classes = CLASSIFIER_CLASSES.get(preset) or {
+        role: config["models"]["tiny_classifier_classes"] for role in ("frame", "video")
+    }
+    fewest = min(classes.values())
+    too_many = [n for n in evaluation["n_way"] if n + 2 > fewest]
+    if too_many:
+        source = (
+            "models.tiny_classifier_classes"
+            if preset == "tiny"
+            else f"the {preset!r} preset's classifiers"
+        )
+        raise ConfigError(
+            f"config key 'evaluation.n_way': {too_many} needs a ground-truth set of 3 plus N - 1 "
+            f"distractors, more than the {fewest} classes of {source}"
+        )
+    n_frames = config["video"]["n_frames"]
+    if evaluation["frame_sampling"] == "neurons" and n_frames < 2 * frames_per_clip:
+        raise ConfigError(
+            f"config key 'evaluation.frame_sampling': 'neurons' takes every 2nd of the last "
+            f"{2 * frames_per_clip} generated frames, but video.n_frames is {n_frames}"
+        )
+    ablations = {k for k, v in evaluation["ablations"].items() if v is not None}
+    reserved = {"videos", "fused", "retrieval"} & ablations
+    if reserved:
+        raise ConfigError(
+            f"config key 'evaluation.ablations': {sorted(reserved)} name other evaluations "
+            "(results/{subject}/evaluation/...); choose another name"
+        )
+    for name, folder in evaluation["external"].items():
+        panels = folder["panels"]
+        for key in ("gt_panel", "pred_panel"):
+            if folder[key] >= panels:
+                raise ConfigError(
+                    f"config key 'evaluation.external.{name}.{key}': panel {folder[key]} does "
+                    f"not exist among {panels} panels"
+                )
+        if folder["gt_panel"] == folder["pred_panel"]:
+            raise ConfigError(
+                f"config key 'evaluation.external.{name}.pred_panel': same panel as gt_panel"
+            )
 
 
 def uses_demo(config: dict[str, Any]) -> bool:

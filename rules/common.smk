@@ -1,5 +1,7 @@
 """Dataset discovery at DAG time, wildcard constraints and input functions."""
 
+import json
+
 from snakemake.logging import logger
 
 from pipeline.cc2017 import discover_dataset, stimulus_path
@@ -230,3 +232,120 @@ def fusion_json():
 
 def fused_dirs(wildcards):
     return expand("results/{subject}/fused", subject=SUBJECTS)
+
+
+EVALUATION_CONFIG = config["evaluation"]
+#: evaluation settings the metric stages read (batch size is passed outside params)
+EVALUATION_KEYS = (
+    "n_way",
+    "trials",
+    "frame_sampling",
+    "size",
+    "bootstrap_resamples",
+    "seed",
+)
+RETRIEVAL_KEYS = ("retrieval_pool", "bootstrap_resamples", "seed")
+# an entry set to null is switched off (a --configfile overlay cannot delete a key)
+ABLATIONS = sorted(
+    k for k, v in EVALUATION_CONFIG["ablations"].items() if v is not None
+)
+ABLATION_SUBJECTS = EVALUATION_CONFIG["ablation_subjects"] or SUBJECTS[:1]
+unknown = set(ABLATION_SUBJECTS) - set(SUBJECTS)
+if unknown:
+    raise ConfigError(
+        f"config key 'evaluation.ablation_subjects': {sorted(unknown)} not among the "
+        f"subjects {SUBJECTS}"
+    )
+EXTERNAL = EVALUATION_CONFIG["external"]
+
+
+def evaluation_json(*keys):
+    """The ``evaluation`` settings a stage reads, as JSON."""
+    import json
+
+    return json.dumps({k: EVALUATION_CONFIG[k] for k in keys}, sort_keys=True)
+
+
+def ablation_json(wildcards):
+    """The effective video settings of one ablation: the full model's with its overrides."""
+    import json
+
+    from pipeline.models.presets import generation_settings
+
+    settings = generation_settings(config, "video")
+    settings.pop("batch_size", None)
+    settings |= EVALUATION_CONFIG["ablations"][wildcards.ablation]
+    return json.dumps(settings, sort_keys=True)
+
+
+def test_frame_stores(wildcards):
+    """Frame stores of the test segments (the ground truth of the evaluation)."""
+    return expand("results/frames/{segment}.zarr", segment=DATASET.test_segments)
+
+
+def evaluated_videos(wildcards):
+    """The videos directory an evaluation system name stands for."""
+    if wildcards.system in ("videos", "fused"):
+        return f"results/{wildcards.subject}/{wildcards.system}"
+    return f"results/{wildcards.subject}/ablations/{wildcards.system}/videos"
+
+
+def external_inputs(wildcards):
+    """The external folder, plus our test frames when its files are scored against them."""
+    folder = EXTERNAL[wildcards.name]
+    inputs = {"folder": folder["path"]}
+    if folder["layout"] == "separate":
+        inputs["frames"] = test_frame_stores(wildcards)
+    return inputs
+
+
+def evaluation_dirs(wildcards=None):
+    """Every evaluation of the tables: per subject videos, fused and retrieval; ablations."""
+    systems = ["videos", "fused", "retrieval"]
+    dirs = expand(
+        "results/{subject}/evaluation/{system}", subject=SUBJECTS, system=systems
+    )
+    dirs += expand(
+        "results/{subject}/evaluation/{system}",
+        subject=ABLATION_SUBJECTS,
+        system=ABLATIONS,
+    )
+    return dirs
+
+
+def report_inputs(wildcards):
+    """What the HTML report shows, per subject."""
+    per_subject = {
+        "selection": "results/{subject}/selection.zarr",
+        "perception": "results/{subject}/perception/model",
+        "semantic": "results/{subject}/semantic/model",
+        "blurry": "results/{subject}/perception/blurry.zarr",
+        "keyframes": "results/{subject}/keyframes/keyframes.zarr",
+        "videos": "results/{subject}/videos",
+    }
+    inputs = {k: expand(v, subject=SUBJECTS) for k, v in per_subject.items()}
+    return inputs | {
+        "tables": "results/evaluation",
+        "evaluations": evaluation_dirs(),
+        "fusion": "results/fusion/classifier",
+        "frames": test_frame_stores(wildcards),
+    }
+
+
+#: keys that never change a result (how work is batched, where it runs): left out of the
+#: configuration the report shows, so that changing them reruns nothing
+NO_RESULT_KEYS = (
+    ("models", "batch_size"),
+    ("models", "device"),
+    ("keyframes", "batch_size"),
+    ("video", "batch_size"),
+    ("evaluation", "batch_size"),
+)
+
+
+def report_config_json(wildcards):
+    """The configuration shown in the report, without :data:`NO_RESULT_KEYS`."""
+    shown = {section: dict(values) for section, values in config.items()}
+    for section, key in NO_RESULT_KEYS:
+        shown[section].pop(key, None)
+    return json.dumps(shown, sort_keys=True)

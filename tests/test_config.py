@@ -52,9 +52,27 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"video": {"theta": 1.0}}, "video.theta"),
         ({"video": {"alpha_mode": "both"}}, "video.alpha_mode"),
         ({"video": {"size": 100}}, "video.size"),
-        ({"fusion": {"label_top_k": 8}}, "fusion.label_top_k"),  # all 8 tiny classes
+        ({"fusion": {"label_top_k": 64}}, "fusion.label_top_k"),  # all 64 tiny classes
         ({"fusion": {"threshold": 1.5}}, "fusion.threshold"),
         ({"fusion": {"validation_fraction": 1.0}}, "fusion.validation_fraction"),
+        # 50-way needs 52 classes; the tiny classifiers have models.tiny_classifier_classes
+        ({"models": {"tiny_classifier_classes": 40}}, "evaluation.n_way"),
+        ({"models": {"preset": "paper"}, "evaluation": {"n_way": [2, 399]}}, "evaluation.n_way"),
+        ({"evaluation": {"n_way": [1]}}, "evaluation.n_way.0"),
+        ({"evaluation": {"frame_sampling": "middle"}}, "evaluation.frame_sampling"),
+        ({"video": {"n_frames": 8}}, "evaluation.frame_sampling"),  # neurons needs 12
+        ({"evaluation": {"ablations": {"videos": {"use_blurry": False}}}}, "evaluation.ablations"),
+        ({"evaluation": {"ablations": {"none": {}}}}, "evaluation.ablations.none"),
+        ({"evaluation": {"ablations": {"x": {"theta": 0.5}}}}, "evaluation.ablations.x.theta"),
+        ({"evaluation": {"external": {"mv": {}}}}, "evaluation.external.mv"),
+        (
+            {"evaluation": {"external": {"mv": {"path": "x", "gt_panel": 2}}}},
+            "evaluation.external.mv.gt_panel",
+        ),
+        (
+            {"evaluation": {"external": {"mv": {"path": "x", "pred_panel": 0}}}},
+            "evaluation.external.mv.pred_panel",
+        ),
     ],
 )
 def test_bad_values_name_the_key(config, key):

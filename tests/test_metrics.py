@@ -7,11 +7,16 @@ import pytest
 from skimage.color import rgb2gray
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from pipeline.errors import DataError
+from pipeline.evaluation.evaluate import _pixel_metrics, external_reconstructions
 from pipeline.evaluation.metrics import (
     PSNR_MAX,
     clip_pcc,
+    epe,
+    hue_similarity,
     n_way_top1,
     psnr,
+    retrieval_top1,
     sample_frames,
     ssim,
 )
@@ -102,3 +107,100 @@ def test_summary_bootstrap_interval_covers_the_mean_like_the_normal_one():
     assert same["ci_low"] == same["ci_high"] == 0.25 and same["std"] == 0
     with pytest.raises(ValueError, match="NaN"):
         summarize([0.1, float("nan")])
+
+
+def _moving_square(shift, frames=6, size=48, colour=(220, 40, 40)):
+    """A textured square moving ``shift`` pixels per frame to the right."""
+    rng = np.random.default_rng(1)
+    texture = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    video = np.full((frames, size, size, 3), 30, dtype=np.uint8)
+    for t in range(frames):
+        x = 8 + shift * t
+        video[t, 16:32, x : x + 16] = texture // 2 + np.array(colour, dtype=np.uint8) // 2
+    return video
+
+
+def test_epe_is_zero_for_equal_motion_and_grows_with_the_difference():
+    still, slow, fast = _moving_square(0), _moving_square(2), _moving_square(4)
+    assert epe(slow, slow) == 0.0
+    assert 0 < epe(slow, still) < epe(fast, still)
+
+
+def test_hue_similarity():
+    rng = np.random.default_rng(2)
+    noise = rng.integers(0, 40, (48, 48, 3))
+    red = (np.array([200, 20, 20]) + noise).astype(np.uint8)
+    blue = (np.array([20, 20, 200]) + noise).astype(np.uint8)
+    assert hue_similarity(red, red) == pytest.approx(1.0)
+    assert hue_similarity(red, blue) < 0.9
+    # a direct computation: Pearson correlation of the 180-bin hue histograms
+    import cv2
+
+    h = [
+        np.bincount(cv2.cvtColor(x, cv2.COLOR_RGB2HSV)[..., 0].ravel(), minlength=180)
+        for x in (red, blue)
+    ]
+    assert hue_similarity(red, blue) == pytest.approx(np.corrcoef(h[0], h[1])[0, 1])
+
+
+def test_retrieval_finds_its_pair_and_a_shuffled_pairing_sits_at_chance():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(600, 32))
+    pred = target + 0.3 * rng.normal(size=target.shape)
+    forward, backward, part = retrieval_top1(pred, target, pool=300)
+    assert forward.all() and backward.all() and set(part) == {300}
+    shuffled = np.mean(
+        [retrieval_top1(pred, target[rng.permutation(600)])[0].mean() for _ in range(20)]
+    )
+    assert shuffled == pytest.approx(1 / 300, abs=0.01)
+    # fewer clips than the pool: one part of all of them
+    assert set(retrieval_top1(pred[:120], target[:120])[2]) == {120}
+
+
+def test_ground_truth_against_itself_scores_the_maximum():
+    video = _moving_square(3)
+    scores = _pixel_metrics(video, video)
+    assert scores["ssim_rgb_uniform"] == pytest.approx(1.0)
+    assert scores["ssim_gray_gaussian"] == pytest.approx(1.0)
+    assert scores["psnr"] == PSNR_MAX
+    assert scores["epe"] == 0.0
+    assert scores["hue_pcc"] == pytest.approx(1.0)
+
+
+def _write_gif(path, frames):
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=333, loop=0)
+
+
+def test_side_by_side_gifs_are_split_into_their_panels(tmp_path):
+    gt, pred = _moving_square(2, colour=(250, 0, 0)), _moving_square(3, colour=(0, 0, 250))
+    for i in (1, 2, 10):  # natural order: 1, 2, 10 (not 1, 10, 2)
+        _write_gif(tmp_path / f"test{i}.gif", np.concatenate([gt, pred, gt], axis=2))
+    data = external_reconstructions(tmp_path, panels=3, gt_panel=0, pred_panel=1)
+    assert data.names == ["test1", "test2", "test10"]
+    assert data.predictions.shape == data.ground_truth.shape == (3, *gt.shape)
+    # GIF quantisation: colours within a few levels
+    assert np.abs(data.ground_truth[0].astype(int) - gt).mean() < 3
+    assert np.abs(data.predictions[0].astype(int) - pred).mean() < 3
+
+
+def test_bad_external_folders_are_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        external_reconstructions(tmp_path / "missing")
+    with pytest.raises(DataError, match="no .gif"):
+        external_reconstructions(tmp_path)
+    _write_gif(tmp_path / "a.gif", _moving_square(1, size=48)[:, :, :47])
+    with pytest.raises(DataError, match="a.gif: width 47 does not split into 2"):
+        external_reconstructions(tmp_path)
+    _write_gif(tmp_path / "a.gif", _moving_square(1, size=48))
+    _write_gif(tmp_path / "b.gif", _moving_square(1, size=64))
+    with pytest.raises(DataError, match="b.gif: shape"):
+        external_reconstructions(tmp_path)
+    (tmp_path / "b.gif").unlink()
+    with pytest.raises(DataError, match=r"not named \{segment\}_clip"):
+        external_reconstructions(tmp_path, layout="separate", frames_dir=tmp_path)
+    (tmp_path / "c.mp4").write_bytes(b"not a video")
+    with pytest.raises(DataError, match="c.mp4: not a readable video"):
+        external_reconstructions(tmp_path)

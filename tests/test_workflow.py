@@ -39,11 +39,22 @@ def test_complete_run_has_nothing_to_do(workspace):
     assert planned_jobs(workspace) == {}
 
 
-VIDEO = {"synthesize_videos": 1, "fuse_videos": 1}
+N_ABLATIONS = 2  # evaluation.ablations: no_keyframe, no_blurry
+#: the tables and the report follow any evaluation
+TABLES = {"evaluation_tables": 1, "report": 1}
+#: the evaluations of videos, fused and each ablation
+EVALUATIONS = {"evaluate_videos": 2 + N_ABLATIONS, **TABLES}
+VIDEO = {
+    "synthesize_videos": 1,
+    "fuse_videos": 1,
+    "synthesize_ablation": N_ABLATIONS,
+    **EVALUATIONS,
+}
 GEN = {"generate_keyframes": 1, "caption_keyframes": 1, **VIDEO}
-FUSION = {"train_fusion": 1, "fuse_videos": 1}
+FUSED = {"fuse_videos": 1, "evaluate_videos": 1, **TABLES}
+FUSION = {"train_fusion": 1, **FUSED}
 PR = {"train_perception": 1, "predict_perception": 1, **GEN}
-SR = {"train_semantic": 1, "predict_semantic": 1}
+SR = {"train_semantic": 1, "predict_semantic": 1, "evaluate_retrieval": 1, **TABLES}
 EMB = {"fit_keyframe_embedder": 1, **GEN}
 
 
@@ -115,7 +126,10 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
         ({"perception": {"architecture": {"hidden": 128}}}, {**PR, "all": 1}),
         ({"semantic": {"reftm_weight": 0.5}}, {**SR, "all": 1}),
         # inference-only settings of the prior: prediction only
-        ({"semantic": {"guidance": 2.0}}, {"predict_semantic": 1, "all": 1}),
+        (
+            {"semantic": {"guidance": 2.0}},
+            {"predict_semantic": 1, "evaluate_retrieval": 1, **TABLES, "all": 1},
+        ),
         # generation: each setting reruns its stage and what follows, never training
         ({"keyframes": {"strength": 0.5}}, {**GEN, "all": 1}),
         ({"keyframes": {"embedder_alphas": [1.0, 10.0]}}, {**EMB, "all": 1}),
@@ -124,10 +138,25 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
         ({"video": {"batch_size": 2}}, {}),
         # fusion: the classifier's training is shared by the subjects; the threshold and the
         # chain length are read only where the chains are made
-        ({"fusion": {"threshold": 0.7}}, {"fuse_videos": 1, "all": 1}),
-        ({"fusion": {"max_chain": 2}}, {"fuse_videos": 1, "all": 1}),
+        ({"fusion": {"threshold": 0.7}}, {**FUSED, "all": 1}),
+        ({"fusion": {"max_chain": 2}}, {**FUSED, "all": 1}),
         ({"fusion": {"epochs": 20}}, {**FUSION, "all": 1}),
-        ({"models": {"tiny_classifier_steps": 100}}, {"tiny_classifiers": 1, **FUSION, "all": 1}),
+        # the classifiers serve the fusion labels and the N-way metrics
+        (
+            {"models": {"tiny_classifier_steps": 50}},
+            {"tiny_classifiers": 1, **FUSION, **EVALUATIONS, "all": 1},
+        ),
+        # evaluation: metric settings rerun the evaluations, never a video
+        ({"evaluation": {"n_way": [2, 10]}}, {**EVALUATIONS, "all": 1}),
+        ({"evaluation": {"frame_sampling": "uniform"}}, {**EVALUATIONS, "all": 1}),
+        ({"evaluation": {"retrieval_pool": 50}}, {"evaluate_retrieval": 1, **TABLES, "all": 1}),
+        ({"evaluation": {"report_clips": 2}}, {"report": 1, "all": 1}),
+        ({"evaluation": {"ablations": {"no_keyframe": None}}}, {**TABLES, "all": 1}),
+        (
+            {"evaluation": {"ablations": {"no_caption": {"use_caption": False}}}},
+            {"synthesize_ablation": 1, "evaluate_videos": 1, **TABLES, "all": 1},
+        ),
+        ({"evaluation": {"batch_size": 4}}, {}),
     ],
 )
 def test_changing_a_key_reruns_only_its_stage_and_descendants(workspace, overlay, expected):

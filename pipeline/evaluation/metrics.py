@@ -15,6 +15,15 @@
 * **CLIP-pcc**, two definitions: ``adjacent`` (the paper's: mean cosine
   similarity of the CLIP embeddings of consecutive frames) and ``all_pairs``
   (NEURONS: the mean over all pairs of distinct frames).
+* **EPE** (Mind-Animator): the mean end-point error between the Farneback
+  optical flows (OpenCV) of consecutive ground-truth frames and of the
+  corresponding predicted frames; lower is better. **Hue similarity**
+  (Mind-Animator's hue-pcc): the Pearson correlation of two frames' 180-bin
+  hue histograms (OpenCV HSV).
+* **Retrieval top-1** (paper appendix C.6): the test clips split into
+  consecutive parts of at most 300; within its part, a clip's fMRI embedding
+  must be nearest (cosine) to its own keyframe embedding (keyframe retrieval)
+  and the keyframe embedding to its own fMRI embedding (fMRI retrieval).
 * **Frame sampling** from the generated frames onto the ground truth's:
   ``neurons`` (of 16 frames drop the first 4, then every 2nd: 6 frames) or
   ``uniform`` (evenly spaced, first and last kept).
@@ -29,8 +38,11 @@ __all__ = [
     "PSNR_MAX",
     "binomial_se",
     "clip_pcc",
+    "epe",
+    "hue_similarity",
     "n_way_top1",
     "psnr",
+    "retrieval_top1",
     "sample_frames",
     "ssim",
 ]
@@ -150,3 +162,81 @@ def sample_frames(n_generated: int, n_target: int, mode: str = "neurons") -> np.
     if mode == "uniform":
         return np.linspace(0, n_generated - 1, n_target).round().astype(int)
     raise ValueError(f"unknown frame sampling {mode!r}; known: {FRAME_SAMPLINGS}")
+
+
+#: Farneback parameters (OpenCV's documented example values, as used for video EPE)
+FARNEBACK = {
+    "pyr_scale": 0.5,
+    "levels": 3,
+    "winsize": 15,
+    "iterations": 3,
+    "poly_n": 5,
+    "poly_sigma": 1.2,
+    "flags": 0,
+}
+
+
+def _flows(frames: np.ndarray) -> np.ndarray:
+    import cv2
+
+    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    return np.stack(
+        [
+            cv2.calcOpticalFlowFarneback(a, b, None, **FARNEBACK)
+            for a, b in zip(gray[:-1], gray[1:], strict=True)
+        ]
+    )
+
+
+def epe(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean end-point error (pixels) between the optical flows of two uint8 videos (f, h, w, 3)."""
+    if pred.shape != gt.shape or len(pred) < 2:
+        raise ValueError(
+            f"EPE needs two videos of one shape with >= 2 frames: {pred.shape}, {gt.shape}"
+        )
+    return float(np.linalg.norm(_flows(pred) - _flows(gt), axis=-1).mean())
+
+
+def hue_similarity(a: np.ndarray, b: np.ndarray, bins: int = 180) -> float:
+    """Pearson correlation of the hue histograms of two uint8 RGB images (h, w, 3)."""
+    import cv2
+
+    hist = [
+        np.bincount(
+            cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2HSV)[..., 0].ravel(), minlength=bins
+        )
+        for x in (a, b)
+    ]
+    h = [x.astype(np.float64) - x.mean() for x in hist]
+    norm = np.linalg.norm(h[0]) * np.linalg.norm(h[1])
+    if norm == 0:  # a flat histogram has no shape to correlate: only equal ones agree
+        return float(np.array_equal(hist[0], hist[1]))
+    return float(h[0] @ h[1] / norm)
+
+
+def retrieval_top1(
+    pred: np.ndarray, target: np.ndarray, pool: int = 300
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample top-1 retrieval both ways within consecutive parts of at most ``pool``.
+
+    Returns ``(forward, backward, part_size)``: whether each prediction's
+    nearest target (cosine) is its own (keyframe retrieval), whether each
+    target's nearest prediction is its own (fMRI retrieval), and the size of
+    each sample's part (chance is ``1 / part_size``).
+    """
+    p = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    t = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
+    if len(p) != len(t) or len(p) == 0:
+        raise ValueError(f"need paired, non-empty embeddings: {len(p)} vs {len(t)}")
+    p = p / np.linalg.norm(p, axis=1, keepdims=True)
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    forward = np.empty(len(p), dtype=bool)
+    backward = np.empty(len(p), dtype=bool)
+    size = np.empty(len(p), dtype=np.int64)
+    for part in np.array_split(np.arange(len(p)), -(-len(p) // pool)):
+        similarity = p[part] @ t[part].T
+        own = np.arange(len(part))
+        forward[part] = similarity.argmax(axis=1) == own
+        backward[part] = similarity.argmax(axis=0) == own
+        size[part] = len(part)
+    return forward, backward, size

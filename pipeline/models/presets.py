@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CLASSIFIER_CLASSES",
     "CLASSIFIERS",
     "GENERATION",
     "GENERATOR_ROLES",
@@ -126,6 +127,10 @@ CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
         "video_classifier": ModelSource("transformers"),
     },
 }
+
+#: Classes of the named classifiers of a preset (ImageNet-1k, Kinetics-400); the tiny
+#: preset's come from ``models.tiny_classifier_classes``.
+CLASSIFIER_CLASSES: dict[str, dict[str, int]] = {"paper": {"frame": 1000, "video": 400}}
 
 #: Keyframe generator → the generation role holding its model.
 GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip", "tiny": "unclip"}

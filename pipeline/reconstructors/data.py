@@ -44,7 +44,8 @@ def load_split(aligned: str | os.PathLike, split: str) -> Split:
 
 
 def cache_rows(cache: str | os.PathLike, split: Split, stage: str) -> np.ndarray:
-    """Row of a cache store for every sample of ``split``.
+    """Row of a cache store for every sample of ``split`` (anything with ``segment`` and
+    ``clip`` arrays).
 
     Raises
     ------
@@ -57,7 +58,7 @@ def cache_rows(cache: str | os.PathLike, split: Split, stage: str) -> np.ndarray
         (str(s), int(c)): row
         for row, (s, c) in enumerate(zip(store["segment"][:], store["clip"][:], strict=True))
     }
-    rows = np.empty(len(split), np.int64)
+    rows = np.empty(len(split.segment), np.int64)
     for i, key in enumerate(zip(split.segment, split.clip.tolist(), strict=True)):
         row = index.get((str(key[0]), key[1]))
         if row is None:

@@ -1,0 +1,343 @@
+"""The run's HTML report: one self-contained file (images inlined), viewable offline.
+
+Sections: the metric tables (paper Table 1, Table 2, retrieval); voxel
+selection (t-map histogram and counts); training curves of the reconstructors
+and the fusion classifier; per-metric distributions against the
+shuffled-pairing control; animated grids ground truth | blurry video |
+keyframe | final video for a sample of test clips; the configuration and the
+provenance of every store shown. The figures are also written as files so
+Snakemake's ``report()`` can register them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.evaluation.tables import PUBLISHED, label, table1_columns
+from pipeline.stores import open_store
+
+__all__ = ["clip_grid", "write_report"]
+
+#: side of each panel of the animated grids (pixels)
+PANEL = 128
+GRID_COLUMNS = ("ground truth", "blurry video", "keyframe", "video")
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _img(data: bytes, mime: str, alt: str, css: str = "") -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img class="{css}" alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+
+
+def _resize(frame: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((side, side), Image.BICUBIC))
+
+
+def clip_grid(
+    ground_truth: np.ndarray,
+    blurry: np.ndarray,
+    keyframe: np.ndarray,
+    video: np.ndarray,
+    *,
+    gt_fps: float,
+    video_fps: float,
+    side: int = PANEL,
+) -> bytes:
+    """An animated GIF of one clip: ground truth | blurry | keyframe | video, in step.
+
+    The grid advances at the video's frame rate; the ground truth and the
+    blurry video (at ``gt_fps``) show the frame of the same moment.
+    """
+    from PIL import Image
+
+    frames = []
+    for i in range(len(video)):
+        t = i / video_fps
+        k = min(int(t * gt_fps), len(ground_truth) - 1)
+        row = [ground_truth[k], blurry[min(k, len(blurry) - 1)], keyframe, video[i]]
+        frames.append(Image.fromarray(np.concatenate([_resize(p, side) for p in row], axis=1)))
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=round(1000 / video_fps),
+        loop=0,
+    )
+    return buffer.getvalue()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _number(value) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _html_table(rows: list[dict], columns: list[str], published: dict | None = None) -> str:
+    head = "".join(f"<th>{html.escape(label(c))}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            mean = _number(row.get(c))
+            if mean is None:
+                cells.append("<td>–</td>")
+                continue
+            pm = _number(row.get(f"{c}_pm"))
+            low, high = _number(row.get(f"{c}_ci_low")), _number(row.get(f"{c}_ci_high"))
+            control = _number(row.get(f"{c}_control"))
+            title = f"95 % CI [{low:.3f}, {high:.3f}]" if low is not None else ""
+            if control is not None:
+                title += f"; shuffled control {control:.3f}"
+            cells.append(f'<td title="{title}">{mean:.3f} ± {pm:.3f}</td>')
+        name = html.escape(f"{row['system']}")
+        body.append(
+            f"<tr><th>{name}</th><td>{html.escape(row['subject'])}</td>{''.join(cells)}</tr>"
+        )
+    for name, values in (published or {}).items():
+        cells = "".join(
+            f"<td>{values[c]:.3f}</td>" if c in values else "<td>–</td>" for c in columns
+        )
+        body.append(
+            f'<tr class="published"><th>{html.escape(name)}</th><td>average</td>{cells}</tr>'
+        )
+    return (
+        f'<table class="metrics"><thead><tr><th>system</th><th>subject</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def selection_figure(selections: dict[str, str | os.PathLike]) -> bytes:
+    """Histogram of the voxel-selection t statistics per subject, selected vertices marked."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(selections), figsize=(5 * len(selections), 3.2), squeeze=False)
+    for ax, (subject, path) in zip(axes[0], selections.items(), strict=True):
+        store = open_store(path, stage="select_voxels")
+        t, mask = store["t"][:], store["mask"][:]
+        bins = np.linspace(np.nanmin(t), np.nanmax(t), 60)
+        ax.hist(t[~mask], bins=bins, color="0.6", label="not selected")
+        ax.hist(t[mask], bins=bins, color="tab:red", label="selected")
+        ax.set(
+            title=f"{subject}: {int(mask.sum())} of {len(mask)} vertices "
+            f"(Bonferroni α {store.attrs['alpha']})",
+            xlabel="t (Fisher z across training segments)",
+            ylabel="vertices",
+        )
+        ax.legend()
+    return _png(fig)
+
+
+def training_figure(models: dict[str, str | os.PathLike]) -> bytes:
+    """Loss curves per epoch of every trained model (``metrics.csv`` of its directory)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False)
+    for ax, (name, directory) in zip(axes[0], models.items(), strict=True):
+        rows = _read_csv(Path(directory) / "metrics.csv")
+        for column in [c for c in rows[0] if c.endswith("loss") or c.endswith("prior")]:
+            values = [(i, _number(r[column])) for i, r in enumerate(rows, 1)]
+            values = [(i, v) for i, v in values if v is not None]
+            if values:
+                ax.plot(*zip(*values, strict=True), label=column)
+        ax.set(title=name, xlabel="epoch (all phases in order)", ylabel="loss", yscale="log")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def metrics_figure(evaluation: str | os.PathLike) -> bytes:
+    """Per-clip distribution of every metric beside its shuffled-pairing control."""
+    import matplotlib.pyplot as plt
+
+    store = open_store(Path(evaluation) / "metrics.zarr")
+    metrics = [row["metric"] for row in store.attrs["summary"]]
+    cols = 4
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        values = store[metric][:]
+        ax.hist(values, bins=20, alpha=0.7, label="matched")
+        if f"control_{metric}" in store:
+            ax.hist(store[f"control_{metric}"][:], bins=20, alpha=0.5, label="shuffled")
+        ax.set_title(label(metric), fontsize=9)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _grids(subject: str, paths: dict, frames_dir: Path, n_clips: int) -> list[tuple[str, bytes]]:
+    videos = open_store(Path(paths["videos"]) / "frames.zarr")
+    blurry = open_store(paths["blurry"], stage="predict_perception")
+    keyframes = open_store(paths["keyframes"], stage="generate_keyframes")
+    segments = videos["segment"][:].tolist()
+    clips = videos["clip"][:]
+    fps = float(videos.attrs["settings"]["fps"])
+    out = []
+    for i in np.unique(np.linspace(0, len(segments) - 1, n_clips).round().astype(int)):
+        frames = open_store(frames_dir / f"{segments[i]}.zarr", stage="extract_frames")
+        gif = clip_grid(
+            frames["frames"][int(clips[i])],
+            blurry["frames"][i],
+            keyframes["keyframes"][i],
+            videos["videos"][i],
+            gt_fps=float(frames.attrs["fps"]),
+            video_fps=fps,
+        )
+        out.append((f"{subject} {segments[i]} clip {int(clips[i])}", gif))
+    return out
+
+
+def _provenance(paths: list[str]) -> str:
+    items = []
+    for path in paths:
+        p = Path(path)
+        store = p / "frames.zarr" if (p / "frames.zarr").exists() else p / "metrics.zarr"
+        store = p if p.suffix == ".zarr" else store
+        if not store.exists():
+            continue
+        record = dict(zarr.open_group(store, mode="r").attrs.get("provenance", {}))
+        stage = html.escape(record.get("stage", "?"))
+        text = html.escape(json.dumps(record, indent=1, default=str))
+        items.append(
+            f"<details><summary>{html.escape(str(store))} — {stage}</summary>"
+            f"<pre>{text}</pre></details>"
+        )
+    return "".join(items)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+table.metrics { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
+table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+table.metrics thead th { background: #eef; }
+tr.published { color: #666; font-style: italic; }
+.note { background: #fff6d6; padding: 0.6em 1em; border-left: 4px solid #e0b400; }
+figure.grid { display: inline-block; margin: 0.4em; }
+figure.grid img { image-rendering: pixelated; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+"""
+
+
+def write_report(
+    output: str | os.PathLike,
+    *,
+    tables: str | os.PathLike,
+    subjects: dict[str, dict[str, str]],
+    fusion: str | os.PathLike,
+    frames_dir: str | os.PathLike,
+    config: dict,
+    n_clips: int = 6,
+    figures: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``output`` (index.html) and, in ``figures``, the figures as separate files.
+
+    ``subjects`` maps each subject to its paths: ``selection``, ``perception``,
+    ``semantic`` (model directories), ``blurry``, ``keyframes``, ``videos``
+    and ``evaluation`` (its videos' evaluation directory).
+    """
+    output, tables = Path(output), Path(tables)
+    n_way = config["evaluation"]["n_way"]
+    columns = table1_columns(n_way)
+    first = next(iter(subjects))
+    images = {
+        "selection.png": selection_figure({s: p["selection"] for s, p in subjects.items()}),
+        "training.png": training_figure(
+            {
+                f"{first} perception": subjects[first]["perception"],
+                f"{first} semantic": subjects[first]["semantic"],
+                "fusion classifier": fusion,
+            }
+        ),
+        "metrics.png": metrics_figure(subjects[first]["evaluation"]),
+    }
+    grids = [g for s, p in subjects.items() for g in _grids(s, p, Path(frames_dir), n_clips)]
+    tiny = config["models"]["preset"] == "tiny"
+    sections = [
+        f"<h1>NeuroClips pipeline report</h1><p>Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"model preset <b>{html.escape(config['models']['preset'])}</b>, dataset "
+        f"<code>{html.escape(config['dataset']['root'])}</code>, "
+        f"subjects {', '.join(subjects)}.</p>",
+        '<p class="note">Tiny preset: small random-architecture models fitted on this dataset. '
+        "The numbers test the pipeline, not the method; the published rows are for the real "
+        "models on cc2017.</p>"
+        if tiny
+        else "",
+        "<h2>Table 1: video reconstruction</h2>"
+        "<p>N-way top-1: ± is the binomial sqrt(p(1−p)/trials); other metrics: ± the sd over "
+        "clips. Hover a cell for its bootstrap 95 % CI and the shuffled-pairing control.</p>",
+        _html_table(_read_csv(tables / "table1.csv"), columns, PUBLISHED),
+        "<h2>Table 2: ablations</h2>",
+        _html_table(_read_csv(tables / "table2.csv"), columns),
+        "<h2>Retrieval (top-1, appendix C.6)</h2>",
+        _html_table(_read_csv(tables / "retrieval.csv"), ["keyframe_top1", "fmri_top1"]),
+        "<h2>Sample clips</h2><p>" + " | ".join(GRID_COLUMNS) + "</p>",
+        "".join(
+            f'<figure class="grid">{_img(gif, "image/gif", name, "grid")}'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            for name, gif in grids
+        ),
+        "<h2>Voxel selection</h2>",
+        _img(images["selection.png"], "image/png", "t-map histogram"),
+        "<h2>Training curves</h2>",
+        _img(images["training.png"], "image/png", "training curves"),
+        f"<h2>Metric distributions ({html.escape(first)}, per clip)</h2>",
+        _img(images["metrics.png"], "image/png", "metric distributions"),
+        "<h2>Configuration</h2><pre>" + html.escape(_yaml(config)) + "</pre>",
+        "<h2>Provenance</h2>"
+        + _provenance(
+            [
+                p[k]
+                for p in subjects.values()
+                for k in ("selection", "blurry", "keyframes", "videos", "evaluation")
+            ]
+        ),
+    ]
+    document = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>NeuroClips report</title><style>{STYLE}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if figures is not None:
+        figures = Path(figures)
+        figures.mkdir(parents=True, exist_ok=True)
+        for name, data in images.items():
+            (figures / name).write_bytes(data)
+        (figures / "grid.gif").write_bytes(grids[0][1])
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(document)
+    tmp.replace(output)
+    return output
+
+
+def _yaml(config: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=False)
