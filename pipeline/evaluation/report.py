@@ -159,11 +159,17 @@ def training_figure(models: dict[str, str | os.PathLike]) -> bytes:
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False)
     for ax, (name, directory) in zip(axes[0], models.items(), strict=True):
         rows = _read_csv(Path(directory) / "metrics.csv")
+        phases = list(dict.fromkeys(r.get("phase", "") for r in rows))
         for column in [c for c in rows[0] if c.endswith("loss") or c.endswith("prior")]:
-            values = [(i, _number(r[column])) for i, r in enumerate(rows, 1)]
-            values = [(i, v) for i, v in values if v is not None]
-            if values:
-                ax.plot(*zip(*values, strict=True), label=column)
+            for phase in phases:  # the Semantic Reconstructor's alignment, then its prior
+                values = [
+                    (i, _number(r[column]))
+                    for i, r in enumerate(rows, 1)
+                    if r.get("phase", "") == phase
+                ]
+                values = [(i, v) for i, v in values if v is not None]
+                if values:
+                    ax.plot(*zip(*values, strict=True), label=f"{phase} {column}".strip())
         ax.set(title=name, xlabel="epoch (all phases in order)", ylabel="loss", yscale="log")
         ax.legend(fontsize=7)
     return _png(fig)
