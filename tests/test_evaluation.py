@@ -285,3 +285,26 @@ def test_models_are_loaded_once_per_stage(workspace, monkeypatch, tmp_path):
     assert sorted(calls) == ["load_clip", "load_image_classifier", "load_video_classifier"]
     rows = _rows(tmp_path / "evaluation/clips.csv")
     assert [r["clip"] for r in rows] == data.names[:8]
+
+
+def test_separate_files_are_matched_to_our_ground_truth(workspace, tmp_path):
+    from pipeline.errors import DataError
+    from pipeline.evaluation.evaluate import external_reconstructions
+
+    frames = open_store(workspace / "results/frames/test2.zarr")["frames"]
+    for clip in (3, 11):
+        video = [Image.fromarray(f) for f in frames[clip][::-1]]
+        video[0].save(
+            tmp_path / f"test2_clip{clip:03d}.gif", save_all=True, append_images=video[1:]
+        )
+    data = external_reconstructions(
+        tmp_path, layout="separate", frames_dir=workspace / "results/frames"
+    )
+    assert data.names == ["test2_clip003", "test2_clip011"]
+    assert np.array_equal(data.ground_truth[1], frames[11])
+    assert np.abs(data.predictions[1].astype(int) - frames[11][::-1]).mean() < 3
+    (tmp_path / "test2_clip999.gif").write_bytes((tmp_path / "test2_clip003.gif").read_bytes())
+    with pytest.raises(DataError, match="clip 999 of 'test2' does not exist"):
+        external_reconstructions(
+            tmp_path, layout="separate", frames_dir=workspace / "results/frames"
+        )
