@@ -137,6 +137,8 @@ rule evaluation_tables:
         directory("results/evaluation"),
     log:
         "logs/evaluation_tables/evaluation_tables.log",
+    conda:
+        "../envs/models.yaml"
     params:
         n_way=EVALUATION_CONFIG["n_way"],
         subjects=SUBJECTS,
@@ -177,6 +179,8 @@ rule report:
         ),
     log:
         "logs/report/report.log",
+    conda:
+        "../envs/models.yaml"
     params:
         config=report_config_json,
         subjects=SUBJECTS,

@@ -48,6 +48,7 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
             "keyframes.generator",
         ),
         ({"keyframes": {"generator": "dalle"}}, "keyframes.generator"),
+        ({"models": {"preset": "huge"}}, "models.preset"),
         ({"keyframes": {"strength": 0}}, "keyframes.strength"),
         ({"video": {"theta": 1.0}}, "video.theta"),
         ({"video": {"alpha_mode": "both"}}, "video.alpha_mode"),

@@ -121,3 +121,40 @@ def test_tiny_video_classifier_learns_the_clip_clusters(tmp_path):
     assert classifier.n_classes == 4
     assert adjusted_rand_score(groups, top) > 0.95
     assert abs(adjusted_rand_score(rng.permutation(groups), top)) < 0.05  # control
+
+
+class _Payload:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_before_it_runs(tmp_path):
+    """Checkpoints are read with weights_only=True: a pickle that would run a command is
+    refused with the file named, and the command never runs. A control pickle of tensors
+    loads."""
+    from safetensors.torch import load_file
+
+    from pipeline.errors import DataError
+    from pipeline.models.download import convert_checkpoint
+    from pipeline.models.loading import load_tensors
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "extra": _Payload(marker)}, evil)
+    with pytest.raises(DataError, match="evil.ckpt: refused"):
+        load_tensors(evil)
+    with pytest.raises(DataError, match="evil.ckpt: refused"):
+        convert_checkpoint(evil, tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(3.0)}}, good)
+    convert_checkpoint(good, tmp_path / "good.safetensors")
+    assert torch.equal(load_file(tmp_path / "good.safetensors")["w"], torch.arange(3.0))

@@ -226,3 +226,28 @@ def test_killed_cache_stage_is_not_taken_as_complete(workspace):
     # the same bytes as before: what was made from them stays valid, mark it so
     snakemake(workspace, "--touch")
     assert planned_jobs(workspace) == {}
+
+
+def test_a_second_run_on_the_same_workdir_is_refused_by_the_lock(workspace):
+    """Two runs on one workdir: while the first holds Snakemake's lock the second stops with
+    Snakemake's message, touching nothing; the first completes."""
+    target = "results/report/index.html"
+    first = subprocess.Popen(
+        snakemake_command(workspace, target, "--forcerun", "report"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    locks = workspace / ".snakemake/locks"
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never locked"
+        time.sleep(0.02)
+    second = snakemake(workspace, target, "--forcerun", "report", check=False)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-2000:]
+    output = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in output
+    assert "rule report:" not in output  # no job started
+    assert planned_jobs(workspace) == {}

@@ -33,7 +33,9 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> 
     import torch
     from safetensors.torch import save_file
 
-    data = torch.load(source, map_location="cpu", weights_only=True)
+    from pipeline.models.loading import load_tensors
+
+    data = load_tensors(source)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: not a checkpoint of tensors")

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import DataError, PipelineError
 
 __all__ = [
     "ModelNotFoundError",
+    "load_tensors",
     "load_captioner",
     "load_clip",
     "load_image_classifier",
@@ -33,6 +34,25 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 class ModelNotFoundError(PipelineError, FileNotFoundError):
     """A model directory is missing or incomplete."""
+
+
+def load_tensors(path: str | os.PathLike) -> Any:
+    """A pickled checkpoint's tensors, through ``torch.load(weights_only=True)``.
+
+    Pickles can run code when they are loaded; only tensors, containers and
+    plain values are unpickled. Anything else (a class, a function such as
+    ``os.system``) is refused with the file named, before it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(
+            f"{path}: refused - the pickle holds more than tensors and plain values ({first}); "
+            "checkpoints are loaded with weights_only=True"
+        ) from None
 
 
 def require_model(path: str | os.PathLike, marker: str) -> Path:

@@ -34,6 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.models.loading import load_tensors
+
 __all__ = ["TrainSettings", "plot_losses", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ def _resume(directory: Path, identity, model, optimizer, schedule) -> tuple[list
         shutil.rmtree(directory)
         return [], 0
     model.load_state_dict(load_file(directory / record["weights"]))
-    saved = torch.load(directory / record["optim"], map_location="cpu", weights_only=True)
+    saved = load_tensors(directory / record["optim"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     return record["rows"], record["epoch"]
