@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint --directory $$(mktemp -d)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_fmri.py

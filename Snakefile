@@ -13,17 +13,13 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# Rules call `python -m pipeline`: make the package importable in any (conda) env, and
-# without --use-conda run it with the interpreter that runs Snakemake (e.g. the venv's).
+# Rules call `python -m pipeline`: the package must import here and in every job.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
-os.environ["PATH"] = os.pathsep.join(
-    (os.path.dirname(sys.executable), os.environ["PATH"])
-)
 
 from pipeline.config import uses_demo, validate_config
+from pipeline.workflow import prepare_job_environment
+
+prepare_job_environment(workflow.basedir)
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")

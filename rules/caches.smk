@@ -19,12 +19,14 @@ rule cache_vae:
         mem_mb=8000,
         runtime=120,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
     shell:
         "python -m pipeline cache vae --frames {input.frames:q} --model {input.models:q}/vae"
         " --output {output:q} --dtype {params.models[dtype]}"
-        " --device {config[models][device]} --batch-size {config[models][batch_size]}"
+        " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
 
@@ -46,6 +48,8 @@ rule cache_clip_images:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
         keyframes=config_values("keyframes", "candidates"),
@@ -53,7 +57,7 @@ rule cache_clip_images:
         "python -m pipeline cache clip-images --frames {input.frames:q}"
         " --model {input.models:q}/clip --output {output:q}"
         " --candidates {params.keyframes[candidates]} --dtype {params.models[dtype]}"
-        " --device {config[models][device]} --batch-size {config[models][batch_size]}"
+        " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
 
@@ -75,6 +79,8 @@ rule cache_captions:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
         keyframes=config_values("keyframes", "candidates"),
@@ -88,7 +94,7 @@ rule cache_captions:
         " --max-new-tokens {params.captions[max_new_tokens]}"
         " --min-new-tokens {params.captions[min_new_tokens]}"
         " --num-beams {params.captions[num_beams]} --dtype {params.models[dtype]}"
-        " --device {config[models][device]} --batch-size {config[models][batch_size]}"
+        " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
 
@@ -108,9 +114,10 @@ rule cache_clip_text:
         mem_mb=8000,
         runtime=30,
         gpu=1,
+        device=MODELS_CONFIG["device"],
     params:
         models=config_values("models", "preset", "dtype"),
     shell:
         "python -m pipeline cache clip-text --captions {input.captions:q}"
         " --model {input.models:q}/clip --output {output:q} --dtype {params.models[dtype]}"
-        " --device {config[models][device]} > {log:q} 2>&1"
+        " --device {resources.device} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 DATASET_CONFIG = config["dataset"]
 
 if uses_demo(config):
-    # the demo files do not exist before the demo rule runs: take the layout from its settings
+    # the demo files do not exist before demo_dataset has run, so the layout comes from its settings
     DEMO = DemoSettings.from_config(config)
     DATASET = expected_dataset(DEMO, DATASET_CONFIG["root"])
     if DATASET_CONFIG["subjects"]:
@@ -45,7 +45,7 @@ wildcard_constraints:
 
 
 def config_values(section, *keys):
-    """The config values a rule depends on, as a ``{key: value}`` dict for its ``params``.
+    """The config values a rule's stage depends on, as a ``{key: value}`` dict for ``params``.
 
     Snakemake compares a job's params with the recorded ones as a *set of values*, so
     two scalar params swapping equal values would go unnoticed; a dict per config

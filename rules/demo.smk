@@ -17,7 +17,8 @@ rule demo_dataset:
         mem_mb=4000,
         runtime=120,
     params:
-        root=DATASET_CONFIG["root"],
+        # the dataset root holds ground_truth.zarr
+        root=lambda wildcards, output: os.path.dirname(output.ground_truth),
         settings=demo_settings_json(),
     shell:
         "python -m pipeline demo --root {params.root:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -29,6 +29,8 @@ rule synthesize_ablation:
         mem_mb=32000,
         runtime=720,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["video"]["batch_size"],
     params:
         settings=ablation_json,
         models=config_values("models", "dtype"),
@@ -36,7 +38,7 @@ rule synthesize_ablation:
         "python -m pipeline synthesize-videos --blurry {input.blurry:q}"
         " --keyframes {input.keyframes:q} --captions {input.captions:q}"
         " --generation {input.models:q} --output {output:q} --settings {params.settings:q}"
-        " --batch-size {config[video][batch_size]} --device {config[models][device]}"
+        " --batch-size {resources.batch_size} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
@@ -61,6 +63,8 @@ rule evaluate_videos:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["evaluation"]["batch_size"],
     params:
         settings=evaluation_json(*EVALUATION_KEYS),
         frames_dir="results/frames",
@@ -69,7 +73,7 @@ rule evaluate_videos:
         "python -m pipeline evaluate-videos --videos {input.videos:q}"
         " --frames-dir {params.frames_dir:q} --classifiers {input.classifiers:q}"
         " --clip {input.encoders:q}/clip --output {output:q} --settings {params.settings:q}"
-        " --batch-size {config[evaluation][batch_size]} --device {config[models][device]}"
+        " --batch-size {resources.batch_size} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
@@ -113,6 +117,8 @@ rule evaluate_external:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["evaluation"]["batch_size"],
     params:
         settings=evaluation_json(*EVALUATION_KEYS),
         folder=lambda wildcards: EXTERNAL[wildcards.name],
@@ -124,7 +130,7 @@ rule evaluate_external:
         " --gt-panel {params.folder[gt_panel]} --pred-panel {params.folder[pred_panel]}"
         " --frames-dir {params.frames_dir:q} --classifiers {input.classifiers:q}"
         " --clip {input.encoders:q}/clip --output {output:q} --settings {params.settings:q}"
-        " --batch-size {config[evaluation][batch_size]} --device {config[models][device]}"
+        " --batch-size {resources.batch_size} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 

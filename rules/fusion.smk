@@ -21,6 +21,7 @@ rule train_fusion:
         mem_mb=8000,
         runtime=60,
         gpu=1,
+        device=MODELS_CONFIG["device"],
     params:
         settings=fusion_json(),
         models=config_values("models", "dtype"),
@@ -28,7 +29,7 @@ rule train_fusion:
         "python -m pipeline train-fusion --clip-images {input.clip_images:q}"
         " --frames {input.frames:q} --classifier {input.classifiers:q}/frame_classifier"
         " --output {output:q} --settings {params.settings:q}"
-        " --device {config[models][device]} --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --device {resources.device} --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
 rule fuse_videos:
@@ -54,6 +55,8 @@ rule fuse_videos:
         mem_mb=32000,
         runtime=720,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["video"]["batch_size"],
     params:
         fusion=config_values("fusion", "threshold", "max_chain"),
         models=config_values("models", "dtype"),
@@ -62,5 +65,5 @@ rule fuse_videos:
         " --clip {input.encoders:q}/clip --generation {input.models:q}"
         " --fusion {input.fusion:q} --output {output:q}"
         " --threshold {params.fusion[threshold]} --max-chain {params.fusion[max_chain]}"
-        " --batch-size {config[video][batch_size]} --device {config[models][device]}"
+        " --batch-size {resources.batch_size} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"

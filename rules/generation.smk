@@ -35,7 +35,7 @@ rule download_generation_models:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m pipeline download-models --set generation --preset paper"
         " --root {params.root:q} > {log:q} 2>&1"
@@ -58,6 +58,7 @@ rule fit_keyframe_embedder:
         mem_mb=16000,
         runtime=60,
         gpu=1,
+        device=MODELS_CONFIG["device"],
     params:
         settings=generation_json("keyframes", *EMBEDDER_KEYS),
         frames_dir="results/frames",
@@ -65,7 +66,7 @@ rule fit_keyframe_embedder:
     shell:
         "python -m pipeline fit-keyframe-embedder --aligned {input.aligned:q}"
         " --frames-dir {params.frames_dir:q} --generation {input.models:q} --output {output:q}"
-        " --settings {params.settings:q} --device {config[models][device]}"
+        " --settings {params.settings:q} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
@@ -88,6 +89,8 @@ rule generate_keyframes:
         mem_mb=32000,
         runtime=240,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["keyframes"]["batch_size"],
     params:
         settings=generation_json("keyframes", *KEYFRAME_KEYS),
         conditions=condition_arguments,
@@ -95,8 +98,8 @@ rule generate_keyframes:
     shell:
         "python -m pipeline generate-keyframes --blurry {input.blurry:q}"
         " --generation {input.models:q} --output {output:q} {params.conditions}"
-        " --settings {params.settings:q} --batch-size {config[keyframes][batch_size]}"
-        " --device {config[models][device]}"
+        " --settings {params.settings:q} --batch-size {resources.batch_size}"
+        " --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
@@ -116,14 +119,16 @@ rule caption_keyframes:
         mem_mb=16000,
         runtime=60,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         captions=captions_json(),
         models=config_values("models", "dtype"),
     shell:
         "python -m pipeline caption-keyframes --keyframes {input.keyframes:q}"
         " --captioner {input.models:q}/captioner --output {output:q}"
-        " --settings {params.captions:q} --batch-size {config[models][batch_size]}"
-        " --device {config[models][device]} --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --settings {params.captions:q} --batch-size {resources.batch_size}"
+        " --device {resources.device} --dtype {params.models[dtype]} > {log:q} 2>&1"
 
 
 rule synthesize_videos:
@@ -146,6 +151,8 @@ rule synthesize_videos:
         mem_mb=32000,
         runtime=720,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["video"]["batch_size"],
     params:
         settings=generation_json("video"),
         models=config_values("models", "dtype"),
@@ -153,5 +160,5 @@ rule synthesize_videos:
         "python -m pipeline synthesize-videos --blurry {input.blurry:q}"
         " --keyframes {input.keyframes:q} --captions {input.captions:q}"
         " --generation {input.models:q} --output {output:q} --settings {params.settings:q}"
-        " --batch-size {config[video][batch_size]} --device {config[models][device]}"
+        " --batch-size {resources.batch_size} --device {resources.device}"
         " --dtype {params.models[dtype]} > {log:q} 2>&1"

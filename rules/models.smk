@@ -39,7 +39,7 @@ rule download_models:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m pipeline download-models --preset paper --root {params.root:q} > {log:q} 2>&1"
 
@@ -79,7 +79,7 @@ rule download_classifiers:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m pipeline download-models --set classifiers --preset paper"
         " --root {params.root:q} > {log:q} 2>&1"

@@ -19,13 +19,14 @@ rule train_perception:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+        device=MODELS_CONFIG["device"],
     params:
         settings=reconstructor_json("perception"),
         checkpoints="results/{subject}/checkpoints/perception",
     shell:
         "python -m pipeline train-perception --aligned {input.aligned:q}"
         " --vae-cache {input.latents:q} --output {output:q} --settings {params.settings:q}"
-        " --checkpoints {params.checkpoints:q} --device {config[models][device]}"
+        " --checkpoints {params.checkpoints:q} --device {resources.device}"
         " > {log:q} 2>&1"
 
 
@@ -46,13 +47,15 @@ rule predict_perception:
         mem_mb=8000,
         runtime=60,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "dtype"),
     shell:
         "python -m pipeline predict-perception --model-dir {input.model:q}"
         " --aligned {input.aligned:q} --vae {input.models:q}/vae --output {output:q}"
-        " --dtype {params.models[dtype]} --device {config[models][device]}"
-        " --batch-size {config[models][batch_size]} > {log:q} 2>&1"
+        " --dtype {params.models[dtype]} --device {resources.device}"
+        " --batch-size {resources.batch_size} > {log:q} 2>&1"
 
 
 rule train_semantic:
@@ -74,6 +77,7 @@ rule train_semantic:
         mem_mb=64000,
         runtime=1440,
         gpu=1,
+        device=MODELS_CONFIG["device"],
     params:
         settings=reconstructor_json("semantic"),
         checkpoints="results/{subject}/checkpoints/semantic",
@@ -81,7 +85,7 @@ rule train_semantic:
         "python -m pipeline train-semantic --aligned {input.aligned:q}"
         " --clip-cache {input.tokens:q} --text-cache {input.text:q} --output {output:q}"
         " --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
-        " --device {config[models][device]} > {log:q} 2>&1"
+        " --device {resources.device} > {log:q} 2>&1"
 
 
 rule predict_semantic:
@@ -101,11 +105,13 @@ rule predict_semantic:
         mem_mb=8000,
         runtime=60,
         gpu=1,
+        device=MODELS_CONFIG["device"],
+        batch_size=config["models"]["batch_size"],
     params:
         sampling=config_values("semantic", "sampling_steps", "guidance", "seed"),
     shell:
         "python -m pipeline predict-semantic --model-dir {input.model:q}"
         " --aligned {input.aligned:q} --clip-cache {input.tokens:q} --output {output:q}"
         " --steps {params.sampling[sampling_steps]} --guidance {params.sampling[guidance]}"
-        " --seed {params.sampling[seed]} --device {config[models][device]}"
-        " --batch-size {config[models][batch_size]} > {log:q} 2>&1"
+        " --seed {params.sampling[seed]} --device {resources.device}"
+        " --batch-size {resources.batch_size} > {log:q} 2>&1"
