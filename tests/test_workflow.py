@@ -251,3 +251,11 @@ def test_a_second_run_on_the_same_workdir_is_refused_by_the_lock(workspace):
     assert "Directory cannot be locked" in output
     assert "rule report:" not in output  # no job started
     assert planned_jobs(workspace) == {}
+
+
+def test_forcerun_and_until_rerun_one_stage_on_demand(workspace):
+    """`--forcerun align` plans align and everything downstream of it; with `--until align`
+    only align itself (the README's recipe for rerunning one stage)."""
+    downstream = {"align": 1, **PR, **SR, **EMB, "all": 1}
+    assert planned_jobs(workspace, None, "--forcerun", "align") == downstream
+    assert planned_jobs(workspace, None, "--forcerun", "align", "--until", "align") == {"align": 1}
