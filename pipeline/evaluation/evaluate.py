@@ -43,6 +43,7 @@ from pipeline.evaluation.metrics import (
     ssim,
 )
 from pipeline.evaluation.summary import summarize
+from pipeline.reconstructors.training import write_metrics
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "external_reconstructions",
     "pipeline_reconstructions",
     "read_summary",
+    "resize_frames",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,7 +220,7 @@ def external_reconstructions(
     )
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (..., h, w, 3) → (..., *size, 3), bicubic (PIL); unchanged when already that size."""
     from PIL import Image
 
@@ -331,7 +333,7 @@ def compute_metrics(
     begin = time.perf_counter()
     size = settings["size"]
     side = (size, size) if size else tuple(pred.shape[2:4])
-    pred_px, gt_px = _resize(pred, side), _resize(gt, side)
+    pred_px, gt_px = resize_frames(pred, side), resize_frames(gt, side)
     with tqdm(total=2 * n, desc="pixel metrics", unit="clip") as progress:
         for name, pairing in pairings.items():
             rows = []
@@ -379,13 +381,6 @@ def summary_rows(
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def read_summary(directory: str | os.PathLike) -> dict[str, dict]:
     """``summary.csv`` of an evaluation directory as ``{metric: row}`` (numbers as floats)."""
     path = Path(directory) / "summary.csv"
@@ -431,8 +426,8 @@ def _write_evaluation(
         table = [
             {"clip": c} | {k: float(v[i]) for k, v in metrics.items()} for i, c in enumerate(names)
         ]
-        _write_csv(tmp / "clips.csv", table)
-        _write_csv(tmp / "summary.csv", rows)
+        write_metrics(table, tmp / "clips.csv")
+        write_metrics(rows, tmp / "summary.csv")
 
 
 def evaluate(

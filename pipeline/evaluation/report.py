@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from pipeline.evaluation.evaluate import resize_frames
 from pipeline.evaluation.tables import PUBLISHED, label, table1_columns
 from pipeline.stores import open_store
 
@@ -47,12 +48,6 @@ def _img(data: bytes, mime: str, alt: str, css: str = "") -> str:
     return f'<img class="{css}" alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
 
 
-def _resize(frame: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((side, side), Image.BICUBIC))
-
-
 def clip_grid(
     ground_truth: np.ndarray,
     blurry: np.ndarray,
@@ -75,7 +70,9 @@ def clip_grid(
         t = i / video_fps
         k = min(int(t * gt_fps), len(ground_truth) - 1)
         row = [ground_truth[k], blurry[min(k, len(blurry) - 1)], keyframe, video[i]]
-        frames.append(Image.fromarray(np.concatenate([_resize(p, side) for p in row], axis=1)))
+        frames.append(
+            Image.fromarray(np.concatenate([resize_frames(p, (side, side)) for p in row], axis=1))
+        )
     buffer = io.BytesIO()
     frames[0].save(
         buffer,

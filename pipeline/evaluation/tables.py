@@ -3,13 +3,13 @@ Table 2 (ablations) and the retrieval table, as CSV and Markdown."""
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.evaluation.evaluate import read_summary
+from pipeline.reconstructors.training import write_metrics
 from pipeline.stores import atomic_output
 
 __all__ = ["PUBLISHED", "TABLE_LABELS", "table1_columns", "write_tables"]
@@ -125,13 +125,6 @@ def _markdown(rows: list[dict], columns: list[str], published: dict | None = Non
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_tables(
     results: str | os.PathLike,
     output: str | os.PathLike,
@@ -183,7 +176,7 @@ def write_tables(
     with atomic_output(output) as tmp:
         tmp.mkdir(parents=True)
         for name, rows in tables.items():
-            _write_csv(tmp / f"{name}.csv", rows)
+            write_metrics(rows, tmp / f"{name}.csv")
         (tmp / "table1.md").write_text(_markdown(table1, columns, PUBLISHED))
         (tmp / "table2.md").write_text(_markdown(table2, columns))
         (tmp / "retrieval.md").write_text(_markdown(retrieval, retrieval_columns))
