@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # root installs system packages directly, anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench clean browser slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ browser:
 	  echo "chromium could not be installed: the report's browser test will be skipped"; \
 	fi
 
-test: $(STAMP) browser
+# Debian's Slurm and MUNGE, for the tests that run the demo on a single-node cluster
+slurm:
+	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; } || \
+	  echo "slurm-wlm could not be installed: the Slurm tests will be skipped"; \
+	fi
+
+test: $(STAMP) browser slurm
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -45,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_blurry.py --every 4
 	$(BIN)/python bench/bench_videos.py
 	$(BIN)/python bench/bench_evaluation.py
+	$(BIN)/python bench/bench_dryrun.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

@@ -411,6 +411,18 @@ def _cmd_lag_scan(args: argparse.Namespace) -> None:
         print(f"{lag}\t{score:.4f}")
 
 
+def _cmd_rerun_table(args: argparse.Namespace) -> None:
+    from pipeline.rerun import markdown, replace_in, rerun_table
+
+    table = markdown(rerun_table(Path(args.snakefile).resolve()))
+    if not args.readme:
+        print(table)
+        return
+    readme = Path(args.readme)
+    readme.write_text(replace_in(readme.read_text(), table, str(readme)))
+    log.info("%s: rerun table written", readme)
+
+
 def _training_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by the reconstructor training subcommands."""
     p.add_argument("--output", required=True, help="model directory to write")
@@ -685,6 +697,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", nargs="+", required=True, help="frame stores, one per segment")
     p.add_argument("--lags", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.set_defaults(func=_cmd_lag_scan)
+
+    p = sub.add_parser("rerun-table", help="config key -> rules that rerun, from the workflow")
+    p.add_argument("--snakefile", default="Snakefile")
+    p.add_argument("--readme", help="write the table between the README's markers")
+    p.set_defaults(func=_cmd_rerun_table)
     return parser
 
 

@@ -9,6 +9,7 @@ validate at DAG time and the command line can validate the same way.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from fractions import Fraction
 from importlib import resources
@@ -33,9 +34,14 @@ DEMO_ROOT = os.path.join("resources", "demo")
 
 
 def load_schema() -> dict:
-    """Return the configuration JSON schema shipped with the package."""
+    """Return (a copy of) the configuration JSON schema shipped with the package."""
+    return copy.deepcopy(_schema())
+
+
+@functools.cache
+def _schema() -> dict:
     text = resources.files("pipeline").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _with_defaults(validator_class):
@@ -91,7 +97,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         Naming the key and the problem, for unknown keys, wrong types,
         out-of-range values and inconsistent combinations.
     """
-    validator = _Validator(load_schema())
+    validator = _Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  config key '{_key_name(e)}': {_describe(e)}" for e in errors]

@@ -1,6 +1,6 @@
 """The pipeline's exceptions: bad input gets one of these, with the file or key named."""
 
-__all__ = ["ConfigError", "DataError", "PipelineError", "StoreError"]
+__all__ = ["ConfigError", "DataError", "OutputError", "PipelineError", "StoreError"]
 
 
 class PipelineError(Exception):
@@ -17,3 +17,7 @@ class DataError(PipelineError, ValueError):
 
 class StoreError(PipelineError, RuntimeError):
     """A store is missing, incomplete or not a store this pipeline wrote."""
+
+
+class OutputError(PipelineError, OSError):
+    """An output cannot be written: the disk is full, or its folder is read-only."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import os
 import platform
 import shutil
@@ -23,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipeline.errors import StoreError
+from pipeline.errors import OutputError, StoreError
 
 __all__ = [
     "atomic_output",
@@ -56,19 +57,38 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     untouched (absent if it was absent), so no partial output survives.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphaned_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphaned_temporaries(path)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    except OSError as exc:
+        reason = _WRITE_ERRORS.get(exc.errno)
+        if exc.errno == errno.EACCES and str(exc.filename).startswith(str(path.parent)):
+            reason = "permission denied"
+        if reason is None or isinstance(exc, OutputError):
+            raise
+        raise OutputError(
+            f"cannot write {path}: {reason}; nothing was left there. "
+            "Free space or make the folder writable, then rerun."
+        ) from exc
+
+
+#: errno of a file system that cannot take an output, and what to tell the user
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+}
 
 
 def _remove_orphaned_temporaries(path: Path) -> None:

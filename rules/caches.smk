@@ -16,9 +16,6 @@ rule cache_vae:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:
@@ -45,9 +42,6 @@ rule cache_clip_images:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:
@@ -76,9 +70,6 @@ rule cache_captions:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=240,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:
@@ -111,9 +102,6 @@ rule cache_clip_text:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=30,
-        gpu=1,
         device=MODELS_CONFIG["device"],
     params:
         models=config_values("models", "preset", "dtype"),

@@ -13,9 +13,6 @@ rule demo_dataset:
     conda:
         "../envs/pipeline.yaml"
     threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
     params:
         # the dataset root holds ground_truth.zarr
         root=lambda wildcards, output: os.path.dirname(output.ground_truth),

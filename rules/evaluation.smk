@@ -26,9 +26,6 @@ rule synthesize_ablation:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=720,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["video"]["batch_size"],
     params:
@@ -60,9 +57,6 @@ rule evaluate_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["evaluation"]["batch_size"],
     params:
@@ -88,9 +82,6 @@ rule evaluate_retrieval:
         "logs/evaluate_retrieval/{subject}.log",
     conda:
         "../envs/models.yaml"
-    resources:
-        mem_mb=8000,
-        runtime=30,
     params:
         settings=evaluation_json(*RETRIEVAL_KEYS),
     shell:
@@ -114,9 +105,6 @@ rule evaluate_external:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["evaluation"]["batch_size"],
     params:

@@ -15,9 +15,6 @@ rule preprocess:
     conda:
         "../envs/pipeline.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
     params:
         dataset=config_values(
             "dataset", "tr_s", "trailing_volumes", "max_leading_volumes"
@@ -43,9 +40,6 @@ rule select_voxels:
     conda:
         "../envs/pipeline.yaml"
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
     params:
         selection=config_values("selection", "alpha", "alternative"),
         train_segments=DATASET.train_segments,
@@ -67,9 +61,6 @@ rule align:
     conda:
         "../envs/pipeline.yaml"
     threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     params:
         alignment=config_values("alignment", "shift_s"),
         dataset=config_values("dataset", "tr_s"),

@@ -18,9 +18,6 @@ rule train_fusion:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
         device=MODELS_CONFIG["device"],
     params:
         settings=fusion_json(),
@@ -52,9 +49,6 @@ rule fuse_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=720,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["video"]["batch_size"],
     params:

@@ -16,9 +16,6 @@ rule tiny_generation_models:
     conda:
         "../envs/models.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
     params:
         models=config_values("models", "tiny_seed"),
     shell:
@@ -55,9 +52,6 @@ rule fit_keyframe_embedder:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=60,
-        gpu=1,
         device=MODELS_CONFIG["device"],
     params:
         settings=generation_json("keyframes", *EMBEDDER_KEYS),
@@ -86,9 +80,6 @@ rule generate_keyframes:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=240,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["keyframes"]["batch_size"],
     params:
@@ -116,9 +107,6 @@ rule caption_keyframes:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=60,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:
@@ -148,9 +136,6 @@ rule synthesize_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=720,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["video"]["batch_size"],
     params:

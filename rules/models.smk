@@ -19,9 +19,6 @@ rule tiny_models:
     conda:
         "../envs/models.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
     params:
         models=config_values("models", "tiny_seed", "tiny_vae_steps"),
     shell:
@@ -57,9 +54,6 @@ rule tiny_classifiers:
     conda:
         "../envs/models.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
     params:
         models=config_values(
             "models", "tiny_seed", "tiny_classifier_steps", "tiny_classifier_classes"

@@ -16,9 +16,6 @@ rule train_perception:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=720,
-        gpu=1,
         device=MODELS_CONFIG["device"],
     params:
         settings=reconstructor_json("perception"),
@@ -44,9 +41,6 @@ rule predict_perception:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:
@@ -74,9 +68,6 @@ rule train_semantic:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=64000,
-        runtime=1440,
-        gpu=1,
         device=MODELS_CONFIG["device"],
     params:
         settings=reconstructor_json("semantic"),
@@ -102,9 +93,6 @@ rule predict_semantic:
         "../envs/models.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
         device=MODELS_CONFIG["device"],
         batch_size=config["models"]["batch_size"],
     params:

@@ -14,9 +14,6 @@ rule extract_frames:
     conda:
         "../envs/pipeline.yaml"
     threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=30,
     params:
         dataset=config_values("dataset", "tr_s"),
         frames=config_values("frames", "fps", "size"),

@@ -13,6 +13,7 @@ import yaml
 
 from pipeline.config import validate_config
 from pipeline.demo import DemoSettings, generate_demo
+from tests import slurm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,10 +77,16 @@ def snakemake_command(workdir: Path, *args: str, overlay: dict | None = None) ->
     return cmd
 
 
-def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True):
+def snakemake(
+    workdir: Path,
+    *args: str,
+    overlay: dict | None = None,
+    check: bool = True,
+    env: dict | None = None,
+):
     """Run Snakemake on the repository's workflow in ``workdir`` with a config overlay."""
     cmd = snakemake_command(workdir, *args, overlay=overlay)
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -95,12 +102,38 @@ def planned_jobs(workdir: Path, overlay: dict | None = None, *targets: str) -> d
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
+#: how the session workspace was made: the Slurm cluster's daemons, or why not on Slurm
+SLURM_RUN: dict = {}
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
-    """A workdir where the whole workflow ran once on the small demo."""
+    """A workdir where the whole workflow ran once on the small demo.
+
+    Where a single-node Slurm cluster can be started (root, Debian's slurm-wlm and
+    munge, see tests/slurm.py), the run goes through the Slurm executor with the
+    repository's profile (profiles/slurm), and the cluster is stopped before the tests
+    use the workspace; elsewhere it runs locally. tests/test_slurm.py checks the former.
+    """
     workdir = tmp_path_factory.mktemp("workspace")
-    snakemake(workdir)
+    SLURM_RUN["unavailable"] = slurm.unavailable_reason()
+    if SLURM_RUN["unavailable"]:
+        snakemake(workdir)
+        return workdir
+    root = tmp_path_factory.mktemp("slurm")
+    with slurm.slurm_cluster(root / "cluster") as (env, daemons):
+        SLURM_RUN["daemons"] = daemons
+        profile = slurm.fitted_profile(REPO / "profiles/slurm", root / "profile")
+        SLURM_RUN["result"] = snakemake(workdir, "--profile", str(profile), *slurm.OPTIONS, env=env)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def rerun_table() -> dict[str, list[str]]:
+    """Config key → the rules that rerun when it changes, generated from the workflow."""
+    from pipeline.rerun import rerun_table
+
+    return rerun_table(REPO / "Snakefile")
 
 
 @pytest.fixture(scope="session")

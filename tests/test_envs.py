@@ -1,18 +1,19 @@
 """The conda environments the rules name: present, pinned, and complete."""
 
 import re
+import shutil
 import tomllib
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, snakemake
 
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 #: conda-forge names of PyPI packages where they differ
 CONDA_NAMES = {"matplotlib": "matplotlib-base"}
 #: needed by the machine that runs Snakemake, not inside the jobs
-NOT_IN_JOBS = {"snakemake"}
+NOT_IN_JOBS = {"snakemake", "snakemake-executor-plugin-slurm"}
 
 
 def _name(requirement: str) -> str:
@@ -62,3 +63,16 @@ def test_the_model_environment_holds_every_runtime_dependency():
         pinned = re.search(r"==([\w.]+)", requirement)
         if pinned:
             assert in_env[key].endswith(pinned[1]), (requirement, in_env[key])
+
+
+@pytest.mark.skipif(
+    shutil.which("conda") is None,
+    reason="no conda on PATH: PyPI, Debian and npm (this machine's registries) carry no "
+    "conda >= 24.7.1, and `snakemake --use-conda` asks conda even for a dry run",
+)
+def test_use_conda_plans_the_whole_run(tmp_path):
+    result = snakemake(tmp_path, "-n", "--use-conda", "--conda-prefix", str(tmp_path / "envs"))
+    text = result.stdout + result.stderr
+    for env in ENVS:
+        assert f"Conda environment envs/{env.name} will be created" in text
+    assert "report" in text.split("Job stats:", 1)[1]

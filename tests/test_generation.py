@@ -139,6 +139,14 @@ def test_a_clip_does_not_depend_on_its_batch(synthesizer, clips):
     assert np.abs(other_seed[0].astype(int) - alone[0]).max() > 2
 
 
+def test_the_same_seed_gives_the_same_video_bit_for_bit(synthesizer, clips):
+    blurry, keyframes = clips
+    runs = [
+        synthesizer.synthesize(blurry, keyframes, ["a", "b"], [1, 2], _settings()) for _ in "ab"
+    ]
+    assert runs[0].dtype == np.uint8 and np.array_equal(runs[0], runs[1])
+
+
 def test_keyframe_strength_zero_keeps_the_start_image_and_seeds_are_per_clip(generation_dir, clips):
     blurry, _ = clips
     generator = load_generator("tiny", generation_dir / "unclip", CPU, torch.float32)

@@ -159,8 +159,14 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
         ({"evaluation": {"batch_size": 4}}, {}),
     ],
 )
-def test_changing_a_key_reruns_only_its_stage_and_descendants(workspace, overlay, expected):
+def test_changing_a_key_reruns_only_its_stage_and_descendants(
+    workspace, rerun_table, overlay, expected
+):
     assert planned_jobs(workspace, overlay) == expected
+    # the README's generated table says the same, where it has the keys
+    keys = [f"{section}.{key}" for section, values in overlay.items() for key in values]
+    if all(key in rerun_table for key in keys):
+        assert set(expected) - {"all"} == {rule for key in keys for rule in rerun_table[key]}
 
 
 def test_inspect_command_on_a_stage_output(workspace):

@@ -1,0 +1,262 @@
+"""Which rules rerun when a config key changes, derived from the workflow itself.
+
+For every leaf key of the configuration the key is given another valid value, Snakemake
+builds the DAG of the changed workflow in an empty directory, and the jobs are compared
+with those of the unchanged workflow: a job whose params differ reruns (Snakemake's
+params trigger), a job that appears or disappears changes the plan, and every job
+downstream of a rerun job reruns with it. Keys that reach the rules only as resources
+(device, batch sizes) change no params and rerun nothing.
+
+``python -m pipeline rerun-table`` prints the result as the README's table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import default_config, load_schema, validate_config
+from pipeline.errors import ConfigError
+
+#: values tried for keys whose type gives no natural alternative
+EXPLICIT = {
+    ("models", "device"): ["cpu"],
+    ("perception", "architecture"): [{"hidden": 128}],
+    ("semantic", "architecture"): [{"hidden": 128}],
+    ("demo", "missing_runs"): [["subject1/test1/1"]],
+}
+#: keys left out: their effect depends on what they name (a dataset, a folder of
+#: videos, model locations, ablations) rather than on a value of their own, or (the TR)
+#: no other value is valid without changing other keys with it
+SKIPPED = (
+    ("dataset", "tr_s"),
+    ("dataset", "root"),
+    ("dataset", "subjects"),
+    ("models", "root"),
+    ("evaluation", "external"),
+    ("evaluation", "ablations"),
+    ("evaluation", "ablation_subjects"),
+)
+
+
+@dataclass
+class Plan:
+    """The jobs of one configuration: params and upstream jobs, by job name."""
+
+    params: dict[str, str]
+    upstream: dict[str, set[str]]
+    rules: dict[str, str] = field(default_factory=dict)
+
+
+def leaf_keys(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    """Every (section, key, ...) path of ``config`` whose schema is not an open mapping."""
+
+    def walk(node, sub, path):
+        props = sub.get("properties") if isinstance(sub, dict) else None
+        if isinstance(node, dict) and props:
+            for key in node:
+                yield from walk(node[key], props.get(key, {}), (*path, key))
+        else:
+            yield path
+
+    for section, values in config.items():
+        yield from walk(values, schema["properties"][section], (section,))
+
+
+def _get(config, path):
+    for key in path:
+        config = config[key]
+    return config
+
+
+def _set(config, path, value):
+    for key in path[:-1]:
+        config = config[key]
+    config[path[-1]] = value
+
+
+def _candidates(value: Any, sub: dict[str, Any]) -> Iterator[Any]:
+    """Values to try for a key, most natural first (some may be invalid or equal)."""
+    if "enum" in sub:
+        yield from (v for v in sub["enum"] if v != value)
+    if isinstance(value, bool):
+        yield not value
+    elif isinstance(value, int):
+        yield from (value + 1, value - 1, value * 2, value + 2)
+    elif isinstance(value, float):
+        yield from (value * 0.5, value * 1.5, value * 2, value + 1.0)
+    elif isinstance(value, str):
+        yield value + "x"
+    elif isinstance(value, list) and value:
+        yield from (value[:-1], value[::-1], [*value, value[-1]])
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            yield [v * 2 for v in value]
+    elif value is None:
+        yield from (32, 0.5, 2, "paper", True)
+
+
+def _schema_of(schema, path):
+    sub = schema
+    for key in path:
+        sub = sub.get("properties", {}).get(key, {})
+    return sub
+
+
+def changed_configs(base: dict[str, Any], path: tuple[str, ...], schema) -> list[dict]:
+    """``base`` with the key at ``path`` set to other valid values: the first one found,
+    or every one for a null key (null takes the preset's value, which one of the
+    alternatives may equal)."""
+    value = _get(base, path)
+    if path in EXPLICIT:
+        candidates = EXPLICIT[path]
+    else:
+        candidates = _candidates(value, _schema_of(schema, path))
+    configs = []
+    for candidate in candidates:
+        if candidate == value:
+            continue
+        config = copy.deepcopy(base)
+        _set(config, path, candidate)
+        try:
+            validate_config(config)
+        except ConfigError:
+            continue
+        configs.append(config)
+        if value is not None:
+            break
+    return configs
+
+
+def workflow_plan(snakefile: Path, config: dict[str, Any]) -> Plan:
+    """Build the DAG of the whole workflow for ``config`` in an empty directory."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.enums import Quietness
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        ResourceSettings,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        configfile = Path(tmp, "config.json")
+        configfile.write_text(json.dumps(config))
+        workdir = Path(tmp, "work")
+        workdir.mkdir()
+        quiet = OutputSettings(quiet={Quietness.ALL})
+        with SnakemakeApi(quiet) as api:
+            workflow_api = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[configfile]),
+                snakefile=snakefile,
+                workdir=workdir,
+            )
+            dag_api = workflow_api.dag(dag_settings=DAGSettings())
+            workflow = dag_api.workflow_api._workflow
+            workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
+            workflow._build_dag()
+            dag = workflow.dag
+            names = {job: _job_name(job) for job in dag.jobs}
+            plan = Plan(params={}, upstream={})
+            for job, name in names.items():
+                params = {k: v for k, v in job.params.items()}
+                plan.params[name] = json.dumps(params, sort_keys=True, default=str)
+                plan.upstream[name] = {names[d] for d in dag.dependencies[job] if d in names}
+                plan.rules[name] = job.rule.name
+    return plan
+
+
+def _job_name(job) -> str:
+    wildcards = ",".join(f"{k}={v}" for k, v in sorted(job.wildcards_dict.items()))
+    return f"{job.rule.name}[{wildcards}]"
+
+
+def rerun_rules(base: Plan, changed: Plan) -> set[str]:
+    """Rules of the jobs that rerun (or newly run) in ``changed`` compared with ``base``."""
+    stale = {
+        name
+        for name, params in changed.params.items()
+        if name not in base.params or base.params[name] != params
+    }
+    downstream = {name: set() for name in changed.params}
+    for name, upstream in changed.upstream.items():
+        for up in upstream:
+            downstream[up].add(name)
+    todo = list(stale)
+    while todo:
+        for child in downstream[todo.pop()]:
+            if child not in stale:
+                stale.add(child)
+                todo.append(child)
+    return {changed.rules[name] for name in stale}
+
+
+def rule_order(plan: Plan) -> list[str]:
+    """The plan's rules in pipeline order: by the longest chain of jobs before them."""
+    depth: dict[str, int] = {}
+
+    def job_depth(name):
+        if name not in depth:
+            depth[name] = 1 + max((job_depth(u) for u in plan.upstream[name]), default=-1)
+        return depth[name]
+
+    rules: dict[str, int] = {}
+    for name, rule in plan.rules.items():
+        rules[rule] = max(rules.get(rule, 0), job_depth(name))
+    return sorted(rules, key=lambda r: (rules[r], r))
+
+
+def rerun_table(snakefile: Path, keys=None, log=None) -> dict[str, list[str]]:
+    """Key (``section.key``) → rules that rerun when only that key changes, in pipeline
+    order (keys in config order)."""
+    log = log or logging.getLogger(__name__)
+    base_config = validate_config(default_config())
+    schema = load_schema()
+    base = workflow_plan(snakefile, base_config)
+    order = {rule: i for i, rule in enumerate(rule_order(base))}
+    order |= {"download_models": -3, "download_generation_models": -2}
+    order["download_classifiers"] = -1
+    table = {}
+    for path in keys or leaf_keys(base_config, schema):
+        if path[:2] in SKIPPED:
+            continue
+        changed = changed_configs(base_config, path, schema)
+        name = ".".join(path)
+        if not changed:
+            raise ValueError(f"config key {name}: no other valid value found")
+        rules = set().union(*(rerun_rules(base, workflow_plan(snakefile, c)) for c in changed))
+        table[name] = sorted(rules - {"all"}, key=lambda r: (order.get(r, len(order)), r))
+        log.info("%s: %s", name, table[name])
+    return table
+
+
+MARKERS = ("<!-- rerun-table: start -->", "<!-- rerun-table: end -->")
+
+
+def markdown(table: dict[str, list[str]]) -> str:
+    """The table as Markdown, keys with the same rules in one row, in config order."""
+    rows: dict[tuple[str, ...], list[str]] = {}
+    for key, rules in table.items():
+        rows.setdefault(tuple(rules), []).append(key)
+    lines = ["| keys changed | rules that rerun |", "|---|---|"]
+    for rules, keys in rows.items():
+        names = ", ".join(f"`{k}`" for k in keys)
+        rerun = ", ".join(f"`{r}`" for r in rules) or "nothing"
+        lines.append(f"| {names} | {rerun} |")
+    return "\n".join(lines)
+
+
+def replace_in(text: str, table_markdown: str, source: str) -> str:
+    """``text`` with the part between :data:`MARKERS` replaced by ``table_markdown``."""
+    start, end = MARKERS
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"{source}: expected one {start} and one {end} line")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{table_markdown}\n{end}{tail}"

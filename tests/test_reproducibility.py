@@ -1,0 +1,102 @@
+"""Two clean runs of the deterministic stages give the same stores, bit for bit.
+
+The second run starts in a new workdir from the session workspace's raw files and tiny
+models (copied with their times, so that neither is remade) and runs preprocessing,
+voxel selection, alignment, frame extraction and the four feature caches again. Every
+array and every attribute must be equal; of the provenance record, what describes the
+run (times, host, command, input mtimes) is left out. Training and generation are
+checked in tests/test_reconstructors.py and tests/test_generation.py (same seed on the
+CPU, same weights and videos).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import snakemake
+
+DETERMINISTIC_RULES = (
+    "preprocess",
+    "select_voxels",
+    "align",
+    "extract_frames",
+    "cache_vae",
+    "cache_clip_images",
+    "cache_captions",
+    "cache_clip_text",
+)
+#: provenance fields that describe the run rather than the result
+RUN_FIELDS = ("created", "host", "command", "inputs")
+
+
+def _stores(workdir: Path) -> list[Path]:
+    subject = sorted(workdir.glob("results/subject*/*.zarr"))
+    return (
+        subject
+        + sorted(workdir.glob("results/frames/*.zarr"))
+        + sorted(workdir.glob("results/cache/*.zarr"))
+    )
+
+
+@pytest.fixture(scope="module")
+def second_run(workspace, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("second_run")
+    for part in ("resources/demo", "resources/models/tiny"):
+        shutil.copytree(workspace / part, workdir / part)
+    targets = [str(p.relative_to(workspace)) for p in _stores(workspace)]
+    snakemake(workdir, *targets, "--allowed-rules", *DETERMINISTIC_RULES)
+    return workdir
+
+
+def _attrs(node) -> dict:
+    attrs = dict(node.attrs)
+    provenance = attrs.pop("provenance", None)
+    if provenance is not None:
+        attrs["provenance"] = {k: v for k, v in provenance.items() if k not in RUN_FIELDS}
+    return attrs
+
+
+def _compare(first: zarr.Group, second: zarr.Group, where: str) -> None:
+    assert _attrs(first) == _attrs(second), where
+    assert sorted(first.keys()) == sorted(second.keys()), where
+    for name, node in first.members():
+        other = second[name]
+        if isinstance(node, zarr.Group):
+            _compare(node, other, f"{where}/{name}")
+            continue
+        a, b = node[...], other[...]
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}/{name}"
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}/{name} differs"
+        assert _attrs(node) == _attrs(other), f"{where}/{name}"
+
+
+def test_deterministic_stages_are_bitwise_identical_across_two_clean_runs(workspace, second_run):
+    stores = _stores(workspace)
+    assert len(stores) >= 3 + 4
+    assert [p.relative_to(workspace) for p in stores] == [
+        p.relative_to(second_run) for p in _stores(second_run)
+    ]
+    for store in stores:
+        relative = store.relative_to(workspace)
+        again = zarr.open_group(second_run / relative, mode="r")
+        _compare(zarr.open_group(store, mode="r"), again, str(relative))
+
+
+def test_the_comparison_sees_a_one_bit_change(workspace, tmp_path):
+    """The control: flipping the lowest bit of one value makes the stores differ."""
+    store = workspace / "results/subject1/aligned.zarr"
+    copy = tmp_path / "aligned.zarr"
+    shutil.copytree(store, copy)
+    group = zarr.open_group(copy, mode="r+")
+    name = next(n for n, a in group.arrays() if a.dtype.kind == "f")
+    values = group[name][...]
+    flat = values.reshape(-1).view(np.uint32 if values.dtype.itemsize == 4 else np.uint64)
+    flat[0] ^= 1
+    group[name][...] = values
+    with pytest.raises(AssertionError, match=f"{name} differs"):
+        _compare(zarr.open_group(store, mode="r"), zarr.open_group(copy, mode="r"), "aligned")
