@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # root installs system packages directly, anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench clean browser slurm
+.PHONY: demo test test-cluster lint bench clean browser slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ slurm:
 	  echo "slurm-wlm could not be installed: the Slurm tests will be skipped"; \
 	fi
 
-test: $(STAMP) browser slurm
+test: $(STAMP) browser
 	$(BIN)/pytest
+
+# the demo through profiles/slurm on a single-node Slurm cluster started on this machine
+test-cluster: $(STAMP) slurm
+	$(BIN)/pytest -m cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench

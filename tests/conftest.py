@@ -102,30 +102,32 @@ def planned_jobs(workdir: Path, overlay: dict | None = None, *targets: str) -> d
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
-#: how the session workspace was made: the Slurm cluster's daemons, or why not on Slurm
-SLURM_RUN: dict = {}
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """A workdir where the whole workflow ran once on the small demo."""
+    workdir = tmp_path_factory.mktemp("workspace")
+    snakemake(workdir)
+    return workdir
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Path:
-    """A workdir where the whole workflow ran once on the small demo.
+def slurm_workspace(tmp_path_factory) -> dict:
+    """The small demo's whole workflow run through the Slurm executor with the repository's
+    profile (profiles/slurm) on a single-node cluster started on this machine
+    (tests/slurm.py), stopped before the tests look at the result.
 
-    Where a single-node Slurm cluster can be started (root, Debian's slurm-wlm and
-    munge, see tests/slurm.py), the run goes through the Slurm executor with the
-    repository's profile (profiles/slurm), and the cluster is stopped before the tests
-    use the workspace; elsewhere it runs locally. tests/test_slurm.py checks the former.
+    Returns the workdir, Snakemake's output and the daemons' pids. Skips, with the
+    reason, where no cluster can be started (not root, or no slurm-wlm / munge).
     """
-    workdir = tmp_path_factory.mktemp("workspace")
-    SLURM_RUN["unavailable"] = slurm.unavailable_reason()
-    if SLURM_RUN["unavailable"]:
-        snakemake(workdir)
-        return workdir
+    reason = slurm.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("slurm_workspace")
     root = tmp_path_factory.mktemp("slurm")
     with slurm.slurm_cluster(root / "cluster") as (env, daemons):
-        SLURM_RUN["daemons"] = daemons
         profile = slurm.fitted_profile(REPO / "profiles/slurm", root / "profile")
-        SLURM_RUN["result"] = snakemake(workdir, "--profile", str(profile), *slurm.OPTIONS, env=env)
-    return workdir
+        result = snakemake(workdir, "--profile", str(profile), *slurm.OPTIONS, env=env)
+    return {"workdir": workdir, "result": result, "daemons": daemons}
 
 
 @pytest.fixture(scope="session")

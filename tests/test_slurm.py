@@ -1,7 +1,9 @@
-"""The demo through the Snakemake Slurm executor and profiles/slurm on a real Slurm.
+"""profiles/slurm, and the demo through the Snakemake Slurm executor on a real Slurm.
 
-The session workspace (conftest.py) is made on a single-node cluster started on this
-machine when one can be (tests/slurm.py); these tests check that run and the profile.
+The profile checks run with the suite. The cluster tests (marker ``cluster``, run by
+``make test-cluster``) start a single-node cluster on this machine (tests/slurm.py) and
+run the whole workflow through it: about 18 minutes on 2 cores, the Slurm plugin's
+polling and a Snakemake process per job added to the pipeline's own 10.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import REPO, SLURM_RUN, planned_jobs
+from tests.conftest import REPO, planned_jobs
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 
@@ -59,15 +61,10 @@ def test_rules_leave_cluster_sizes_to_the_profile():
             assert not re.search(rf"^\s+{key}=", block, re.M), f"rule {rule} sets {key}"
 
 
-@pytest.fixture(scope="module")
-def slurm_run(workspace):
-    if SLURM_RUN["unavailable"]:
-        pytest.skip(f"the workspace ran locally: {SLURM_RUN['unavailable']}")
-    return SLURM_RUN
-
-
-def test_the_demo_ran_to_its_final_target_through_slurm(workspace, slurm_run):
-    text = slurm_run["result"].stdout + slurm_run["result"].stderr
+@pytest.mark.cluster
+def test_the_demo_ran_to_its_final_target_through_slurm(slurm_workspace):
+    workspace = slurm_workspace["workdir"]
+    text = slurm_workspace["result"].stdout + slurm_workspace["result"].stderr
     assert (workspace / "results/report/index.html").is_file()
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", text)
     logs = sorted((workspace / ".snakemake/slurm_logs").glob("rule_*/**/*.log"))
@@ -86,7 +83,8 @@ def test_the_demo_ran_to_its_final_target_through_slurm(workspace, slurm_run):
     assert planned_jobs(workspace) == {}
 
 
-def test_the_cluster_was_stopped(slurm_run):
-    for pid in slurm_run["daemons"]:
+@pytest.mark.cluster
+def test_the_cluster_was_stopped(slurm_workspace):
+    for pid in slurm_workspace["daemons"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
