@@ -17,7 +17,7 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 from pipeline.config import uses_demo, validate_config
-from pipeline.workflow import prepare_job_environment
+from pipeline.workflow import check_writable, prepare_job_environment
 
 prepare_job_environment(workflow.basedir)
 
@@ -29,6 +29,11 @@ validate_config(config)
 
 
 report: "report/workflow.rst"
+
+
+# before the first job (not for dry runs): a read-only or protected output folder
+onstart:
+    check_writable(["results", "logs", "benchmarks"])
 
 
 include: "rules/common.smk"

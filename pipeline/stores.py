@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -66,7 +67,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield tmp
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
             raise
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -81,6 +82,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             f"cannot write {path}: {reason}; nothing was left there. "
             "Free space or make the folder writable, then rerun."
         ) from exc
+
+
+def _discard(tmp: Path, quiet_s: float = 0.2, attempts: int = 25) -> None:
+    """Remove ``tmp`` until it stays gone: when a write fails, zarr's other writes of the
+    same call may still be in flight on its I/O thread and recreate the folder."""
+    for _ in range(attempts):
+        shutil.rmtree(tmp, ignore_errors=True)
+        time.sleep(quiet_s)
+        if not tmp.exists():
+            return
 
 
 #: errno of a file system that cannot take an output, and what to tell the user

@@ -1,11 +1,14 @@
-"""What the Snakefile needs before its rules run: the environment of the rules' commands."""
+"""What the Snakefile needs before its rules run: the environment of the rules' commands,
+and folders it can write to."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-__all__ = ["prepare_job_environment"]
+from pipeline.errors import OutputError
+
+__all__ = ["check_writable", "prepare_job_environment"]
 
 
 def prepare_job_environment(basedir: str) -> None:
@@ -23,3 +26,30 @@ def prepare_job_environment(basedir: str) -> None:
         p for p in (basedir, os.environ.get("PYTHONPATH")) if p
     )
     os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+
+
+def check_writable(folders: list[str]) -> None:
+    """Raise :class:`OutputError` naming the first folder under ``folders`` (the folders
+    themselves, or the nearest existing parent) that cannot be written.
+
+    Snakemake removes a job's old output before running it; in a read-only folder that
+    fails with a traceback before the stage can say anything, hence this check before
+    the first job. Stores (``*.zarr``) are not descended into. A full disk is caught by
+    the stage that fills it (:func:`pipeline.stores.atomic_output`).
+    """
+    for folder in folders:
+        top = os.path.abspath(folder)
+        while not os.path.exists(top):
+            top = os.path.dirname(top)
+        for path, dirs, _ in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.endswith(".zarr")]
+            if not os.access(path, os.W_OK):
+                reason = "the file system is read-only" if _read_only(path) else "permission denied"
+                raise OutputError(
+                    f"cannot write to {os.path.relpath(path)}: {reason}. The stages write "
+                    "their outputs there; make it writable, then rerun."
+                )
+
+
+def _read_only(path: str) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.workflow import check_writable
 from tests.conftest import snakemake
 
 STIMULUS = "resources/demo/video_fmri_dataset/stimuli/seg1.mp4"
@@ -61,15 +62,26 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(workspace, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_read_only_results_folder_fails_the_job_with_the_output_named(workspace, tmp_path):
-    """Through Snakemake: the job fails, its log says why, and no output appears."""
+def test_a_read_only_results_folder_stops_the_run_before_any_job(workspace, tmp_path):
+    """Through Snakemake, which would otherwise fail removing old outputs with a traceback."""
     workdir = tmp_path / "work"
     # the raw files with their times, so that the demo counts as made
     shutil.copytree(workspace / "resources/demo", workdir / "resources/demo")
     with read_only(workdir / "results/frames") as frames:
         result = snakemake(workdir, "results/frames/seg1.zarr", check=False)
         assert list(frames.iterdir()) == []
+    text = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "Error in rule extract_frames" in result.stdout + result.stderr
-    log = (workdir / "logs/extract_frames/seg1.log").read_text()
-    assert "cannot write results/frames/seg1.zarr: the file system is read-only" in log
+    assert (
+        "cannot write to results/frames: the file system is read-only. The stages write "
+        "their outputs there; make it writable, then rerun." in text
+    )
+    assert "Traceback" not in text
+    assert not (workdir / "logs/extract_frames").exists()  # no job started
+    # a dry run only reads: it still plans
+    assert "extract_frames" in snakemake(workdir, "-n", "results/frames/seg1.zarr").stdout
+
+
+def test_a_writable_workdir_passes_the_check(tmp_path):
+    (tmp_path / "results/a.zarr/c").mkdir(parents=True)
+    check_writable([str(tmp_path / "results"), str(tmp_path / "logs")])  # logs: not yet made
