@@ -4,9 +4,9 @@ The second run starts in a new workdir from the session workspace's raw files an
 models (copied with their times, so that neither is remade) and runs preprocessing,
 voxel selection, alignment, frame extraction and the four feature caches again. Every
 array and every attribute must be equal, except what describes the run: the wall
-times, and the provenance record's times, host, command and input mtimes. Training and generation are
-checked in tests/test_reconstructors.py and tests/test_generation.py (same seed on the
-CPU, same weights and videos).
+times, and the provenance record's times, host, command and input mtimes. Training and
+generation are checked in tests/test_reconstructors.py and tests/test_generation.py
+(same seed on the CPU, same weights and videos).
 """
 
 from __future__ import annotations
