@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 
 from pipeline.errors import OutputError
 
@@ -38,17 +39,27 @@ def check_writable(folders: list[str]) -> None:
     the stage that fills it (:func:`pipeline.stores.atomic_output`).
     """
     for folder in folders:
-        top = os.path.abspath(folder)
-        while not os.path.exists(top):
-            top = os.path.dirname(top)
-        for path, dirs, _ in os.walk(top):
-            dirs[:] = [d for d in dirs if not d.endswith(".zarr")]
+        for path in _folders(folder):
             if not os.access(path, os.W_OK):
                 reason = "the file system is read-only" if _read_only(path) else "permission denied"
                 raise OutputError(
                     f"cannot write to {os.path.relpath(path)}: {reason}. The stages write "
                     "their outputs there; make it writable, then rerun."
                 )
+
+
+def _folders(folder: str) -> Iterator[str]:
+    """``folder`` and its subfolders outside stores, or, before it exists, the nearest
+    existing parent (where it will be created)."""
+    if not os.path.isdir(folder):
+        parent = os.path.abspath(folder)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        yield parent
+        return
+    for path, dirs, _ in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.endswith(".zarr")]
+        yield path
 
 
 def _read_only(path: str) -> bool:
