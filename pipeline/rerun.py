@@ -13,10 +13,13 @@ downstream of a rerun job reruns with it. Keys that reach the rules only as reso
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import logging
+import multiprocessing
+import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,8 +200,8 @@ def rerun_rules(base: Plan, changed: Plan) -> set[str]:
     return {changed.rules[name] for name in stale}
 
 
-def rule_order(plan: Plan) -> list[str]:
-    """The plan's rules in pipeline order: by the longest chain of jobs before them."""
+def rule_depths(plan: Plan) -> dict[str, int]:
+    """Rule → the longest chain of jobs before any of its jobs (pipeline order)."""
     depth: dict[str, int] = {}
 
     def job_depth(name):
@@ -209,31 +212,36 @@ def rule_order(plan: Plan) -> list[str]:
     rules: dict[str, int] = {}
     for name, rule in plan.rules.items():
         rules[rule] = max(rules.get(rule, 0), job_depth(name))
-    return sorted(rules, key=lambda r: (rules[r], r))
+    return rules
 
 
-def rerun_table(snakefile: Path, keys=None, log=None) -> dict[str, list[str]]:
+def rerun_table(snakefile: Path, keys=None, workers: int | None = None) -> dict[str, list[str]]:
     """Key (``section.key``) → rules that rerun when only that key changes, in pipeline
-    order (keys in config order)."""
-    log = log or logging.getLogger(__name__)
+    order (keys in config order). The DAGs are built by ``workers`` processes (default:
+    one per CPU)."""
     base_config = validate_config(default_config())
     schema = load_schema()
-    base = workflow_plan(snakefile, base_config)
-    order = {rule: i for i, rule in enumerate(rule_order(base))}
-    order |= {"download_models": -3, "download_generation_models": -2}
-    order["download_classifiers"] = -1
-    table = {}
+    changes = []  # (key, changed config)
     for path in keys or leaf_keys(base_config, schema):
         if path[:2] in SKIPPED:
             continue
-        changed = changed_configs(base_config, path, schema)
-        name = ".".join(path)
-        if not changed:
-            raise ValueError(f"config key {name}: no other valid value found")
-        rules = set().union(*(rerun_rules(base, workflow_plan(snakefile, c)) for c in changed))
-        table[name] = sorted(rules - {"all"}, key=lambda r: (order.get(r, len(order)), r))
-        log.info("%s: %s", name, table[name])
-    return table
+        configs = changed_configs(base_config, path, schema)
+        if not configs:
+            raise ValueError(f"config key {'.'.join(path)}: no other valid value found")
+        changes += [(".".join(path), config) for config in configs]
+    context = multiprocessing.get_context("spawn")  # Snakemake runs threads: no fork
+    with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context) as pool:
+        configs = [base_config] + [config for _, config in changes]
+        base, *plans = pool.map(functools.partial(workflow_plan, snakefile), configs)
+    # rules in pipeline order; a rule only some changed plans have (e.g. the downloads
+    # of another preset) by its place in those
+    depth = rule_depths(base)
+    rules: dict[str, set[str]] = {}
+    for (key, _), plan in zip(changes, plans, strict=True):
+        rules.setdefault(key, set()).update(rerun_rules(base, plan) - {"all"})
+        for rule, d in rule_depths(plan).items():
+            depth.setdefault(rule, d)
+    return {key: sorted(names, key=lambda r: (depth[r], r)) for key, names in rules.items()}
 
 
 MARKERS = ("<!-- rerun-table: start -->", "<!-- rerun-table: end -->")
