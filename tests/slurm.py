@@ -1,7 +1,8 @@
 """A single-node Slurm cluster on this machine, for running the workflow through the
 Snakemake Slurm executor in the tests.
 
-Debian's ``slurm-wlm`` and ``munge`` (installed by ``make test``) are started as root:
+Debian's ``slurm-wlm`` and ``munge`` (``make test-cluster`` installs them) are started as
+root:
 ``munged`` as the munge user, ``slurmctld`` and ``slurmd`` in the foreground with a
 ``slurm.conf`` written to a temporary folder, controller and node on 127.0.0.1. Every
 daemon started here is stopped by its pid. The node advertises twice the machine's
@@ -27,6 +28,9 @@ PACKAGES = {
 }
 NODE = "localhost"
 PARTITION = "debug"
+#: CPUs the node declares: twice the machine's, so that the Snakemake process that starts
+#: each Slurm job overlaps another job's work (a job still gets at most the machine's)
+NODE_CPUS = 2 * (os.cpu_count() or 1)
 #: placeholder GPUs of the node: two model stages may run at once, as two CPU stages may
 GPUS = 2
 #: Snakemake options of a run on the test cluster: the plugin's job status from squeue
@@ -35,7 +39,7 @@ GPUS = 2
 #: time as the node takes
 OPTIONS = (
     "--jobs",
-    str(2 * (os.cpu_count() or 1)),
+    str(NODE_CPUS),
     "--slurm-status-command",
     "squeue",
     "--slurm-init-seconds-before-status-checks",
@@ -55,7 +59,8 @@ def unavailable_reason() -> str | None:
         if shutil.which(cmd) is None and not Path("/usr/sbin", cmd).exists()
     ]
     if missing:
-        return "Slurm is not installed (`make test` installs it): missing " + ", ".join(missing)
+        missing = ", ".join(missing)
+        return f"Slurm is not installed (`make test-cluster` installs it): missing {missing}"
     # where job steps look for a configuration before the one served to the test node
     for conf in (Path("/etc/slurm/slurm.conf"), Path("/run/slurm/conf/slurm.conf")):
         if conf.exists():
@@ -74,13 +79,12 @@ def _memory_mb() -> int:
     return int(pages / 2**20 * 0.9)
 
 
-def _slurm_conf(root: Path, cpus: int, memory_mb: int) -> str:
-    ports = (_free_port(), _free_port())
+def _slurm_conf(root: Path, ctld_port: int, cpus: int, memory_mb: int) -> str:
     return f"""\
 ClusterName=neuroclips
 SlurmctldHost={NODE}(127.0.0.1)
-SlurmctldPort={ports[0]}
-SlurmdPort={ports[1]}
+SlurmctldPort={ctld_port}
+SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -109,14 +113,6 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def _setting(conf: Path, key: str) -> str:
-    return next(
-        line.split("=", 1)[1]
-        for line in conf.read_text().splitlines()
-        if line.startswith(key + "=")
-    )
-
-
 def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -139,12 +135,9 @@ def slurm_cluster(root: Path):
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
         (root / sub).mkdir(exist_ok=True)
-    # twice the machine's CPUs, so that the Snakemake process that starts each Slurm job
-    # overlaps another job's work (each job still gets at most the machine's CPUs)
-    cpus = 2 * (os.cpu_count() or 1)
-    memory_mb = _memory_mb()
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, cpus, memory_mb))
+    ctld_port = _free_port()
+    conf.write_text(_slurm_conf(root, ctld_port, NODE_CPUS, _memory_mb()))
     for gpu in range(GPUS):
         (root / f"gpu{gpu}").touch()
     (root / "gres.conf").write_text(f"NodeName={NODE} Name=gpu File={root}/gpu[0-{GPUS - 1}]\n")
@@ -169,8 +162,7 @@ def slurm_cluster(root: Path):
         # configless: slurmd fetches the configuration from the controller and caches it in
         # /run/slurm/conf, where the job steps' srun finds it (the Snakemake job step
         # drops SLURM_CONF from their environment)
-        server = f"127.0.0.1:{_setting(conf, 'SlurmctldPort')}"
-        cmd = [slurmd, "-D", "-N", NODE, "--conf-server", server]
+        cmd = [slurmd, "-D", "-N", NODE, "--conf-server", f"127.0.0.1:{ctld_port}"]
         daemons.append(_start(cmd, root / "d.out", env))
 
         def node_idle() -> bool:
