@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class Plan:
 
     params: dict[str, str]
     upstream: dict[str, set[str]]
-    rules: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, str]
 
 
 def leaf_keys(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[tuple[str, ...]]:
@@ -166,7 +166,7 @@ def workflow_plan(snakefile: Path, config: dict[str, Any]) -> Plan:
             workflow._build_dag()
             dag = workflow.dag
             names = {job: _job_name(job) for job in dag.jobs}
-            plan = Plan(params={}, upstream={})
+            plan = Plan(params={}, upstream={}, rules={})
             for job, name in names.items():
                 params = {k: v for k, v in job.params.items()}
                 plan.params[name] = json.dumps(params, sort_keys=True, default=str)

@@ -53,6 +53,15 @@ def small_config(**sections) -> dict:
     return validate_config(config)
 
 
+def rule_blocks() -> dict[str, str]:
+    """Rule name → the text of its definition, for every rule of the workflow."""
+    rules = {}
+    for smk in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]:
+        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", smk.read_text(), re.M | re.S):
+            rules[match[1]] = match[2]
+    return rules
+
+
 def snakemake_command(workdir: Path, *args: str, overlay: dict | None = None) -> list[str]:
     """The Snakemake command line for ``workdir``, writing the small-demo config overlay."""
     overlay_file = workdir / "overlay.yaml"

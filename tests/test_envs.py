@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import yaml
 
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, rule_blocks, snakemake
 
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 #: conda-forge names of PyPI packages where they differ
@@ -38,14 +38,12 @@ def test_environment_files_are_pinned(path):
 
 
 def test_every_rule_that_runs_a_command_names_an_existing_environment():
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.split(r"(?m)^(?=rule )", smk.read_text())[1:]:
-            name = block.split(":", 1)[0].removeprefix("rule ")
-            if "shell:" not in block:
-                continue
-            match = re.search(r'conda:\n\s+"([^"]+)"', block)
-            assert match, f"{smk.name}: rule {name} has no conda environment"
-            assert (smk.parent / match[1]).resolve().is_file(), f"rule {name}: {match[1]}"
+    for name, block in rule_blocks().items():
+        if "shell:" not in block:
+            continue
+        match = re.search(r'conda:\n\s+"([^"]+)"', block)
+        assert match, f"rule {name} has no conda environment"
+        assert (REPO / "rules" / match[1]).resolve().is_file(), f"rule {name}: {match[1]}"
 
 
 def test_the_model_environment_holds_every_runtime_dependency():
