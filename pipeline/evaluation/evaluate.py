@@ -43,6 +43,7 @@ from pipeline.evaluation.metrics import (
     ssim,
 )
 from pipeline.evaluation.summary import summarize
+from pipeline.io.video import VIDEO_SUFFIXES, read_video
 from pipeline.reconstructors.training import write_metrics
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
@@ -67,7 +68,6 @@ PIXEL_METRICS = {
     "hue_pcc": True,
 }
 CLIP_METRICS = {"clip_pcc_adjacent": True, "clip_pcc_all_pairs": True}
-VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".avi", ".mov")
 _NAME = re.compile(r"^(?P<segment>.+)_clip(?P<clip>\d+)$")
 
 
@@ -134,20 +134,6 @@ def pipeline_reconstructions(
         ground_truth=_ground_truth(frames_dir, segments, clips, str(path)),
         source={"path": str(videos), "stage": stage},
     )
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Every frame of a GIF or video file as uint8 (frames, h, w, 3), through PyAV."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise DataError(f"{path}: not a readable video or GIF ({exc})") from exc
-    if not frames:
-        raise DataError(f"{path}: no frames")
-    return np.stack(frames)
 
 
 def _natural_key(path: Path):
