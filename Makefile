@@ -1,21 +1,37 @@
 # Quick start: `make demo` runs the pipeline on the embedded demo dataset,
-# `make test` runs the test suite. Both create the virtualenv on first use.
+# `make test` runs the test suite. Both create the virtualenv on first use,
+# with the versions of requirements.lock (`make lock` regenerates it).
 
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+# the newest versions pyproject allows, for make test-latest
+LATEST := .venv-latest
 # root installs system packages directly, anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-cluster lint bench clean browser slurm
+.PHONY: demo test test-latest test-cluster lint lock bench clean browser slurm
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[test]'
 	touch $(STAMP)
+
+# requirements.lock: what pyproject's ranges resolve to today for Python 3.11 on Linux x86_64
+# (uv pip compile, every version the newest allowed), then the conda env files pinned from it
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet uv==$(UV_VERSION)
+	.venv-lock/bin/uv pip compile pyproject.toml --extra test --upgrade \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --annotation-style line --custom-compile-command "make lock" --output-file $(LOCK)
+	$(PYTHON) -m pipeline sync-envs
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --show-failed-logs
@@ -37,7 +53,18 @@ slurm:
 	fi
 
 test: $(STAMP) browser
+	$(BIN)/python -m pipeline versions --check
 	$(BIN)/pytest
+
+# the suite against the newest versions pyproject allows, in a virtualenv of its own: drift shows
+# here before a new lock (or a user without one) meets it
+test-latest: browser
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/python -m pipeline versions
+	$(LATEST)/bin/pytest
 
 # the demo through profiles/slurm on a single-node Slurm cluster started on this machine
 test-cluster: $(STAMP) slurm

@@ -401,6 +401,29 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     print(inspect_store(args.path, show_provenance=args.provenance))
 
 
+def _cmd_versions(args: argparse.Namespace) -> None:
+    from pipeline.environment import LOCK, lock_drift, versions_table
+
+    print(versions_table(lock=LOCK if LOCK.exists() else None))
+    if args.check:
+        drift = lock_drift(LOCK)
+        if drift:
+            raise PipelineError(
+                f"{len(drift)} installed packages differ from {LOCK.name}: " + "; ".join(drift)
+            )
+        print(f"every package of {LOCK.name} is installed at its locked version")
+
+
+def _cmd_sync_envs(args: argparse.Namespace) -> None:
+    from pipeline.environment import LOCK, env_file_text
+
+    for path in args.env_files:
+        text = env_file_text(path, LOCK)
+        if Path(path).read_text() != text:
+            Path(path).write_text(text)
+            log.info("%s: pinned from %s", path, LOCK.name)
+
+
 def _cmd_lag_scan(args: argparse.Namespace) -> None:
     from pipeline.analysis import lag_profile_from_stores
 
@@ -697,6 +720,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", nargs="+", required=True, help="frame stores, one per segment")
     p.add_argument("--lags", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.set_defaults(func=_cmd_lag_scan)
+
+    p = sub.add_parser("versions", help="installed and locked versions of the key packages")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="fail unless every package of requirements.lock is installed at its version",
+    )
+    p.set_defaults(func=_cmd_versions)
+
+    p = sub.add_parser("sync-envs", help="pin the conda env files from requirements.lock")
+    p.add_argument(
+        "env_files",
+        nargs="*",
+        default=sorted(str(f) for f in (Path(__file__).parents[1] / "envs").glob("*.yaml")),
+    )
+    p.set_defaults(func=_cmd_sync_envs)
 
     p = sub.add_parser("rerun-table", help="config key -> rules that rerun, from the workflow")
     p.add_argument("--snakefile", default="Snakefile")

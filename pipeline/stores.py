@@ -17,7 +17,6 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipeline.environment import KEY_PACKAGES, installed_versions
 from pipeline.errors import OutputError, StoreError
 
 __all__ = [
@@ -46,8 +46,6 @@ _COMPRESSORS = {
     "fast": [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     None: None,
 }
-
-_PACKAGES = ("numpy", "scipy", "zarr", "nibabel", "av", "snakemake", "torch")
 
 
 @contextlib.contextmanager
@@ -187,14 +185,6 @@ def _file_record(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
 def provenance(
     stage: str, params: dict[str, Any], inputs: Sequence[str | os.PathLike] = ()
 ) -> dict[str, Any]:
@@ -216,7 +206,7 @@ def provenance(
         "params": params,
         "inputs": [_file_record(p) for p in inputs],
         "pipeline_version": __version__,
-        "packages": _package_versions(),
+        "packages": installed_versions(KEY_PACKAGES),
         "python": platform.python_version(),
         "host": platform.node(),
         "command": sys.argv,

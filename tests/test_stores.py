@@ -40,6 +40,17 @@ def test_inspect_cli(tmp_path, capsys):
     assert "stage=test" in out and "sub/" in out
 
 
+def test_provenance_records_the_key_packages_at_their_installed_versions():
+    from importlib.metadata import version
+
+    from pipeline.environment import KEY_PACKAGES
+
+    packages = provenance("test", {})["packages"]
+    assert set(packages) == set(KEY_PACKAGES)  # every key package is installed here
+    for name, installed in packages.items():
+        assert installed == version(name), name
+
+
 def test_inspect_missing_store_is_an_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope.zarr")]) == 1
     assert "nope.zarr: store does not exist" in capsys.readouterr().err
