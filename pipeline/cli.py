@@ -91,12 +91,9 @@ def _cmd_tiny_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_download_models(args: argparse.Namespace) -> None:
-    from pipeline.models.download import download_preset, download_set
+    from pipeline.models.download import download_set
 
-    if args.set == "encoders":
-        download_preset(args.preset, args.root)
-    else:
-        download_set(args.set, args.preset, args.root)
+    download_set(args.set, args.preset, args.root, generator=args.generator)
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
@@ -534,6 +531,7 @@ def _parser() -> argparse.ArgumentParser:
         default="encoders",
         help="which models",
     )
+    p.add_argument("--generator", help="keyframe generator whose roles to fetch (generation)")
     p.set_defaults(func=_cmd_download_models)
 
     p = sub.add_parser("cache", help="a feature cache: vae, clip-images, captions, clip-text")

@@ -24,7 +24,7 @@ rule tiny_generation_models:
 
 
 rule download_generation_models:
-    """Fetch the paper preset's keyframe and video models (network; converts .ckpt weights)."""
+    """Fetch the paper preset's video models and the configured keyframe generator's (network)."""
     output:
         directory(f"{MODELS_CONFIG['root']}/paper-generation"),
     log:
@@ -33,9 +33,10 @@ rule download_generation_models:
         "../envs/models.yaml"
     params:
         root=lambda wildcards, output: os.path.dirname(output[0]),
+        generator=keyframe_generator(),
     shell:
         "python -m pipeline download-models --set generation --preset paper"
-        " --root {params.root:q} > {log:q} 2>&1"
+        " --generator {params.generator} --root {params.root:q} > {log:q} 2>&1"
 
 
 rule fit_keyframe_embedder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import av
 import numpy as np
@@ -177,6 +178,23 @@ def test_sd21_unclip_generator_runs_on_a_hub_layout(generation_dir, clips):
 def test_sdxl_unclip_without_sgm_says_what_to_install(tmp_path):
     with pytest.raises(MissingDependencyError, match="pip install .*generative-models"):
         load_generator("mindeye2_sdxl_unclip", tmp_path, CPU, torch.float32)
+
+
+def test_sgm_without_its_undeclared_dependencies_names_the_missing_module(tmp_path, monkeypatch):
+    """sgm's __init__ imports its engine, which imports pytorch_lightning; sgm declares none
+    of its dependencies, so a plain install of it stops there."""
+    from pipeline.generation.sdxl_unclip import require_sgm
+
+    (tmp_path / "sgm").mkdir()
+    (tmp_path / "sgm/__init__.py").write_text("import pytorch_lightning_absent_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sgm", raising=False)
+    with pytest.raises(MissingDependencyError) as info:
+        require_sgm()
+    message = str(info.value)
+    assert "the module 'pytorch_lightning_absent_here' that it imports is not" in message
+    assert "pip install pytorch-lightning omegaconf kornia einops fsspec" in message
+    assert "generative-models.git" not in message  # sgm itself is there
 
 
 def test_the_main_job_writes_one_playable_video_per_test_clip(workspace):

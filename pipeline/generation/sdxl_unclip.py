@@ -40,6 +40,8 @@ from pipeline.generation.diffusion import clip_generators, seeded_noise
 __all__ = ["SGM_INSTALL", "SdxlUnclipGenerator", "require_sgm", "unclip6_configs"]
 
 SGM_INSTALL = 'pip install "git+https://github.com/Stability-AI/generative-models.git"'
+#: what sgm imports and does not declare (its requirements/pt2.txt)
+SGM_DEPENDENCIES = "pip install pytorch-lightning omegaconf kornia einops fsspec"
 WEIGHTS = "unclip6.safetensors"
 SIZE = 768
 TOKENS, WIDTH, VECTOR = 256, 1664, 1024
@@ -50,15 +52,28 @@ class MissingDependencyError(PipelineError, ImportError):
 
 
 def require_sgm():
-    """Import ``sgm`` or fail with what to install."""
+    """Import ``sgm`` or fail with what to install: sgm itself, or the module it lacks.
+
+    sgm declares no dependencies (its ``pyproject.toml``); its ``requirements/pt2.txt``
+    lists them, and importing it needs pytorch_lightning, omegaconf, kornia, einops and
+    fsspec besides what this pipeline installs.
+    """
     try:
         return importlib.import_module("sgm")
     except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        if missing and missing.split(".")[0] != "sgm":
+            raise MissingDependencyError(
+                f"keyframes.generator 'mindeye2_sdxl_unclip': Stability AI's generative-models "
+                f"package (`sgm`) is installed, but the module {missing!r} that it imports is "
+                f"not. sgm declares no dependencies; install them with:\n    {SGM_DEPENDENCIES}"
+                f"\n({exc})"
+            ) from None
         raise MissingDependencyError(
             "keyframes.generator 'mindeye2_sdxl_unclip' needs Stability AI's generative-models "
             f"package (import name `sgm`), which is not on PyPI. Install it with:\n    "
-            f"{SGM_INSTALL}\nor choose the pip-only generator 'sd21_unclip' "
-            f"(keyframes: {{generator: sd21_unclip}}). ({exc})"
+            f"{SGM_INSTALL}\n    {SGM_DEPENDENCIES}\nor choose the pip-only generator "
+            f"'sd21_unclip' (keyframes: {{generator: sd21_unclip}}). ({exc})"
         ) from None
 
 

@@ -80,6 +80,47 @@ def interpolate_frames(frames: np.ndarray, n_frames: int, size: int) -> np.ndarr
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
 
 
+#: Key endings of a LoRA's down (A) matrices: peft / diffusers, diffusers' older format, kohya.
+_LORA_DOWN = ("lora_A.weight", "lora.down.weight", "lora_down.weight")
+
+
+def load_lora(pipe, folder: str | Path, name: str) -> int:
+    """Load the LoRA in ``folder`` (one safetensors file) into ``pipe`` as adapter ``name``;
+    returns the number of layers it adapts.
+
+    diffusers only warns when a LoRA's keys match no layer (the AnimateDiff-format
+    ``v3_sd15_adapter.ckpt``, whose keys lack the ``unet.`` prefix, loads none): here a
+    LoRA that does not adapt exactly the layers it holds weights for is an error naming
+    the file.
+    """
+    from safetensors import safe_open
+
+    from pipeline.errors import DataError
+
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if len(weights) != 1:
+        raise DataError(f"{folder}: expected one LoRA .safetensors file, found {len(weights)}")
+    with safe_open(str(weights[0]), framework="pt") as f:
+        held = sum(1 for key in f.keys() if key.endswith(_LORA_DOWN))
+    try:
+        pipe.load_lora_weights(str(folder), weight_name=weights[0].name, adapter_name=name)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise DataError(f"{weights[0]}: not a LoRA of this model ({exc})") from exc
+    adapted = sum(
+        1
+        for model in (pipe.unet, pipe.text_encoder)
+        for module in model.modules()
+        if name in getattr(module, "lora_A", {})
+    )
+    if adapted == 0 or adapted != held:
+        raise DataError(
+            f"{weights[0]}: the LoRA adapts {adapted} layers but holds weights for {held}; "
+            "its keys do not name this model's layers (diffusers expects them prefixed "
+            "`unet.`, as in guoyww/animatediff-motion-lora-v1-5-3)"
+        )
+    return adapted
+
+
 class VideoSynthesizer:
     """Loads AnimateDiff (base model + motion adapter), SparseCtrl and the DDIM scheduler once."""
 
@@ -121,10 +162,7 @@ class VideoSynthesizer:
         ).to(device)
         if domain_adapter is not None:
             # AnimateDiff v3's domain adapter: a LoRA on the base model's attention
-            path = Path(domain_adapter)
-            self.pipe.load_lora_weights(
-                str(path.parent), weight_name=path.name, adapter_name="domain_adapter"
-            )
+            load_lora(self.pipe, domain_adapter, "domain_adapter")
         self.pipe.scheduler = DDIMScheduler.from_config(
             self.pipe.scheduler.config, **ANIMATEDIFF_DDIM
         )
@@ -137,7 +175,7 @@ class VideoSynthesizer:
     ) -> VideoSynthesizer:
         """Load from a preset's generation directory (roles as in ``presets.GENERATION``)."""
         root = Path(root)
-        lora = root / "domain_adapter" / "lora.safetensors"
+        adapter = root / "domain_adapter"
         return cls(
             root / "video_base",
             root / "motion_adapter",
@@ -145,7 +183,7 @@ class VideoSynthesizer:
             device,
             dtype,
             vae=root / "video_vae" if (root / "video_vae").is_dir() else None,
-            domain_adapter=lora if domain_adapter and lora.is_file() else None,
+            domain_adapter=adapter if domain_adapter and adapter.is_dir() else None,
         )
 
     def _timesteps(self, settings: VideoSettings) -> torch.Tensor:

@@ -1,34 +1,76 @@
 """Fetching a preset's models from the Hugging Face hub: the only code that uses the network.
 
-Run by the ``download_models`` and ``download_generation_models`` rules, e.g. on
-a cluster login node; every other rule loads the local copies offline.
+Run by the ``download_models``, ``download_generation_models`` and
+``download_classifiers`` rules, e.g. on a cluster login node; every other rule
+loads the local copies offline.
+
+Each role names the files of its repository that its loader reads, as the
+repository really holds them (:class:`~pipeline.models.presets.ModelSource`).
+They are resolved through the Hugging Face cache (``HF_HOME`` /
+``HF_HUB_CACHE``): fetched into it when the hub is reachable, read from it
+when ``HF_HUB_OFFLINE=1``, as on cluster nodes that share a cache. From the
+cache each role is laid out in ``{models.root}/{preset}[-set]/{role}``:
+pickled weights (``.bin``, ``.ckpt``, ``.pth``) are converted to safetensors
+with ``torch.load(weights_only=True)``, everything else is linked (or copied).
+
+Every role is built on its own, atomically, in a staging folder beside the
+set (``{root}/.download/{set}/{role}``): a role that fails costs only itself,
+the others are kept, and a rerun rebuilds only the roles not yet complete.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
+from pipeline.errors import DataError, PipelineError
 from pipeline.models.presets import (
     CLASSIFIERS,
     GENERATION,
     ModelSource,
     classifier_dir,
     generation_dir,
+    generation_roles,
     preset_sources,
 )
 
-__all__ = ["SETS", "convert_checkpoint", "download_preset", "download_set"]
+__all__ = [
+    "SETS",
+    "DownloadError",
+    "convert_checkpoint",
+    "download_set",
+    "fetch_role",
+    "layout_role",
+]
 
-#: Name of a single-file source's weights after conversion, per role.
-SINGLE_FILE_NAMES = {"sdxl_unclip": "unclip6.safetensors", "domain_adapter": "lora.safetensors"}
+log = logging.getLogger(__name__)
+
+#: Pickle formats converted to safetensors when a role is laid out.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pth", ".pt")
+#: A converted pickle's name where the loader expects another one (diffusers and
+#: transformers read these names with ``use_safetensors=True``).
+CONVERTED_NAMES = {
+    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
+    "pytorch_model.bin": "model.safetensors",
+}
+#: Written last into a complete role folder: where its files came from.
+MANIFEST = "source.json"
+
+
+class DownloadError(PipelineError, RuntimeError):
+    """One or more roles could not be fetched or laid out."""
 
 
 def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """A pickled checkpoint → safetensors, unpickling tensors only (``weights_only=True``).
 
     Lightning checkpoints keep the weights under ``state_dict``; that mapping
-    is written. Anything that is not a tensor mapping is refused.
+    is written. Anything that is not a tensor mapping is refused. Tensors that
+    share storage (tied weights) are written as separate copies.
     """
     import torch
     from safetensors.torch import save_file
@@ -38,39 +80,92 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> 
     data = load_tensors(source)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source}: not a checkpoint of tensors")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+        raise DataError(f"{source}: not a checkpoint of tensors")
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(target))
 
 
-def _fetch(source: ModelSource, role: str, target: Path) -> None:
-    from huggingface_hub import hf_hub_download, snapshot_download
+def fetch_role(source: ModelSource) -> Path:
+    """The repository snapshot in the Hugging Face cache holding ``source.files``.
 
-    from pipeline.stores import atomic_output
+    Fetches the files into the cache when the hub is reachable; with
+    ``HF_HUB_OFFLINE=1`` finds them there. Only the role's files are fetched.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    with atomic_output(target) as tmp:
-        if source.filename:
-            tmp.mkdir(parents=True)
-            path = hf_hub_download(
-                source.repo, source.filename, repo_type=source.repo_type, local_dir=tmp
-            )
-            name = SINGLE_FILE_NAMES.get(role, Path(source.filename).stem + ".safetensors")
-            if path.endswith(".safetensors"):
-                Path(path).rename(tmp / name)
-            else:
-                convert_checkpoint(path, tmp / name)
-                Path(path).unlink()
-            return
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-        if source.subfolder:
-            patterns = [f"{source.subfolder}/{p}" for p in patterns]
-        snapshot_download(
-            source.repo, local_dir=tmp, allow_patterns=patterns, repo_type=source.repo_type
+    try:
+        path = snapshot_download(
+            source.repo,
+            revision=source.revision,
+            repo_type=source.repo_type,
+            allow_patterns=list(source.files),
         )
-        if source.subfolder:  # flatten: the role's directory is the subfolder
-            nested = tmp / source.subfolder
-            for item in nested.iterdir():
-                item.rename(tmp / item.name)
-            nested.rmdir()
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        where = f"{source.repo}@{source.revision or 'main'} ({source.repo_type})"
+        raise DataError(f"{where}: not fetched ({type(exc).__name__}: {exc})") from exc
+    return Path(path)
+
+
+def _laid_out_name(role: str, relative: str, source: ModelSource) -> str:
+    """Where a repository file goes in the role folder: the role's subfolder prefix
+    removed, pickles renamed to their safetensors name."""
+    if source.subfolder:
+        relative = relative.removeprefix(f"{source.subfolder}/")
+    path = Path(relative)
+    if path.suffix not in PICKLE_SUFFIXES:
+        return relative
+    if source.converted_name:
+        return source.converted_name
+    name = CONVERTED_NAMES.get(path.name, path.with_suffix(".safetensors").name)
+    return str(path.with_name(name))
+
+
+def layout_role(role: str, source: ModelSource, snapshot: str | os.PathLike, target: Path) -> None:
+    """Lay out ``source.files`` of a cached ``snapshot`` in the (new) folder ``target``.
+
+    Every pattern must match at least one file: a repository that does not
+    hold what the loader reads is an error that names the pattern.
+    """
+    snapshot = Path(snapshot)
+    present = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    chosen: list[str] = []
+    for pattern in source.files:
+        matches = [p for p in present if fnmatch.fnmatchcase(p, pattern)]
+        if not matches:
+            raise DataError(
+                f"{source.repo}@{source.revision or 'main'}: no file matches {pattern!r} "
+                f"(role {role!r}; the snapshot holds {present[:12]})"
+            )
+        chosen += [m for m in matches if m not in chosen]
+    target.mkdir(parents=True)
+    for relative in chosen:
+        out = target / _laid_out_name(role, relative, source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        file = (snapshot / relative).resolve()
+        if Path(relative).suffix in PICKLE_SUFFIXES:
+            log.info("%s: converting %s to %s", role, relative, out.name)
+            convert_checkpoint(file, out)
+        else:
+            try:
+                os.link(file, out)  # the cache's blob, without a second copy
+            except OSError:
+                shutil.copyfile(file, out)
+    record = {
+        "repo": source.repo,
+        "repo_type": source.repo_type,
+        "revision": source.revision or "main",
+        "commit": snapshot.name,
+        "files": chosen,
+    }
+    (target / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _role_is_complete(folder: Path, source: ModelSource) -> bool:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    record = json.loads(manifest.read_text())
+    return (record["repo"], record["revision"]) == (source.repo, source.revision or "main")
 
 
 def _hub_sources(preset: str, sources: dict[str, ModelSource]) -> dict[str, ModelSource]:
@@ -83,31 +178,65 @@ def _hub_sources(preset: str, sources: dict[str, ModelSource]) -> dict[str, Mode
     return sources
 
 
-def download_preset(preset: str, root: str | os.PathLike) -> list[Path]:
-    """Download every encoder model of ``preset`` into ``{root}/{preset}/{role}``.
+#: The model sets: name → (registry of a preset's roles, directory of a preset's set).
+SETS = {
+    "encoders": ({p: preset_sources(p) for p in ("paper", "tiny")}, None),
+    "generation": (GENERATION, generation_dir),
+    "classifiers": (CLASSIFIERS, classifier_dir),
+}
 
-    Each role's directory receives the files of its repository (or of its
-    subfolder), laid out as on the hub, safetensors weights only.
+
+def _set_dir(name: str, preset: str, root: str | os.PathLike) -> Path:
+    directory = SETS[name][1]
+    return Path(root) / preset if directory is None else directory(root, preset)
+
+
+def download_set(
+    name: str, preset: str, root: str | os.PathLike, generator: str | None = None
+) -> list[Path]:
+    """Fetch ``preset``'s models of set ``name`` (``encoders``, ``generation``,
+    ``classifiers``) into their set folder, one role folder each.
+
+    For ``generation``, only the video roles and ``generator``'s own roles.
+    Roles are built one by one in a staging folder; a failed role is reported
+    after the others are built, and the set folder appears only when every
+    role is complete.
     """
-    written = []
-    for role, source in _hub_sources(preset, preset_sources(preset)).items():
-        target = Path(root) / preset / role
-        _fetch(source, role, target)
-        written.append(target)
-    return written
+    from pipeline.stores import atomic_output
 
-
-#: The model sets besides the encoders: name → (registry, directory of a preset's set).
-SETS = {"generation": (GENERATION, generation_dir), "classifiers": (CLASSIFIERS, classifier_dir)}
-
-
-def download_set(name: str, preset: str, root: str | os.PathLike) -> list[Path]:
-    """Download ``preset``'s models of set ``name`` (``generation``, ``classifiers``) into
-    ``{root}/{preset}-{name}/{role}``."""
-    registry, directory = SETS[name]
-    written = []
-    for role, source in _hub_sources(preset, registry[preset]).items():
-        target = directory(root, preset) / role
-        _fetch(source, role, target)
-        written.append(target)
-    return written
+    sources = SETS[name][0][preset]
+    if name == "generation":
+        if generator is None:
+            raise ValueError("the generation set needs the keyframe generator")
+        sources = {r: sources[r] for r in generation_roles(preset, generator)}
+    sources = _hub_sources(preset, sources)
+    target = _set_dir(name, preset, root)
+    staging = Path(root) / ".download" / target.name
+    failed = {}
+    for role, source in sources.items():
+        folder = staging / role
+        if _role_is_complete(folder, source):
+            log.info("%s: complete from an earlier run", role)
+            continue
+        try:
+            snapshot = fetch_role(source)
+            with atomic_output(folder) as tmp:
+                layout_role(role, source, snapshot, tmp)
+        except PipelineError as exc:
+            log.error("%s: %s", role, exc)
+            failed[role] = str(exc)
+            continue
+        log.info("%s: %s laid out in %s", role, source.repo, folder)
+    if failed:
+        raise DownloadError(
+            f"{len(failed)} of {len(sources)} roles failed ({'; '.join(failed.values())}); "
+            f"the others are kept in {staging} and a rerun fetches only the failed ones"
+        )
+    with atomic_output(target) as tmp:
+        tmp.mkdir(parents=True)
+        for role in sources:
+            (staging / role).rename(tmp / role)
+    shutil.rmtree(staging, ignore_errors=True)
+    if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+        staging.parent.rmdir()
+    return [target / role for role in sources]

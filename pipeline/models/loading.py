@@ -29,6 +29,9 @@ __all__ = [
     "resolve_dtype",
 ]
 
+#: OpenCLIP weight files in open_clip's order of preference (``factory._find_checkpoint_in_dir``).
+CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -90,16 +93,20 @@ def load_clip(
 ) -> tuple[Any, Any]:
     """OpenCLIP model and tokenizer from a directory laid out like an OpenCLIP hub repo.
 
-    The directory holds ``open_clip_config.json`` and ``open_clip_model.safetensors``.
-    The visual tower is set to also return its tokens (after ``ln_post``, CLS
-    excluded, no projection).
+    The directory holds ``open_clip_config.json`` and the weights as the hub
+    repositories name them, ``open_clip_pytorch_model.safetensors`` (e.g.
+    ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``; open_clip's own
+    ``open_clip_model.safetensors`` is read too). The visual tower is set to
+    also return its tokens (after ``ln_post``, CLS excluded, no projection).
     """
     import open_clip
 
     path = require_model(path, "open_clip_config.json")
-    weights = path / "open_clip_model.safetensors"
-    if not weights.is_file():
-        raise ModelNotFoundError(f"{path}: open_clip_model.safetensors missing (safetensors only)")
+    if not any((path / name).is_file() for name in CLIP_WEIGHTS):
+        raise ModelNotFoundError(
+            f"{path}: no {' or '.join(CLIP_WEIGHTS)} (safetensors only; open_clip would "
+            "otherwise build the model with random weights)"
+        )
     model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
     model = model.to(dtype=dtype).eval().requires_grad_(False)
     model.visual.output_tokens = True

@@ -24,6 +24,7 @@ __all__ = [
     "ModelSource",
     "classifier_dir",
     "generation_dir",
+    "generation_roles",
     "generation_settings",
     "model_dir",
     "preset_sources",
@@ -35,42 +36,86 @@ ROLES = ("clip", "vae", "captioner")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where one model comes from.
+    """Where one model comes from, and which of its repository's files the loader reads.
 
     Attributes
     ----------
-    library : {'open_clip', 'diffusers', 'transformers'}
+    library : {'open_clip', 'diffusers', 'transformers', 'sgm'}
         Which loader reads the directory.
     repo : str or None
-        Hub repository the ``download_models`` rule fetches; None when the
-        ``tiny_models`` rule writes the directory.
+        Hub repository the download rules fetch; None when a tiny-model rule
+        writes the directory.
+    files : tuple of str
+        The repository's files that the loader reads, as the repository names
+        them on ``revision`` (``fnmatch`` patterns; each must match a file).
+        Only these are fetched. Pickles among them (``.bin``, ``.ckpt``,
+        ``.pth``) are converted to safetensors on download
+        (``torch.load(weights_only=True)``); :mod:`pipeline.models.download`.
     subfolder : str or None
-        Folder of the repository that holds this model (e.g. ``vae``).
-    filename : str or None
-        A single checkpoint file of the repository to fetch instead of its
-        diffusers/transformers layout; a pickled ``.ckpt`` is converted to
-        safetensors on download (``torch.load(weights_only=True)``).
+        Folder of the repository that holds this model (e.g. ``vae``); its
+        files are laid out at the top of the role's directory.
+    revision : str or None
+        Commit of ``repo`` whose layout ``files`` describes; None where no
+        commit could be confirmed (``main`` is fetched then). Recorded in the
+        role's ``source.json``.
     repo_type : str
         ``model`` or ``dataset`` (MindEye2's weights live in a dataset repository).
+    converted_name : str or None
+        Name of a converted single-file checkpoint in the role's directory.
+    note : str
+        Why this source (a mirror, a layout to know about).
     """
 
     library: str
     repo: str | None = None
+    files: tuple[str, ...] = ()
     subfolder: str | None = None
-    filename: str | None = None
+    revision: str | None = None
     repo_type: str = "model"
+    converted_name: str | None = None
+    note: str = ""
 
+
+# Revisions: commits of each repository seen in public hub URLs and cache paths
+# (2026-12); a role without one fetches main.
+
+#: transformers repositories with safetensors weights on main: what the loaders read.
+_TRANSFORMERS_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
 
 #: Registry of presets: role → source.
 PRESETS: dict[str, dict[str, ModelSource]] = {
     "paper": {
         # OpenCLIP ViT-bigG/14 laion2b_s39b_b160k: 256 visual tokens of width 1664,
-        # 1280-d text embedding (SPEC §3)
-        "clip": ModelSource("open_clip", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+        # 1280-d text embedding. The repository also holds the .bin and a transformers
+        # copy in shards (about 10 GB each); only the open_clip safetensors are read.
+        "clip": ModelSource(
+            "open_clip",
+            "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+            files=("open_clip_config.json", "open_clip_pytorch_model.safetensors"),
+        ),
         # the official code loads MindEye2's `sd_image_var_autoenc.pth`, the VAE of
-        # Stable Diffusion image variations; this is the same model in diffusers format
-        "vae": ModelSource("diffusers", "lambdalabs/sd-image-variations-diffusers", "vae"),
-        "captioner": ModelSource("transformers", "Salesforce/blip2-opt-2.7b"),
+        # Stable Diffusion image variations; this is the same model in diffusers format.
+        # On main its vae/ holds only the pickle (safetensors only in unmerged PR branches).
+        "vae": ModelSource(
+            "diffusers",
+            "lambdalabs/sd-image-variations-diffusers",
+            revision="42bc0ee1726b141d49f519a6ea02ccfbf073db2e",
+            files=("vae/config.json", "vae/diffusion_pytorch_model.bin"),
+            subfolder="vae",
+        ),
+        "captioner": ModelSource(
+            "transformers",
+            "Salesforce/blip2-opt-2.7b",
+            revision="51572668da0eb669e01a189dc22abe6088589a24",
+            # configs, processor and tokenizer (tokenizer.json) and the safetensors shards;
+            # not the pickled shards beside them
+            files=(
+                "*.json",
+                "tokenizer.json",
+                "model.safetensors.index.json",
+                "model-*-of-*.safetensors",
+            ),
+        ),
     },
     "tiny": {
         "clip": ModelSource("open_clip"),
@@ -80,27 +125,82 @@ PRESETS: dict[str, dict[str, ModelSource]] = {
 }
 
 
-#: Generation models per preset (issue 5): keyframe generators and the video model.
+#: Generation models per preset: keyframe generators and the video model.
 #: They live in ``{models.root}/{preset}-generation/{role}``, apart from the encoders,
 #: so that changing them never invalidates the caches or the trained reconstructors.
 GENERATION: dict[str, dict[str, ModelSource]] = {
     "paper": {
-        # `sd21_unclip` generator: SD 2.1 unCLIP, 1024-d ViT-H/14 image embeddings
-        "unclip": ModelSource("diffusers", "stabilityai/stable-diffusion-2-1-unclip"),
-        # `mindeye2_sdxl_unclip` generator: MindEye2's fine-tuned SDXL unCLIP (SPEC §3)
+        # `sd21_unclip` generator: SD 2.1 unCLIP, 1024-d ViT-H/14 image embeddings. Stability
+        # AI removed stabilityai/stable-diffusion-2-1-unclip (and the SD 2.x family) from the
+        # hub in November 2025; sd2-community keeps a copy in the same diffusers layout,
+        # the replacement the hub maintainers approved (huggingface/optimum-habana).
+        "unclip": ModelSource(
+            "diffusers",
+            "sd2-community/stable-diffusion-2-1-unclip",
+            # every component's config and safetensors weights, not the fp16 variants
+            files=(
+                "model_index.json",
+                "*/config.json",
+                "*/preprocessor_config.json",
+                "*/scheduler_config.json",
+                "tokenizer/*",
+                "*/diffusion_pytorch_model.safetensors",
+                "*/model.safetensors",
+            ),
+        ),
+        # `mindeye2_sdxl_unclip` generator: MindEye2's fine-tuned SDXL unCLIP, a Lightning
+        # checkpoint in a dataset repository (read by sgm, pipeline/generation/sdxl_unclip.py)
         "sdxl_unclip": ModelSource(
             "sgm",
             "pscotti/mindeyev2",
-            filename="unclip6_epoch0_step110000.ckpt",
+            revision="3f20ccbe614876c83894e148cc36530c4b04caa7",
+            files=("unclip6_epoch0_step110000.ckpt",),
             repo_type="dataset",
+            converted_name="unclip6.safetensors",
         ),
-        # AnimateDiff v3 on RealisticVision V6.0 B1, SparseCtrl RGB (paper appendix A)
-        "video_base": ModelSource("diffusers", "SG161222/Realistic_Vision_V6.0_B1_noVAE"),
-        "video_vae": ModelSource("diffusers", "stabilityai/sd-vae-ft-mse"),
-        "motion_adapter": ModelSource("diffusers", "guoyww/animatediff-motion-adapter-v1-5-3"),
-        "sparsectrl": ModelSource("diffusers", "guoyww/animatediff-sparsectrl-rgb"),
+        # AnimateDiff v3 on RealisticVision V6.0 B1, SparseCtrl RGB (paper appendix A).
+        # RealisticVision's unet/ and text_encoder/ hold pickles only on main; its top-level
+        # single-file checkpoints (12.8 GB) are not read. It ships no VAE (video_vae).
+        "video_base": ModelSource(
+            "diffusers",
+            "SG161222/Realistic_Vision_V6.0_B1_noVAE",
+            revision="7f177697718f088f243fd357263b9f0cb22d0cac",
+            files=(
+                "model_index.json",
+                "feature_extractor/preprocessor_config.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/pytorch_model.bin",
+                "tokenizer/*",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.bin",
+            ),
+        ),
+        "video_vae": ModelSource(
+            "diffusers",
+            "stabilityai/sd-vae-ft-mse",
+            revision="31f26fdeee1355a5c34592e401dd41e45d25a493",
+            files=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
+        "motion_adapter": ModelSource(
+            "diffusers",
+            "guoyww/animatediff-motion-adapter-v1-5-3",
+            files=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
+        "sparsectrl": ModelSource(
+            "diffusers",
+            "guoyww/animatediff-sparsectrl-rgb",
+            files=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
+        # the v3 domain adapter LoRA in diffusers' format: the official
+        # guoyww/animatediff v3_sd15_adapter.ckpt names its keys without the `unet.` prefix,
+        # and diffusers loads no layer from it (only a warning). diffusers' own SparseCtrl
+        # example loads this repository (pipelines/animatediff/pipeline_animatediff_sparsectrl.py)
         "domain_adapter": ModelSource(
-            "diffusers", "guoyww/animatediff", filename="v3_sd15_adapter.ckpt"
+            "diffusers",
+            "guoyww/animatediff-motion-lora-v1-5-3",
+            revision="8b5ff2775000d82040bf595e66f14db7246c1534",
+            files=("*.safetensors",),
         ),
     },
     "tiny": {
@@ -117,10 +217,20 @@ GENERATION: dict[str, dict[str, ModelSource]] = {
 #: training frames (pipeline/models/tiny_classifiers.py).
 CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
     "paper": {
-        # the ImageNet classifier of the field's frame N-way metric (SPEC §4)
-        "frame_classifier": ModelSource("transformers", "google/vit-base-patch16-224"),
+        # the ImageNet classifier of the field's frame N-way metric
+        "frame_classifier": ModelSource(
+            "transformers",
+            "google/vit-base-patch16-224",
+            files=_TRANSFORMERS_FILES,
+            revision="3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3",
+        ),
         # the Kinetics-400 classifier of its video N-way metric
-        "video_classifier": ModelSource("transformers", "MCG-NJU/videomae-base-finetuned-kinetics"),
+        "video_classifier": ModelSource(
+            "transformers",
+            "MCG-NJU/videomae-base-finetuned-kinetics",
+            files=_TRANSFORMERS_FILES,
+            revision="488eb9a0565f257b32866000305c8178965eb9f6",
+        ),
     },
     "tiny": {
         "frame_classifier": ModelSource("transformers"),
@@ -134,6 +244,17 @@ CLASSIFIER_CLASSES: dict[str, dict[str, int]] = {"paper": {"frame": 1000, "video
 
 #: Keyframe generator → the generation role holding its model.
 GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip", "tiny": "unclip"}
+
+
+def generation_roles(preset: str, generator: str) -> list[str]:
+    """The generation roles a run with keyframe ``generator`` reads: the generator's own
+    and every role that is no generator's (the video models)."""
+    roles = GENERATION[preset]
+    keyframe_roles = set(GENERATOR_ROLES.values())
+    if GENERATOR_ROLES.get(generator) not in roles:
+        raise ValueError(f"preset {preset!r} has no model for keyframe generator {generator!r}")
+    return [r for r in roles if r not in keyframe_roles or r == GENERATOR_ROLES[generator]]
+
 
 #: Per-preset defaults of the generation settings (config keys set to null take these).
 GENERATION_DEFAULTS = {

@@ -33,7 +33,7 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     """An OpenCLIP ``CLIP`` with a 64 px, patch-4 visual tower (256 tokens of width 64).
 
-    Written as ``open_clip_config.json`` + ``open_clip_model.safetensors``, the
+    Written as ``open_clip_config.json`` + ``open_clip_pytorch_model.safetensors``, the
     layout of ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``. The text tower uses
     OpenCLIP's bundled BPE tokenizer, so nothing is downloaded.
     """
@@ -52,7 +52,7 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
         json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2)
     )
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path / "open_clip_model.safetensors"))
+    save_file(state, str(path / "open_clip_pytorch_model.safetensors"))
     return path
 
 
