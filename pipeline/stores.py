@@ -185,6 +185,15 @@ def _file_record(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def _execution() -> dict[str, Any]:
+    """The model stage's device, dtype, torch and CUDA versions (empty without torch)."""
+    if "torch" not in sys.modules:
+        return {}
+    from pipeline.models.loading import EXECUTION
+
+    return dict(EXECUTION)
+
+
 def provenance(
     stage: str, params: dict[str, Any], inputs: Sequence[str | os.PathLike] = ()
 ) -> dict[str, Any]:
@@ -207,6 +216,7 @@ def provenance(
         "inputs": [_file_record(p) for p in inputs],
         "pipeline_version": __version__,
         "packages": installed_versions(KEY_PACKAGES),
+        "execution": _execution(),
         "python": platform.python_version(),
         "host": platform.node(),
         "command": sys.argv,

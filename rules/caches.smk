@@ -16,7 +16,8 @@ rule cache_vae:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
@@ -42,7 +43,8 @@ rule cache_clip_images:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
@@ -70,7 +72,8 @@ rule cache_captions:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "preset", "dtype"),
@@ -102,7 +105,8 @@ rule cache_clip_text:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
     params:
         models=config_values("models", "preset", "dtype"),
     shell:

@@ -91,6 +91,13 @@ def frame_stores(wildcards):
 
 
 MODELS_CONFIG = config["models"]
+#: the model stages' device: `auto` takes CUDA when present, except that the paper preset
+#: never falls back to the CPU (a job without CUDA stops and says why; `cpu` runs it there)
+MODEL_DEVICE = (
+    "cuda"
+    if MODELS_CONFIG["device"] == "auto" and MODELS_CONFIG["preset"] == "paper"
+    else MODELS_CONFIG["device"]
+)
 
 
 def preset_dir():

@@ -26,7 +26,8 @@ rule synthesize_ablation:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["video"]["batch_size"],
     params:
         settings=ablation_json,
@@ -57,7 +58,8 @@ rule evaluate_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["evaluation"]["batch_size"],
     params:
         settings=evaluation_json(*EVALUATION_KEYS),
@@ -105,7 +107,8 @@ rule evaluate_external:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["evaluation"]["batch_size"],
     params:
         settings=evaluation_json(*EVALUATION_KEYS),

@@ -18,7 +18,8 @@ rule train_fusion:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
     params:
         settings=fusion_json(),
         models=config_values("models", "dtype"),
@@ -49,7 +50,8 @@ rule fuse_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["video"]["batch_size"],
     params:
         fusion=config_values("fusion", "threshold", "max_chain"),

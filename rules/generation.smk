@@ -53,7 +53,8 @@ rule fit_keyframe_embedder:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
     params:
         settings=generation_json("keyframes", *EMBEDDER_KEYS),
         frames_dir="results/frames",
@@ -81,7 +82,8 @@ rule generate_keyframes:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["keyframes"]["batch_size"],
     params:
         settings=generation_json("keyframes", *KEYFRAME_KEYS),
@@ -108,7 +110,8 @@ rule caption_keyframes:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         captions=captions_json(),
@@ -137,7 +140,8 @@ rule synthesize_videos:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["video"]["batch_size"],
     params:
         settings=generation_json("video"),

@@ -16,7 +16,8 @@ rule train_perception:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
     params:
         settings=reconstructor_json("perception"),
         checkpoints="results/{subject}/checkpoints/perception",
@@ -41,7 +42,8 @@ rule predict_perception:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         models=config_values("models", "dtype"),
@@ -68,7 +70,8 @@ rule train_semantic:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
     params:
         settings=reconstructor_json("semantic"),
         checkpoints="results/{subject}/checkpoints/semantic",
@@ -93,7 +96,8 @@ rule predict_semantic:
         "../envs/models.yaml"
     threads: 2
     resources:
-        device=MODELS_CONFIG["device"],
+        device=MODEL_DEVICE,
+        gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
         sampling=config_values("semantic", "sampling_steps", "guidance", "seed"),

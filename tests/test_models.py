@@ -158,3 +158,23 @@ def test_a_malicious_pickle_is_refused_before_it_runs(tmp_path):
     torch.save({"state_dict": {"w": torch.arange(3.0)}}, good)
     convert_checkpoint(good, tmp_path / "good.safetensors")
     assert torch.equal(load_file(tmp_path / "good.safetensors")["w"], torch.arange(3.0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
+def test_a_cuda_device_that_is_not_there_stops_the_stage_and_says_why():
+    from pipeline.models.loading import EXECUTION, DeviceError, resolve_device
+
+    with pytest.raises(DeviceError, match=r"sees no CUDA device .* R580 .*models.device: cpu"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")  # the tiny preset's fall back
+    assert EXECUTION["device"] == "cpu" and EXECUTION["torch"] == torch.__version__
+
+
+def test_stores_record_where_their_stage_ran(tmp_path):
+    from pipeline.models.loading import resolve_device, resolve_dtype
+    from pipeline.stores import provenance
+
+    resolve_device("cpu"), resolve_dtype("bfloat16")
+    execution = provenance("test", {})["execution"]
+    assert execution["device"] == "cpu" and execution["dtype"] == "bfloat16"
+    assert execution["torch"] == torch.__version__ and "cuda" in execution

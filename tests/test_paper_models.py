@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -407,3 +408,14 @@ def test_every_hub_role_says_which_files_its_loader_reads():
     for registry in (PRESETS, GENERATION, CLASSIFIERS):
         for role, source in registry["paper"].items():
             assert isinstance(source, ModelSource) and source.repo and source.files, role
+
+
+@pytest.mark.parametrize(("device", "expected"), [("auto", "cuda"), ("cpu", "cpu")])
+def test_the_paper_preset_never_falls_back_to_the_cpu_unless_told(tmp_path, device, expected):
+    """`auto` under the paper preset asks the jobs for CUDA, so a job on a node without it
+    stops with the reason (loading.resolve_device) instead of running on the CPU."""
+    result = snakemake(
+        tmp_path, "-n", "-p", overlay={"models": {"preset": "paper", "device": device}}
+    )
+    devices = set(re.findall(r"--device (\S+)", result.stdout))
+    assert devices == {expected}

@@ -48,8 +48,17 @@ def test_the_profile_sizes_every_rule_and_asks_a_gpu_for_the_model_stages():
 
 def test_rules_leave_cluster_sizes_to_the_profile():
     for rule, block in rule_blocks().items():
-        for key in ("mem_mb", "runtime", "gpu", "cpus_per_task"):
+        for key in ("mem_mb", "runtime", "cpus_per_task"):
             assert not re.search(rf"^\s+{key}=", block, re.M), f"rule {rule} sets {key}"
+
+
+def test_every_model_stage_holds_one_gpu():
+    """`snakemake --cores 8 --resources gpu=1` on a one-GPU workstation then never runs two
+    model stages at once; the Slurm profile sets the same request."""
+    for rule, block in rule_blocks().items():
+        uses_device = "{resources.device}" in block
+        gpu = re.findall(r"^\s+gpu=(\d+),", block, re.M)
+        assert gpu == (["1"] if uses_device else []), rule
 
 
 @pytest.mark.cluster

@@ -8,6 +8,7 @@ unrestricted pickle.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ import torch
 from pipeline.errors import DataError, PipelineError
 
 __all__ = [
+    "CUDA_DRIVER",
+    "DeviceError",
     "ModelNotFoundError",
+    "EXECUTION",
     "load_tensors",
     "load_captioner",
     "load_clip",
@@ -31,6 +35,8 @@ __all__ = [
 
 #: OpenCLIP weight files in open_clip's order of preference (``factory._find_checkpoint_in_dir``).
 CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -73,19 +79,64 @@ def require_model(path: str | os.PathLike, marker: str) -> Path:
     return path
 
 
+#: What the pinned torch build needs of the machine: its PyPI wheel is built for CUDA 13.0,
+#: which needs an NVIDIA driver of the R580 series or newer (CUDA 13.0 release notes).
+CUDA_DRIVER = "an NVIDIA driver of the R580 series or newer (CUDA 13.0)"
+
+
+class DeviceError(PipelineError, RuntimeError):
+    """The configured device is not there."""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when present, else the CPU."""
+    """``auto`` → the first CUDA device when present, else the CPU; a named CUDA device
+    that torch cannot see is an error saying why (never a silent fall back to the CPU)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r}: torch {torch.__version__} sees no CUDA device (its build "
+                f"is for CUDA {torch.version.cuda}, which needs {CUDA_DRIVER}). The paper "
+                "preset does not fall back to the CPU: run this stage on a GPU node, or set "
+                "models.device: cpu to run it on the CPU anyway."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA devices are visible"
+            )
+    _record_device(resolved)
+    return resolved
+
+
+#: What this process's model stage runs on, filled as its device and dtype are resolved;
+#: every store it writes records it in its provenance (``execution``).
+EXECUTION: dict = {}
+
+
+def _record_device(device: torch.device) -> None:
+    EXECUTION.update(device=str(device), torch=torch.__version__, cuda=torch.version.cuda)
+    if device.type == "cuda":
+        EXECUTION["device_name"] = torch.cuda.get_device_name(device)
+    log.info(
+        "device %s%s, torch %s, CUDA %s",
+        device,
+        f" ({EXECUTION['device_name']})" if device.type == "cuda" else "",
+        torch.__version__,
+        torch.version.cuda,
+    )
 
 
 def resolve_dtype(name: str) -> torch.dtype:
     """``float32``, ``float16`` or ``bfloat16`` → the torch dtype."""
     try:
-        return _DTYPES[name]
+        dtype = _DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}") from None
+    EXECUTION["dtype"] = name
+    return dtype
 
 
 def load_clip(
