@@ -157,6 +157,26 @@ def test_retrieval_finds_its_pair_and_a_shuffled_pairing_sits_at_chance():
     assert set(retrieval_top1(pred[:120], target[:120])[2]) == {120}
 
 
+def test_retrieval_holds_one_float32_part_and_leaves_its_inputs_alone():
+    """Paper-size retrieval (1,200 × 256 × 1664 tokens) must not make float64 copies of both
+    sets: the peak beyond the inputs stays within three float32 parts (one part of each set,
+    and the float16 part being converted); float64 copies of both would be eight."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(600, 16, 256)).astype(np.float16)  # the cache's dtype
+    pred = (target + 0.5 * rng.normal(size=target.shape)).astype(np.float32)
+    before = pred.copy()
+    tracemalloc.start()
+    forward, backward, _ = retrieval_top1(pred, target, pool=300)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    part = 300 * 16 * 256 * 4  # one part of the predictions in float32
+    assert peak < 3 * part, peak / part
+    assert np.array_equal(pred, before)
+    assert forward.mean() > 0.9 and backward.mean() > 0.9
+
+
 def test_ground_truth_against_itself_scores_the_maximum():
     video = _moving_square(3)
     scores = _pixel_metrics(video, video)

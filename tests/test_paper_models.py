@@ -326,6 +326,11 @@ def test_the_video_models_load_with_the_domain_adapter(downloaded, hub):
     assert all(torch.equal(unet[k], v) for k, v in expected["unet"].items())
     converted = load_file(downloaded / "paper-generation/sdxl_unclip/unclip6.safetensors")
     assert _equal(converted, expected["sdxl_unclip"])
+    # the generator reads the UNet's tensors, not the unused ViT-bigG image embedder's
+    from pipeline.generation.sdxl_unclip import UNUSED, read_weights
+
+    read = read_weights(downloaded / "paper-generation/sdxl_unclip/unclip6.safetensors", UNUSED)
+    assert list(read) == ["model.diffusion_model.out.2.weight"]
 
 
 def test_an_adapter_whose_keys_name_no_layer_is_an_error(downloaded, hub, tmp_path):

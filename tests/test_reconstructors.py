@@ -224,8 +224,8 @@ def test_model_directories(workspace):
         header = (directory / "metrics.csv").read_text().splitlines()
         assert "train_loss" in header[0] and len(header) > 2
         assert (directory / "loss.png").read_bytes()[:4] == b"\x89PNG"
-        # the checkpoints live outside the output and are kept for resuming
-        assert (workspace / f"results/subject1/checkpoints/{name}").is_dir()
+        # the checkpoints live outside the output, for resuming, until the model is written
+        assert not (workspace / f"results/subject1/checkpoints/{name}").exists()
 
 
 def test_blurry_video_beats_mean_training_frame(workspace):
@@ -360,3 +360,4 @@ def test_cli_stop_after_epoch_exits_3_without_output(workspace, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from the checkpoint of epoch 1" in resumed.stderr
     assert (tmp_path / "model/model.safetensors").exists()
+    assert "removed the checkpoints" in resumed.stderr and not (tmp_path / "ckpt").exists()

@@ -499,7 +499,7 @@ def evaluate_retrieval(
     clips_of = SimpleNamespace(segment=np.array(segments), clip=clips)
     rows = cache_rows(clip_cache, clips_of, "cache_clip_images")
     target = open_store(clip_cache, stage="cache_clip_images")["tokens"].oindex[rows, 0]
-    pred = store["fmri_embeds"][:].astype(np.float32)
+    pred = np.asarray(store["fmri_embeds"][:], dtype=np.float32)
     forward, backward, part = retrieval_top1(pred, target, settings["retrieval_pool"])
     pairing = _derangement(len(pred), np.random.default_rng(settings["seed"]))
     c_forward, c_backward, _ = retrieval_top1(pred, target[pairing], settings["retrieval_pool"])

@@ -303,8 +303,8 @@ def load_fusion(directory: str | os.PathLike) -> FusionClassifier:
 
     config, state = read_model_dir(directory, "train_fusion")
     settings = config["settings"]
-    model = FusionClassifier(config["embedding_dim"], settings["hidden"], settings["dropout"])
-    return load_into(model, state, directory).eval()
+    dims = (config["embedding_dim"], settings["hidden"], settings["dropout"])
+    return load_into(lambda: FusionClassifier(*dims), state, directory).eval()
 
 
 def _chain_name(segment: str, clips: list[int]) -> str:

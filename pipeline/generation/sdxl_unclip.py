@@ -47,6 +47,20 @@ SIZE = 768
 TOKENS, WIDTH, VECTOR = 256, 1664, 1024
 
 
+#: Checkpoint keys the generator does not read: the conditioner's ViT-bigG image embedder
+#: (the prior's output tokens take its place).
+UNUSED = "conditioner.embedders.0."
+
+
+def read_weights(path: str | Path, skip: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose names do not start with ``skip``; the others
+    are never read into memory."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(skip)}
+
+
 class MissingDependencyError(PipelineError, ImportError):
     """An optional package a configured stage needs is not installed."""
 
@@ -169,7 +183,6 @@ class SdxlUnclipGenerator:
 
     def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype):
         require_sgm()
-        from safetensors.torch import load_file
         from sgm.models.diffusion import DiffusionEngine
 
         from pipeline.models.loading import require_model
@@ -177,7 +190,7 @@ class SdxlUnclipGenerator:
         path = require_model(path, WEIGHTS)
         self.device, self.dtype = device, dtype
         self._engines: dict[tuple[int, float], object] = {}
-        self._state = load_file(str(path / WEIGHTS))
+        self._weights = path / WEIGHTS
         self._factory = DiffusionEngine
 
     def _engine(self, steps: int, guidance_scale: float):
@@ -185,9 +198,11 @@ class SdxlUnclipGenerator:
         if key not in self._engines:
             self._engines.clear()  # one engine at a time: the UNet is 2.6 B parameters
             engine = self._factory(**unclip6_configs(steps, guidance_scale))
-            missing, unexpected = engine.load_state_dict(self._state, strict=False)
-            # the checkpoint also holds the (unused) ViT-bigG image embedder of the conditioner
-            unexpected = [k for k in unexpected if not k.startswith("conditioner.embedders.0.")]
+            # read while building, never kept: the checkpoint also holds the conditioner's
+            # ViT-bigG image embedder, which this generator does not use (left on disk)
+            state = read_weights(self._weights, skip=UNUSED)
+            missing, unexpected = engine.load_state_dict(state, strict=False)
+            del state
             if missing or unexpected:
                 raise PipelineError(
                     f"{WEIGHTS}: does not match the unclip6 architecture "

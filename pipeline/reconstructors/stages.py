@@ -33,7 +33,7 @@ from pipeline.reconstructors.semantic import (
     SemanticReconstructor,
     fit_text_projector,
 )
-from pipeline.reconstructors.training import TrainSettings, train
+from pipeline.reconstructors.training import TrainSettings, remove_checkpoints, train
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = ["predict_perception", "predict_semantic", "train_perception", "train_semantic"]
@@ -153,6 +153,7 @@ def train_perception(
     }
     with atomic_output(output) as tmp:
         write_model_dir(tmp, model.cpu(), record, rows, "Perception Reconstructor")
+    remove_checkpoints(checkpoint_dir)
     return rows
 
 
@@ -162,8 +163,8 @@ def load_perception(model_dir: str | os.PathLike, device) -> PerceptionReconstru
     architecture = record["architecture"] | {
         "latent_shape": tuple(record["architecture"]["latent_shape"])
     }
-    model = PerceptionReconstructor(PerceptionConfig(**architecture))
-    return load_into(model, state, model_dir).to(device).eval()
+    config = PerceptionConfig(**architecture)
+    return load_into(lambda: PerceptionReconstructor(config), state, model_dir).to(device).eval()
 
 
 @torch.no_grad()
@@ -409,14 +410,15 @@ def train_semantic(
     }
     with atomic_output(output) as tmp:
         write_model_dir(tmp, model.cpu(), record, all_rows, "Semantic Reconstructor")
+    remove_checkpoints(checkpoint_dir)
     return all_rows
 
 
 def load_semantic(model_dir: str | os.PathLike, device) -> SemanticReconstructor:
     """A trained Semantic Reconstructor in eval mode."""
     record, state = read_model_dir(model_dir, "train_semantic")
-    model = SemanticReconstructor(SemanticConfig(**record["architecture"]))
-    return load_into(model, state, model_dir).to(device).eval()
+    config = SemanticConfig(**record["architecture"])
+    return load_into(lambda: SemanticReconstructor(config), state, model_dir).to(device).eval()
 
 
 @torch.no_grad()

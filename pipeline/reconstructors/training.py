@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from pipeline.models.loading import load_tensors
 
-__all__ = ["TrainSettings", "plot_losses", "train", "write_metrics"]
+__all__ = ["TrainSettings", "plot_losses", "remove_checkpoints", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,16 @@ def _save(directory: Path, identity, model, optimizer, schedule, rows) -> None:
     for old in directory.glob("epoch-*"):
         if old.name not in (weights, opt):
             old.unlink()
+
+
+def remove_checkpoints(directory: str | os.PathLike) -> None:
+    """Remove a finished training's checkpoints once its model directory is written: at
+    paper size they hold the weights and AdamW's two moments, about 25 GB per model."""
+    directory = Path(directory)
+    if directory.exists():
+        size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        shutil.rmtree(directory)
+        log.info("removed the checkpoints in %s (%.1f MB)", directory, size / 1e6)
 
 
 def _resume(directory: Path, identity, model, optimizer, schedule) -> tuple[list[dict], int]:
