@@ -361,3 +361,32 @@ def test_cli_stop_after_epoch_exits_3_without_output(workspace, tmp_path):
     assert "resumed from the checkpoint of epoch 1" in resumed.stderr
     assert (tmp_path / "model/model.safetensors").exists()
     assert "removed the checkpoints" in resumed.stderr and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("loss", ["info_nce", "mixco_nce", "soft_clip_loss"])
+def test_contrastive_logits_stay_float32_under_autocast(loss):
+    """Training runs under autocast (bf16 / fp16); at the SR's τ = 0.006 a half-precision
+    similarity matmul would move the loss (control below), so the logits are float32."""
+    from pipeline.reconstructors import layers
+
+    torch.manual_seed(0)
+    pred, target = torch.randn(32, 1664), torch.randn(32, 1664)
+    target = target + 0.05 * pred * 1664**0.5 / 40  # weakly similar pairs: no saturation
+    perm, betas = torch.randperm(32), torch.rand(32)
+    extra = (perm, betas, torch.rand(32) < 0.5) if loss == "mixco_nce" else ()
+    fn = getattr(layers, loss)
+    exact = fn(pred, target, 0.006, *extra)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = fn(pred, target, 0.006, *extra)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, exact, rtol=1e-5)
+    # the control: the same loss from bf16 logits is off by far more
+    p, t = layers._normalised(pred), layers._normalised(target)
+    half = (p.bfloat16() @ t.bfloat16().T).float() / 0.006
+    labels = torch.arange(32)
+    rough = (
+        torch.nn.functional.cross_entropy(half, labels)
+        + torch.nn.functional.cross_entropy(half.T, labels)
+    ) / 2
+    if loss == "info_nce":
+        assert not torch.allclose(rough, exact, rtol=1e-4)
