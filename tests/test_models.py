@@ -178,3 +178,24 @@ def test_stores_record_where_their_stage_ran(tmp_path):
     execution = provenance("test", {})["execution"]
     assert execution["device"] == "cpu" and execution["dtype"] == "bfloat16"
     assert execution["torch"] == torch.__version__ and "cuda" in execution
+
+
+def test_checkpoints_with_tied_or_viewed_tensors_convert(tmp_path):
+    """safetensors refuses tensors that share memory; torch.save keeps the sharing."""
+    from safetensors.torch import load_file
+
+    from pipeline.models.download import convert_checkpoint
+
+    weight, block = torch.arange(6.0), torch.arange(8.0)
+    state = {
+        "embed": weight,
+        "lm_head": weight,
+        "q": block[:4],
+        "k": block[4:],
+        "own": torch.ones(3),
+    }
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "tied.ckpt")
+    convert_checkpoint(tmp_path / "tied.ckpt", tmp_path / "tied.safetensors")
+    out = load_file(tmp_path / "tied.safetensors")
+    assert out.keys() == state.keys()
+    assert all(torch.equal(out[k], v) for k, v in state.items())

@@ -45,17 +45,24 @@ class ModelNotFoundError(PipelineError, FileNotFoundError):
     """A model directory is missing or incomplete."""
 
 
-def load_tensors(path: str | os.PathLike) -> Any:
+def load_tensors(path: str | os.PathLike, mmap: bool = False) -> Any:
     """A pickled checkpoint's tensors, through ``torch.load(weights_only=True)``.
 
     Pickles can run code when they are loaded; only tensors, containers and
     plain values are unpickled. Anything else (a class, a function such as
-    ``os.system``) is refused with the file named, before it runs.
+    ``os.system``) is refused with the file named, before it runs. With
+    ``mmap`` the tensors stay in the file until read (checkpoints in torch's
+    zip format; older ones are read whole).
     """
     import pickle
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not mmap or "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(
