@@ -411,6 +411,16 @@ def _cmd_versions(args: argparse.Namespace) -> None:
         print(f"every package of {LOCK.name} is installed at its locked version")
 
 
+def _cmd_memory_budget(args: argparse.Namespace) -> None:
+    import yaml
+
+    from pipeline.models.budget import paper_budgets, table
+
+    profile = yaml.safe_load(Path(args.profile).read_text())
+    mem_mb = {rule: r["mem_mb"] for rule, r in profile["set-resources"].items() if "mem_mb" in r}
+    print(table(paper_budgets(), mem_mb))
+
+
 def _cmd_sync_envs(args: argparse.Namespace) -> None:
     from pipeline.environment import LOCK, env_file_text
 
@@ -726,6 +736,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fail unless every package of requirements.lock is installed at its version",
     )
     p.set_defaults(func=_cmd_versions)
+
+    p = sub.add_parser(
+        "memory-budget", help="host and GPU memory of the model stages at paper size (estimates)"
+    )
+    p.add_argument("--profile", default="profiles/slurm/config.yaml")
+    p.set_defaults(func=_cmd_memory_budget)
 
     p = sub.add_parser("sync-envs", help="pin the conda env files from requirements.lock")
     p.add_argument(

@@ -199,3 +199,19 @@ def test_checkpoints_with_tied_or_viewed_tensors_convert(tmp_path):
     out = load_file(tmp_path / "tied.safetensors")
     assert out.keys() == state.keys()
     assert all(torch.equal(out[k], v) for k, v in state.items())
+
+
+def test_clip_weights_that_do_not_fit_the_model_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.errors import DataError
+    from pipeline.models.loading import load_clip
+    from pipeline.models.tiny import write_tiny_clip
+
+    path = write_tiny_clip(tmp_path / "clip")
+    weights = path / "open_clip_pytorch_model.safetensors"
+    state = load_file(weights)
+    name = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != name}, weights)
+    with pytest.raises(DataError, match=rf"does not fit the model \(missing \['{name}'\]"):
+        load_clip(path)

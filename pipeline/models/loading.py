@@ -22,6 +22,7 @@ __all__ = [
     "DeviceError",
     "ModelNotFoundError",
     "EXECUTION",
+    "copy_weights",
     "load_tensors",
     "load_captioner",
     "load_clip",
@@ -165,10 +166,39 @@ def load_clip(
             f"{path}: no {' or '.join(CLIP_WEIGHTS)} (safetensors only; open_clip would "
             "otherwise build the model with random weights)"
         )
-    model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
-    model = model.to(dtype=dtype).eval().requires_grad_(False)
+    weights = next(path / name for name in CLIP_WEIGHTS if (path / name).is_file())
+    # open_clip would read the whole file beside the model it built (20 GB of host memory
+    # for ViT-bigG/14); the tensors are copied in one at a time instead
+    model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
+    copy_weights(model, weights)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     model.visual.output_tokens = True
     return model, open_clip.get_tokenizer(f"local-dir:{path}")
+
+
+def copy_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Copy a safetensors file's tensors into ``model``'s, one tensor in memory at a time;
+    every tensor of the model's state must be in the file and no other."""
+    from safetensors import safe_open
+
+    state = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        missing, unexpected = sorted(set(state) - names), sorted(names - set(state))
+        if missing or unexpected:
+            raise DataError(
+                f"{path}: does not fit the model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]})"
+            )
+        with torch.no_grad():
+            for name in names:
+                tensor = f.get_tensor(name)
+                if tensor.shape != state[name].shape:
+                    raise DataError(
+                        f"{path}: {name} has shape {tuple(tensor.shape)}, the model "
+                        f"{tuple(state[name].shape)}"
+                    )
+                state[name].copy_(tensor)
 
 
 def load_vae(
