@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import json
 import os
 import platform
 import shutil
@@ -41,6 +42,9 @@ __all__ = [
 warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
 
 #: Compression choices of :func:`create_array` (None: uncompressed).
+#: What the model download writes into each role's folder (repository, revision, commit).
+MODEL_SOURCE = "source.json"
+
 _COMPRESSORS = {
     "default": "auto",
     "fast": [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
@@ -178,11 +182,20 @@ def _file_record(path: str | os.PathLike) -> dict[str, Any]:
     except OSError:
         return {"path": str(p)}
     size = stat.st_size if p.is_file() else None
-    return {
+    record = {
         "path": str(p),
         "size": size,
         "mtime": _dt.datetime.fromtimestamp(stat.st_mtime, _dt.UTC).isoformat(timespec="seconds"),
     }
+    if p.is_dir():  # a downloaded model (or a set of them): where each came from
+        sources = {
+            str(m.parent.relative_to(p)): json.loads(m.read_text())
+            for m in sorted([p / MODEL_SOURCE, *p.glob(f"*/{MODEL_SOURCE}")])
+            if m.is_file()
+        }
+        if sources:
+            record["models"] = sources
+    return record
 
 
 def _execution() -> dict[str, Any]:

@@ -267,6 +267,13 @@ def test_only_what_the_loaders_read_is_fetched_and_no_pickle_is_laid_out(downloa
         record = json.loads(manifest.read_text())
         assert len(record["commit"]) == 40 and record["files"], manifest
     assert not (downloaded / ".download").exists()
+    # a store that read a model records where it came from, with its pinned revision
+    from pipeline.stores import provenance
+
+    inputs = provenance("test", {}, [downloaded / "paper-generation", downloaded / "paper/vae"])
+    generation, vae = (record["models"] for record in inputs["inputs"])
+    assert generation["video_base"]["revision"] == GENERATION["paper"]["video_base"].revision
+    assert vae["."]["repo"] == PRESETS["paper"]["vae"].repo
 
 
 def _equal(a: dict, b: dict) -> bool:

@@ -37,6 +37,7 @@ from pipeline.models.presets import (
     generation_roles,
     preset_sources,
 )
+from pipeline.stores import MODEL_SOURCE
 
 __all__ = [
     "SETS",
@@ -57,8 +58,9 @@ CONVERTED_NAMES = {
     "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
     "pytorch_model.bin": "model.safetensors",
 }
-#: Written last into a complete role folder: where its files came from.
-MANIFEST = "source.json"
+#: Written last into a complete role folder: where its files came from (stores that read
+#: the model record it in their provenance).
+MANIFEST = MODEL_SOURCE
 
 
 class DownloadError(PipelineError, RuntimeError):

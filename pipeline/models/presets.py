@@ -62,8 +62,6 @@ class ModelSource:
         ``model`` or ``dataset`` (MindEye2's weights live in a dataset repository).
     converted_name : str or None
         Name of a converted single-file checkpoint in the role's directory.
-    note : str
-        Why this source (a mirror, a layout to know about).
     """
 
     library: str
@@ -73,7 +71,6 @@ class ModelSource:
     revision: str | None = None
     repo_type: str = "model"
     converted_name: str | None = None
-    note: str = ""
 
 
 # Revisions: commits of each repository seen in public hub URLs and cache paths
