@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(LOCK)
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet uv==$(UV_VERSION)
-	.venv-lock/bin/uv pip compile pyproject.toml --extra test --upgrade \
+	.venv-lock/bin/uv pip compile pyproject.toml --extra test --extra keyframes --upgrade \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --annotation-style line --custom-compile-command "make lock" --output-file $(LOCK)
 	$(PYTHON) -m pipeline sync-envs

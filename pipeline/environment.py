@@ -62,6 +62,8 @@ KEY_PACKAGES = (
 
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;#]+)")
 _VIA = re.compile(r"#\s*via\s+(?P<via>.*)$")
+#: ``- name @ git+https://…@<40-hex commit>``: a package the lock cannot hold, pinned by commit
+_GIT_ENTRY = re.compile(r"^\s+- [A-Za-z0-9._-]+ @ git\+https://\S+@[0-9a-f]{40}$")
 _PIP_ENTRY = re.compile(r"^\s+- (?P<pin>[^\s#]+)(?P<via>\s+#\s*via\b.*)?$")
 
 
@@ -116,15 +118,15 @@ def installed_versions(names=KEY_PACKAGES) -> dict[str, str]:
 
 
 def lock_drift(path: str | os.PathLike = LOCK) -> list[str]:
-    """Every locked package whose installed version differs from the lock, one line each."""
+    """Every installed package whose version differs from the lock's, one line each (the
+    lock also pins optional extras that an environment may leave out)."""
     lock = read_lock(path)
     installed = installed_versions([written for written, _, _ in lock.values()])
-    drift = []
-    for written, version, _ in lock.values():
-        have = installed.get(written)
-        if have != version:
-            drift.append(f"{written}: locked {version}, installed {have or 'none'}")
-    return drift
+    return [
+        f"{written}: locked {version}, installed {installed[written]}"
+        for written, version, _ in lock.values()
+        if written in installed and installed[written] != version
+    ]
 
 
 def versions_table(names=KEY_PACKAGES, lock: str | os.PathLike | None = LOCK) -> str:
@@ -172,8 +174,11 @@ def env_file_text(path: str | os.PathLike, lock: str | os.PathLike = LOCK) -> st
         start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:") + 1
     except StopIteration:
         raise PipelineError(f"{path}: no '- pip:' section") from None
-    roots = []
+    roots, from_git = [], []
     for line in lines[start:]:
+        if _GIT_ENTRY.match(line):  # a package from git, pinned by its commit
+            from_git.append(line)
+            continue
         entry = _PIP_ENTRY.match(line)
         if entry is None:
             raise PipelineError(f"{path}: the pip section must end the file: {line!r}")
@@ -185,6 +190,7 @@ def env_file_text(path: str | os.PathLike, lock: str | os.PathLike = LOCK) -> st
     indent = " " * (len(lines[start - 1]) - len(lines[start - 1].lstrip()) + 4)
     out = lines[:start]
     out += [f"{indent}- {pins[n][0]}=={pins[n][1]}" for n in roots]
+    out += from_git
     needed = _closure(roots, pins)
     for name in sorted(needed - set(roots)):
         written, version, parents = pins[name]

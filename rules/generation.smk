@@ -79,7 +79,7 @@ rule generate_keyframes:
     benchmark:
         "benchmarks/generate_keyframes/{subject}.tsv"
     conda:
-        "../envs/models.yaml"
+        "../envs/keyframes.yaml"
     threads: 2
     resources:
         device=MODEL_DEVICE,

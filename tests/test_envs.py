@@ -45,7 +45,9 @@ def test_environment_files_are_pinned(path):
     assert spec["channels"] == ["conda-forge", "nodefaults"]
     assert conda == ["python=3.11", "pip"], f"{path.name}: PyPI's wheels come through pip"
     for dep in pip:
-        assert re.fullmatch(r"[\w.-]+==[\w.]+", dep), f"{path.name}: {dep}"
+        pinned = re.fullmatch(r"[\w.-]+==[\w.]+", dep)
+        from_git = re.fullmatch(r"[\w.-]+ @ git\+https://\S+@[0-9a-f]{40}", dep)
+        assert pinned or from_git, f"{path.name}: {dep}"
 
 
 @pytest.mark.parametrize("path", ENVS, ids=lambda p: p.name)
@@ -54,7 +56,7 @@ def test_environment_files_agree_with_the_lock(path):
     packages listed: the file is what `make lock` writes."""
     lock = read_lock()
     _, _, pip = _dependencies(path)
-    for dep in pip:
+    for dep in (d for d in pip if " @ git+" not in d):
         name, version = dep.split("==")
         assert lock[normalize(name)][1] == version, f"{path.name}: {dep}"
     assert env_file_text(path) == path.read_text(), f"{path.name}: run python -m pipeline sync-envs"
@@ -75,18 +77,33 @@ def test_an_environment_file_that_drifts_from_the_lock_is_rewritten(tmp_path):
 
 
 def test_the_lock_satisfies_pyproject():
-    """Every requirement of pyproject (the test extra included) is locked at a version that
+    """Every requirement of pyproject (its extras included) is locked at a version that
     satisfies it, and the lock names no other top-level package: run `make lock` after
     editing pyproject."""
     lock = read_lock()
     requirements = [Requirement(r) for r in PROJECT["dependencies"]]
-    requirements += [Requirement(r) for r in PROJECT["optional-dependencies"]["test"]]
+    for extra in PROJECT["optional-dependencies"].values():
+        requirements += [Requirement(r) for r in extra]
     for requirement in requirements:
         name = normalize(requirement.name)
         assert name in lock, f"{LOCK.name} lacks {requirement}"
         assert requirement.specifier.contains(lock[name][1]), (str(requirement), lock[name][1])
     top_level = {name for name, (_, _, via) in lock.items() if "neuroclips-pipeline" in via}
     assert top_level == {normalize(r.name) for r in requirements}
+
+
+def test_the_keyframe_environment_holds_sgm_and_what_it_imports():
+    """sgm declares no dependencies: envs/keyframes.yaml pins it by commit beside the
+    `keyframes` extra, and holds every package of the model environment."""
+    from pipeline.generation.sdxl_unclip import SGM_COMMIT
+
+    _, _, pip = _dependencies(REPO / "envs/keyframes.yaml")
+    names = {_name(d.split(" @ ")[0]) for d in pip}
+    assert any(d.startswith("sgm @ git+") and d.endswith(SGM_COMMIT) for d in pip)
+    for requirement in PROJECT["optional-dependencies"]["keyframes"]:
+        assert _name(requirement) in names, requirement
+    _, _, models = _dependencies(REPO / "envs/models.yaml")
+    assert {_name(d) for d in models} <= names
 
 
 def test_a_lock_line_that_is_not_a_pin_is_named(tmp_path):

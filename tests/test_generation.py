@@ -180,6 +180,42 @@ def test_sdxl_unclip_without_sgm_says_what_to_install(tmp_path):
         load_generator("mindeye2_sdxl_unclip", tmp_path, CPU, torch.float32)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("sgm") is None, reason="sgm is not installed")
+def test_sdxl_unclip_generates_keyframes_with_sgm(tmp_path, monkeypatch):
+    """MindEye2's unclip6 configuration at a tiny width, through the real sgm: the engine
+    builds, takes a checkpoint with the conditioner's unused image embedder, and samples."""
+    import copy
+
+    from safetensors.torch import save_file
+    from sgm.models.diffusion import DiffusionEngine
+
+    import pipeline.generation.sdxl_unclip as sdxl
+
+    full = sdxl.unclip6_configs
+
+    def tiny(steps, guidance_scale):
+        config = copy.deepcopy(full(steps, guidance_scale))
+        unet = config["network_config"]["params"]
+        unet.update(model_channels=32, transformer_depth=[1, 1, 1], num_head_channels=16)
+        config["first_stage_config"]["params"]["ddconfig"].update(ch=32, num_res_blocks=1)
+        return config
+
+    monkeypatch.setattr(sdxl, "unclip6_configs", tiny)
+    torch.manual_seed(0)
+    state = DiffusionEngine(**tiny(2, 5.0)).state_dict()
+    state[sdxl.UNUSED + "model.proj"] = torch.randn(4, 4)  # the checkpoint's ViT-bigG embedder
+    (tmp_path / "sdxl").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "sdxl" / sdxl.WEIGHTS)
+    generator = load_generator("mindeye2_sdxl_unclip", tmp_path / "sdxl", CPU, torch.float32)
+    settings = KeyframeSettings(steps=2, guidance_scale=5.0, strength=1.0)
+    condition = torch.randn(2, sdxl.TOKENS * sdxl.WIDTH)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    first = generator.generate(condition, frames, [1, 2], settings)
+    again = generator.generate(condition, frames, [1, 2], settings)
+    assert first.shape == (2, sdxl.SIZE, sdxl.SIZE, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)  # seeded per clip
+
+
 def test_sgm_without_its_undeclared_dependencies_names_the_missing_module(tmp_path, monkeypatch):
     """sgm's __init__ imports its engine, which imports pytorch_lightning; sgm declares none
     of its dependencies, so a plain install of it stops there."""
@@ -193,7 +229,7 @@ def test_sgm_without_its_undeclared_dependencies_names_the_missing_module(tmp_pa
         require_sgm()
     message = str(info.value)
     assert "the module 'pytorch_lightning_absent_here' that it imports is not" in message
-    assert "pip install pytorch-lightning omegaconf kornia einops fsspec" in message
+    assert "requirements.lock pytorch-lightning omegaconf kornia einops fsspec" in message
     assert "generative-models.git" not in message  # sgm itself is there
 
 

@@ -1,15 +1,18 @@
 """The ``mindeye2_sdxl_unclip`` keyframe generator: MindEye2's fine-tuned SDXL unCLIP via ``sgm``.
 
 diffusers has no SDXL unCLIP, so this generator runs on Stability's
-``generative-models`` package (import name ``sgm``), which is not on PyPI.
-Install it into the pipeline's environment from its repository::
+``generative-models`` package (import name ``sgm``), which is not on PyPI and
+declares none of its dependencies. Install both into the environment of the
+keyframe rule (``envs/keyframes.yaml`` holds them)::
 
-    pip install "git+https://github.com/Stability-AI/generative-models.git"
+    pip install "git+https://github.com/Stability-AI/generative-models.git@0ad7de9a5cb53fd63d6d30a4f385485e72e08597"
+    pip install --constraint requirements.lock -e ".[keyframes]"
 
 It is imported only when this generator is used; without it the keyframe
-stage stops with that instruction.
+stage stops with those instructions, naming the module that is missing.
 
-The model follows MindEye2's ``unclip6`` configuration (SPEC §3): an SDXL UNet
+The model follows MindEye2's ``unclip6`` configuration
+(``src/generative_models/configs/unclip6.yaml`` of MedARC-AI/MindEyeV2): an SDXL UNet
 whose cross-attention context is the 256 × 1664 OpenCLIP ViT-bigG/14 tokens
 (here: the Semantic Reconstructor's prior output) and whose vector condition
 (1024-d) embeds the original size (768, 768) and the crop offset (0, 0);
@@ -34,14 +37,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.environment import LOCK
 from pipeline.errors import PipelineError
 from pipeline.generation.diffusion import clip_generators, seeded_noise
 
 __all__ = ["SGM_INSTALL", "SdxlUnclipGenerator", "require_sgm", "unclip6_configs"]
 
-SGM_INSTALL = 'pip install "git+https://github.com/Stability-AI/generative-models.git"'
-#: what sgm imports and does not declare (its requirements/pt2.txt)
-SGM_DEPENDENCIES = "pip install pytorch-lightning omegaconf kornia einops fsspec"
+#: generative-models' commit that ran this generator (README: Running the paper preset)
+SGM_COMMIT = "0ad7de9a5cb53fd63d6d30a4f385485e72e08597"
+SGM_INSTALL = (
+    f'pip install "git+https://github.com/Stability-AI/generative-models.git@{SGM_COMMIT}"'
+)
+#: what sgm imports and does not declare (its requirements/pt2.txt), at the locked versions
+#: (pyproject's `keyframes` extra)
+SGM_DEPENDENCIES = (
+    f"pip install --constraint {LOCK} pytorch-lightning omegaconf kornia einops fsspec"
+)
 WEIGHTS = "unclip6.safetensors"
 SIZE = 768
 TOKENS, WIDTH, VECTOR = 256, 1664, 1024
@@ -208,6 +219,12 @@ class SdxlUnclipGenerator:
                     f"{WEIGHTS}: does not match the unclip6 architecture "
                     f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
                 )
+            # encode the starting image to its posterior's mean: sgm's VAE would sample the
+            # posterior from the global RNG, and a clip's keyframe would then depend on what
+            # ran before it, not only on its own seed
+            regularizer = getattr(engine.first_stage_model, "regularization", None)
+            if hasattr(regularizer, "sample"):
+                regularizer.sample = False
             self._engines[key] = engine.eval().requires_grad_(False).to(self.device)
         return self._engines[key]
 
