@@ -37,7 +37,7 @@ from pipeline.models.presets import (
     generation_roles,
     preset_sources,
 )
-from pipeline.stores import MODEL_SOURCE
+from pipeline.stores import MODEL_SOURCE, atomic_output
 
 __all__ = [
     "SETS",
@@ -58,9 +58,6 @@ CONVERTED_NAMES = {
     "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
     "pytorch_model.bin": "model.safetensors",
 }
-#: Written last into a complete role folder: where its files came from (stores that read
-#: the model record it in their provenance).
-MANIFEST = MODEL_SOURCE
 
 
 class DownloadError(PipelineError, RuntimeError):
@@ -117,7 +114,7 @@ def fetch_role(source: ModelSource) -> Path:
     return Path(path)
 
 
-def _laid_out_name(role: str, relative: str, source: ModelSource) -> str:
+def _laid_out_name(relative: str, source: ModelSource) -> str:
     """Where a repository file goes in the role folder: the role's subfolder prefix
     removed, pickles renamed to their safetensors name."""
     if source.subfolder:
@@ -150,7 +147,7 @@ def layout_role(role: str, source: ModelSource, snapshot: str | os.PathLike, tar
         chosen += [m for m in matches if m not in chosen]
     target.mkdir(parents=True)
     for relative in chosen:
-        out = target / _laid_out_name(role, relative, source)
+        out = target / _laid_out_name(relative, source)
         out.parent.mkdir(parents=True, exist_ok=True)
         file = (snapshot / relative).resolve()
         if Path(relative).suffix in PICKLE_SUFFIXES:
@@ -161,22 +158,25 @@ def layout_role(role: str, source: ModelSource, snapshot: str | os.PathLike, tar
                 os.link(file, out)  # the cache's blob, without a second copy
             except OSError:
                 shutil.copyfile(file, out)
+    # written last: where the files came from (stores that read the model record it)
     record = {
         "repo": source.repo,
         "repo_type": source.repo_type,
         "revision": source.revision or "main",
         "commit": snapshot.name,
+        "patterns": list(source.files),
         "files": chosen,
     }
-    (target / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    (target / MODEL_SOURCE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _role_is_complete(folder: Path, source: ModelSource) -> bool:
-    manifest = folder / MANIFEST
+    manifest = folder / MODEL_SOURCE
     if not manifest.is_file():
         return False
     record = json.loads(manifest.read_text())
-    return (record["repo"], record["revision"]) == (source.repo, source.revision or "main")
+    wanted = (source.repo, source.revision or "main", list(source.files))
+    return (record["repo"], record["revision"], record.get("patterns")) == wanted
 
 
 def _hub_sources(preset: str, sources: dict[str, ModelSource]) -> dict[str, ModelSource]:
@@ -213,8 +213,6 @@ def download_set(
     after the others are built, and the set folder appears only when every
     role is complete.
     """
-    from pipeline.stores import atomic_output
-
     sources = SETS[name][0][preset]
     if name == "generation":
         if generator is None:
