@@ -408,7 +408,7 @@ def _cmd_versions(args: argparse.Namespace) -> None:
             raise PipelineError(
                 f"{len(drift)} installed packages differ from {LOCK.name}: " + "; ".join(drift)
             )
-        print(f"every package of {LOCK.name} is installed at its locked version")
+        print(f"every installed package of {LOCK.name} is at its locked version")
 
 
 def _cmd_memory_budget(args: argparse.Namespace) -> None:
@@ -733,7 +733,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check",
         action="store_true",
-        help="fail unless every package of requirements.lock is installed at its version",
+        help="fail when an installed package differs from requirements.lock",
     )
     p.set_defaults(func=_cmd_versions)
 
