@@ -7,6 +7,7 @@ from snakemake.logging import logger
 from pipeline.cc2017 import discover_dataset, stimulus_path
 from pipeline.demo import DemoSettings, expected_dataset
 from pipeline.errors import ConfigError
+from pipeline.models.presets import model_device
 
 DATASET_CONFIG = config["dataset"]
 
@@ -91,13 +92,7 @@ def frame_stores(wildcards):
 
 
 MODELS_CONFIG = config["models"]
-#: the model stages' device: `auto` takes CUDA when present, except that the paper preset
-#: never falls back to the CPU (a job without CUDA stops and says why; `cpu` runs it there)
-MODEL_DEVICE = (
-    "cuda"
-    if MODELS_CONFIG["device"] == "auto" and MODELS_CONFIG["preset"] == "paper"
-    else MODELS_CONFIG["device"]
-)
+MODEL_DEVICE = model_device(MODELS_CONFIG)
 
 
 def preset_dir():

@@ -31,11 +31,11 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.models.presets import (
     CLASSIFIERS,
     GENERATION,
+    PRESETS,
     ModelSource,
     classifier_dir,
     generation_dir,
     generation_roles,
-    preset_sources,
 )
 from pipeline.stores import MODEL_SOURCE, atomic_output
 
@@ -191,7 +191,7 @@ def _hub_sources(preset: str, sources: dict[str, ModelSource]) -> dict[str, Mode
 
 #: The model sets: name → (registry of a preset's roles, directory of a preset's set).
 SETS = {
-    "encoders": ({p: preset_sources(p) for p in ("paper", "tiny")}, None),
+    "encoders": (PRESETS, None),
     "generation": (GENERATION, generation_dir),
     "classifiers": (CLASSIFIERS, classifier_dir),
 }

@@ -26,6 +26,7 @@ __all__ = [
     "generation_dir",
     "generation_roles",
     "generation_settings",
+    "model_device",
     "model_dir",
     "preset_sources",
 ]
@@ -266,6 +267,16 @@ GENERATION_DEFAULTS = {
         "video": {"steps": 10},
     },
 }
+
+
+def model_device(models: dict) -> str:
+    """The model stages' device setting: ``auto`` stays ``auto`` (CUDA when present, else the
+    CPU) except with the paper preset, which asks for CUDA so that a job without it stops
+    and says why (``loading.resolve_device``) instead of running on the CPU; ``cpu``
+    forces the CPU."""
+    if models["device"] == "auto" and models["preset"] == "paper":
+        return "cuda"
+    return models["device"]
 
 
 def tiny_video_size(frame_size: int) -> int:
