@@ -77,11 +77,8 @@ def _cmd_frames(args: argparse.Namespace) -> None:
 def _model_args(args: argparse.Namespace) -> dict:
     from pipeline.models.loading import resolve_device, resolve_dtype
 
-    return {
-        "model": args.model,
-        "device": resolve_device(args.device),
-        "dtype": resolve_dtype(args.dtype),
-    }
+    device = resolve_device(args.device)
+    return {"model": args.model, "device": device, "dtype": resolve_dtype(args.dtype, device)}
 
 
 def _cmd_tiny_models(args: argparse.Namespace) -> None:
@@ -134,6 +131,7 @@ def _cmd_train_perception(args: argparse.Namespace) -> None:
         args.output,
         settings=json.loads(args.settings),
         checkpoint_dir=args.checkpoints,
+        checkpoint_every=args.checkpoint_every,
         device=args.device,
         stop_after_epoch=args.stop_after_epoch,
     )
@@ -151,13 +149,14 @@ def _cmd_predict_perception(args: argparse.Namespace) -> None:
     from pipeline.models.loading import resolve_device, resolve_dtype
     from pipeline.reconstructors.stages import predict_perception
 
+    device = resolve_device(args.device)
     predict_perception(
         args.model_dir,
         args.aligned,
         args.vae,
         args.output,
-        device=resolve_device(args.device),
-        dtype=resolve_dtype(args.dtype),
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
         batch_size=args.batch_size,
     )
 
@@ -172,6 +171,7 @@ def _cmd_train_semantic(args: argparse.Namespace) -> None:
         args.output,
         settings=json.loads(args.settings),
         checkpoint_dir=args.checkpoints,
+        checkpoint_every=args.checkpoint_every,
         device=args.device,
         stop_after_epoch=args.stop_after_epoch,
     )
@@ -190,6 +190,7 @@ def _cmd_predict_semantic(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         batch_size=args.batch_size,
     )
 
@@ -197,7 +198,8 @@ def _cmd_predict_semantic(args: argparse.Namespace) -> None:
 def _devices(args: argparse.Namespace) -> dict:
     from pipeline.models.loading import resolve_device, resolve_dtype
 
-    return {"device": resolve_device(args.device), "dtype": resolve_dtype(args.dtype)}
+    device = resolve_device(args.device)
+    return {"device": device, "dtype": resolve_dtype(args.dtype, device)}
 
 
 def _cmd_tiny_generation_models(args: argparse.Namespace) -> None:
@@ -458,6 +460,9 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="model directory to write")
     p.add_argument("--settings", required=True, help="effective settings, JSON")
     p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--stop-after-epoch",
@@ -591,6 +596,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="prior guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior's noise")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="autocast precision (float32: none)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_cmd_predict_semantic)
 

@@ -20,10 +20,11 @@ rule cache_vae:
         gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
-        models=config_values("models", "preset", "dtype"),
+        models=config_values("models", "preset"),
+        precision=precision("caches"),
     shell:
         "python -m pipeline cache vae --frames {input.frames:q} --model {input.models:q}/vae"
-        " --output {output:q} --dtype {params.models[dtype]}"
+        " --output {output:q} --dtype {params.precision[caches]}"
         " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
@@ -47,12 +48,13 @@ rule cache_clip_images:
         gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
-        models=config_values("models", "preset", "dtype"),
+        models=config_values("models", "preset"),
+        precision=precision("caches"),
         keyframes=config_values("keyframes", "candidates"),
     shell:
         "python -m pipeline cache clip-images --frames {input.frames:q}"
         " --model {input.models:q}/clip --output {output:q}"
-        " --candidates {params.keyframes[candidates]} --dtype {params.models[dtype]}"
+        " --candidates {params.keyframes[candidates]} --dtype {params.precision[caches]}"
         " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
@@ -76,7 +78,8 @@ rule cache_captions:
         gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
-        models=config_values("models", "preset", "dtype"),
+        models=config_values("models", "preset"),
+        precision=precision("caches"),
         keyframes=config_values("keyframes", "candidates"),
         captions=config_values(
             "captions", "max_new_tokens", "min_new_tokens", "num_beams"
@@ -87,7 +90,7 @@ rule cache_captions:
         " --candidates {params.keyframes[candidates]}"
         " --max-new-tokens {params.captions[max_new_tokens]}"
         " --min-new-tokens {params.captions[min_new_tokens]}"
-        " --num-beams {params.captions[num_beams]} --dtype {params.models[dtype]}"
+        " --num-beams {params.captions[num_beams]} --dtype {params.precision[caches]}"
         " --device {resources.device} --batch-size {resources.batch_size}"
         " > {log:q} 2>&1"
 
@@ -108,8 +111,9 @@ rule cache_clip_text:
         device=MODEL_DEVICE,
         gpu=1,
     params:
-        models=config_values("models", "preset", "dtype"),
+        models=config_values("models", "preset"),
+        precision=precision("caches"),
     shell:
         "python -m pipeline cache clip-text --captions {input.captions:q}"
-        " --model {input.models:q}/clip --output {output:q} --dtype {params.models[dtype]}"
+        " --model {input.models:q}/clip --output {output:q} --dtype {params.precision[caches]}"
         " --device {resources.device} > {log:q} 2>&1"

@@ -95,6 +95,13 @@ MODELS_CONFIG = config["models"]
 MODEL_DEVICE = model_device(MODELS_CONFIG)
 
 
+def precision(family):
+    """``{family: dtype}`` of one stage family (``precision`` section, nulls from the preset)."""
+    from pipeline.models.presets import precision_settings
+
+    return {family: precision_settings(config)[family]}
+
+
 def preset_dir():
     """Directory of the configured model preset (written by tiny_models or download_models)."""
     return f"{MODELS_CONFIG['root']}/{MODELS_CONFIG['preset']}"
@@ -118,14 +125,15 @@ def reconstructor_json(name):
     """Effective training settings of a reconstructor (preset sizes + config) as JSON.
 
     Inference-only keys (the prior's sampling) are left out, so changing them
-    reruns the prediction rule only.
+    reruns the prediction rule only; so is the checkpoint interval (a resource: it
+    never changes the trained model).
     """
     import json
 
-    from pipeline.models.presets import INFERENCE_KEYS, reconstructor_settings
+    from pipeline.models.presets import INFERENCE_KEYS, RUN_KEYS, reconstructor_settings
 
     settings = reconstructor_settings(config, name)
-    training = {k: v for k, v in settings.items() if k not in INFERENCE_KEYS}
+    training = {k: v for k, v in settings.items() if k not in INFERENCE_KEYS + RUN_KEYS}
     return json.dumps(training, sort_keys=True)
 
 

@@ -31,13 +31,13 @@ rule synthesize_ablation:
         batch_size=config["video"]["batch_size"],
     params:
         settings=ablation_json,
-        models=config_values("models", "dtype"),
+        precision=precision("videos"),
     shell:
         "python -m pipeline synthesize-videos --blurry {input.blurry:q}"
         " --keyframes {input.keyframes:q} --captions {input.captions:q}"
         " --generation {input.models:q} --output {output:q} --settings {params.settings:q}"
         " --batch-size {resources.batch_size} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[videos]} > {log:q} 2>&1"
 
 
 rule evaluate_videos:
@@ -64,13 +64,13 @@ rule evaluate_videos:
     params:
         settings=evaluation_json(*EVALUATION_KEYS),
         frames_dir="results/frames",
-        models=config_values("models", "dtype"),
+        precision=precision("evaluation"),
     shell:
         "python -m pipeline evaluate-videos --videos {input.videos:q}"
         " --frames-dir {params.frames_dir:q} --classifiers {input.classifiers:q}"
         " --clip {input.encoders:q}/clip --output {output:q} --settings {params.settings:q}"
         " --batch-size {resources.batch_size} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[evaluation]} > {log:q} 2>&1"
 
 
 rule evaluate_retrieval:
@@ -114,7 +114,7 @@ rule evaluate_external:
         settings=evaluation_json(*EVALUATION_KEYS),
         folder=lambda wildcards: EXTERNAL[wildcards.name],
         frames_dir="results/frames",
-        models=config_values("models", "dtype"),
+        precision=precision("evaluation"),
     shell:
         "python -m pipeline evaluate-external --folder {input.folder:q}"
         " --layout {params.folder[layout]} --panels {params.folder[panels]}"
@@ -122,7 +122,7 @@ rule evaluate_external:
         " --frames-dir {params.frames_dir:q} --classifiers {input.classifiers:q}"
         " --clip {input.encoders:q}/clip --output {output:q} --settings {params.settings:q}"
         " --batch-size {resources.batch_size} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[evaluation]} > {log:q} 2>&1"
 
 
 rule evaluation_tables:

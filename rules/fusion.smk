@@ -22,12 +22,12 @@ rule train_fusion:
         gpu=1,
     params:
         settings=fusion_json(),
-        models=config_values("models", "dtype"),
+        precision=precision("caches"),
     shell:
         "python -m pipeline train-fusion --clip-images {input.clip_images:q}"
         " --frames {input.frames:q} --classifier {input.classifiers:q}/frame_classifier"
         " --output {output:q} --settings {params.settings:q}"
-        " --device {resources.device} --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --device {resources.device} --dtype {params.precision[caches]} > {log:q} 2>&1"
 
 
 rule fuse_videos:
@@ -55,11 +55,11 @@ rule fuse_videos:
         batch_size=config["video"]["batch_size"],
     params:
         fusion=config_values("fusion", "threshold", "max_chain"),
-        models=config_values("models", "dtype"),
+        precision=precision("videos"),
     shell:
         "python -m pipeline fuse-videos --videos {input.videos:q} --blurry {input.blurry:q}"
         " --clip {input.encoders:q}/clip --generation {input.models:q}"
         " --fusion {input.fusion:q} --output {output:q}"
         " --threshold {params.fusion[threshold]} --max-chain {params.fusion[max_chain]}"
         " --batch-size {resources.batch_size} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[videos]} > {log:q} 2>&1"

@@ -58,12 +58,12 @@ rule fit_keyframe_embedder:
     params:
         settings=generation_json("keyframes", *EMBEDDER_KEYS),
         frames_dir="results/frames",
-        models=config_values("models", "dtype"),
+        precision=precision("keyframes"),
     shell:
         "python -m pipeline fit-keyframe-embedder --aligned {input.aligned:q}"
         " --frames-dir {params.frames_dir:q} --generation {input.models:q} --output {output:q}"
         " --settings {params.settings:q} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[keyframes]} > {log:q} 2>&1"
 
 
 rule generate_keyframes:
@@ -88,13 +88,13 @@ rule generate_keyframes:
     params:
         settings=generation_json("keyframes", *KEYFRAME_KEYS),
         conditions=condition_arguments,
-        models=config_values("models", "dtype"),
+        precision=precision("keyframes"),
     shell:
         "python -m pipeline generate-keyframes --blurry {input.blurry:q}"
         " --generation {input.models:q} --output {output:q} {params.conditions}"
         " --settings {params.settings:q} --batch-size {resources.batch_size}"
         " --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[keyframes]} > {log:q} 2>&1"
 
 
 rule caption_keyframes:
@@ -115,12 +115,12 @@ rule caption_keyframes:
         batch_size=config["models"]["batch_size"],
     params:
         captions=captions_json(),
-        models=config_values("models", "dtype"),
+        precision=precision("keyframes"),
     shell:
         "python -m pipeline caption-keyframes --keyframes {input.keyframes:q}"
         " --captioner {input.models:q}/captioner --output {output:q}"
         " --settings {params.captions:q} --batch-size {resources.batch_size}"
-        " --device {resources.device} --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --device {resources.device} --dtype {params.precision[keyframes]} > {log:q} 2>&1"
 
 
 rule synthesize_videos:
@@ -145,10 +145,10 @@ rule synthesize_videos:
         batch_size=config["video"]["batch_size"],
     params:
         settings=generation_json("video"),
-        models=config_values("models", "dtype"),
+        precision=precision("videos"),
     shell:
         "python -m pipeline synthesize-videos --blurry {input.blurry:q}"
         " --keyframes {input.keyframes:q} --captions {input.captions:q}"
         " --generation {input.models:q} --output {output:q} --settings {params.settings:q}"
         " --batch-size {resources.batch_size} --device {resources.device}"
-        " --dtype {params.models[dtype]} > {log:q} 2>&1"
+        " --dtype {params.precision[videos]} > {log:q} 2>&1"

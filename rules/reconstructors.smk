@@ -18,14 +18,15 @@ rule train_perception:
     resources:
         device=MODEL_DEVICE,
         gpu=1,
+        checkpoint_every=config["perception"]["checkpoint_every"],
     params:
         settings=reconstructor_json("perception"),
         checkpoints="results/{subject}/checkpoints/perception",
     shell:
         "python -m pipeline train-perception --aligned {input.aligned:q}"
         " --vae-cache {input.latents:q} --output {output:q} --settings {params.settings:q}"
-        " --checkpoints {params.checkpoints:q} --device {resources.device}"
-        " > {log:q} 2>&1"
+        " --checkpoints {params.checkpoints:q} --checkpoint-every {resources.checkpoint_every}"
+        " --device {resources.device} > {log:q} 2>&1"
 
 
 rule predict_perception:
@@ -46,11 +47,11 @@ rule predict_perception:
         gpu=1,
         batch_size=config["models"]["batch_size"],
     params:
-        models=config_values("models", "dtype"),
+        precision=precision("training"),
     shell:
         "python -m pipeline predict-perception --model-dir {input.model:q}"
         " --aligned {input.aligned:q} --vae {input.models:q}/vae --output {output:q}"
-        " --dtype {params.models[dtype]} --device {resources.device}"
+        " --dtype {params.precision[training]} --device {resources.device}"
         " --batch-size {resources.batch_size} > {log:q} 2>&1"
 
 
@@ -72,6 +73,7 @@ rule train_semantic:
     resources:
         device=MODEL_DEVICE,
         gpu=1,
+        checkpoint_every=config["semantic"]["checkpoint_every"],
     params:
         settings=reconstructor_json("semantic"),
         checkpoints="results/{subject}/checkpoints/semantic",
@@ -79,7 +81,8 @@ rule train_semantic:
         "python -m pipeline train-semantic --aligned {input.aligned:q}"
         " --clip-cache {input.tokens:q} --text-cache {input.text:q} --output {output:q}"
         " --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
-        " --device {resources.device} > {log:q} 2>&1"
+        " --checkpoint-every {resources.checkpoint_every} --device {resources.device}"
+        " > {log:q} 2>&1"
 
 
 rule predict_semantic:
@@ -101,9 +104,11 @@ rule predict_semantic:
         batch_size=config["models"]["batch_size"],
     params:
         sampling=config_values("semantic", "sampling_steps", "guidance", "seed"),
+        precision=precision("training"),
     shell:
         "python -m pipeline predict-semantic --model-dir {input.model:q}"
         " --aligned {input.aligned:q} --clip-cache {input.tokens:q} --output {output:q}"
         " --steps {params.sampling[sampling_steps]} --guidance {params.sampling[guidance]}"
-        " --seed {params.sampling[seed]} --device {resources.device}"
+        " --seed {params.sampling[seed]} --dtype {params.precision[training]}"
+        " --device {resources.device}"
         " --batch-size {resources.batch_size} > {log:q} 2>&1"

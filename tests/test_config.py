@@ -121,3 +121,53 @@ def test_null_video_settings_take_the_preset_values(sections, size, steps):
         config[key] = config[key] | value
     video = generation_settings(validate_config(config), "video")
     assert (video["size"], video["steps"]) == (size, steps)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "expected"),
+    [
+        ("tiny", {}, dict.fromkeys(("caches", "training", "keyframes", "videos"), "float32")),
+        # the official code on an A100: fp16 caches, training and keyframes; fp32 AnimateDiff
+        (
+            "paper",
+            {},
+            {"caches": "float16", "training": "float16", "keyframes": "float16"}
+            | {"videos": "float32", "evaluation": "float32"},
+        ),
+        ("paper", {"training": "bfloat16"}, {"training": "bfloat16", "caches": "float16"}),
+    ],
+)
+def test_null_precision_takes_the_preset_values(preset, overrides, expected):
+    from pipeline.models.presets import precision_settings, reconstructor_settings
+
+    config = default_config()
+    config["models"]["preset"] = preset
+    config["precision"] |= overrides
+    config = validate_config(config)
+    resolved = precision_settings(config)
+    assert {k: resolved[k] for k in expected} == expected
+    for name in ("perception", "semantic"):
+        assert reconstructor_settings(config, name)["precision"] == resolved["training"]
+
+
+def test_every_rule_with_a_precision_reads_its_own_family():
+    """A rule passing --dtype takes it from the family that lists it, and only from it."""
+    import re
+
+    from pipeline.models.presets import PRECISION_FAMILIES
+
+    family_of = {rule: f for f, rules in PRECISION_FAMILIES.items() for rule in rules}
+    # the reconstructors' training reads it from its settings (reconstructor_json)
+    from_settings = {"train_perception", "train_semantic"}
+    seen = set()
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"(?m)^(?=rule )", path.read_text())[1:]:
+            rule = re.match(r"rule (\w+):", block).group(1)
+            if "--dtype" not in block:
+                assert rule not in family_of or rule in from_settings, rule
+                continue
+            seen.add(rule)
+            family = family_of[rule]
+            assert f'precision=precision("{family}")' in block, rule
+            assert re.findall(r"params\.precision\[(\w+)\]", block) == [family], rule
+    assert set(family_of) - seen == from_settings

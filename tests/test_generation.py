@@ -206,14 +206,30 @@ def test_sdxl_unclip_generates_keyframes_with_sgm(tmp_path, monkeypatch):
     state[sdxl.UNUSED + "model.proj"] = torch.randn(4, 4)  # the checkpoint's ViT-bigG embedder
     (tmp_path / "sdxl").mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "sdxl" / sdxl.WEIGHTS)
-    generator = load_generator("mindeye2_sdxl_unclip", tmp_path / "sdxl", CPU, torch.float32)
     settings = KeyframeSettings(steps=2, guidance_scale=5.0, strength=1.0)
     condition = torch.randn(2, sdxl.TOKENS * sdxl.WIDTH)
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    first = generator.generate(condition, frames, [1, 2], settings)
-    again = generator.generate(condition, frames, [1, 2], settings)
-    assert first.shape == (2, sdxl.SIZE, sdxl.SIZE, 3) and first.dtype == np.uint8
-    assert np.array_equal(first, again)  # seeded per clip
+    for dtype in (torch.float32, torch.bfloat16):
+        generator = load_generator("mindeye2_sdxl_unclip", tmp_path / "sdxl", CPU, dtype)
+        engine = generator._engine(settings.steps, settings.guidance_scale)
+        seen = {}
+
+        def unet_hook(module, args, seen=seen):
+            seen["unet"] = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+
+        def vae_hook(module, args, seen=seen):
+            seen["vae"] = torch.is_autocast_enabled("cpu")
+
+        engine.model.register_forward_pre_hook(unet_hook)
+        engine.first_stage_model.decoder.register_forward_pre_hook(vae_hook)
+        first = generator.generate(condition, frames, [1, 2], settings)
+        again = generator.generate(condition, frames, [1, 2], settings)
+        assert first.shape == (2, sdxl.SIZE, sdxl.SIZE, 3) and first.dtype == np.uint8
+        assert np.array_equal(first, again)  # seeded per clip
+        # the keyframes precision: the UNet under autocast, as the official code runs it;
+        # the weights stay float32, and the VAE never autocasts
+        assert seen == {"unet": dtype if dtype != torch.float32 else False, "vae": False}
+        assert all(p.dtype == torch.float32 for p in engine.parameters())
 
 
 def test_sgm_without_its_undeclared_dependencies_names_the_missing_module(tmp_path, monkeypatch):

@@ -133,19 +133,23 @@ def _toy_problem():
     return model, x, y
 
 
-def _toy_train(tmp_path, stop=None):
+def _toy_train(tmp_path, stop=None, every=1, crash_in=None, precision="float32", seen=None):
     model, x, y = _toy_problem()
 
     def load(batch, epoch):
         return x[batch], y[batch]
 
     def step(data, epoch):
-        return {"loss": torch.nn.functional.mse_loss(model(data[0]), data[1])}
+        if seen is not None:
+            seen.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return {"loss": torch.nn.functional.mse_loss(model(data[0]).float(), data[1])}
 
     def evaluate(epoch):
+        if epoch + 1 == crash_in:
+            raise KeyboardInterrupt  # the job is killed during this epoch
         return {"test_mse": float(torch.nn.functional.mse_loss(model(x), y))}
 
-    settings = TrainSettings(epochs=6, batch_size=8, lr=1e-2, seed=3)
+    settings = TrainSettings(epochs=6, batch_size=8, lr=1e-2, seed=3, precision=precision)
     rows = train(
         model,
         load,
@@ -156,6 +160,7 @@ def _toy_train(tmp_path, stop=None):
         identity={"toy": 1},
         evaluate=evaluate,
         stop_after_epoch=stop,
+        checkpoint_every=every,
     )
     return rows, model
 
@@ -169,6 +174,54 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     for a, b in zip(model_full.parameters(), model_resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_job_killed_between_sparse_checkpoints_resumes_from_the_last_one(tmp_path, monkeypatch):
+    from pipeline.reconstructors import training
+
+    saved = []
+    save = training._save
+    monkeypatch.setattr(
+        training, "_save", lambda d, *a: saved.append(a[-1][-1]["epoch"]) or save(d, *a)
+    )
+    full, model_full = _toy_train(tmp_path / "full", every=4)
+    assert saved == [4, 6]  # every 4th epoch and the last
+    saved.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _toy_train(tmp_path / "killed", every=2, crash_in=5)
+    assert (
+        saved == [2, 4] and json.loads((tmp_path / "killed/state.json").read_text())["epoch"] == 4
+    )
+    saved.clear()
+    resumed, model_resumed = _toy_train(tmp_path / "killed", every=2)
+    assert saved == [6]  # epochs 5 and 6 rerun from the epoch-4 checkpoint
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    for a, b in zip(model_full.parameters(), model_resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [
+        "epoch-0006.optim.pt",
+        "epoch-0006.safetensors",
+        "state.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("precision", "autocast"),
+    [
+        ("float32", (False, None)),
+        ("bfloat16", (True, torch.bfloat16)),
+        ("float16", (False, None)),  # the CPU computes float16 as float32
+    ],
+)
+def test_training_runs_under_the_configured_autocast(tmp_path, precision, autocast):
+    seen = set()
+    rows, model = _toy_train(tmp_path, precision=precision, seen=seen)
+    enabled, dtype = autocast
+    assert {s[0] for s in seen} == {enabled}
+    if enabled:
+        assert {s[1] for s in seen} == {dtype}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+    assert rows[-1]["test_mse"] < rows[0]["test_mse"]
 
 
 def test_checkpoint_of_another_configuration_is_not_reused(tmp_path):

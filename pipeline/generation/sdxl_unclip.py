@@ -24,6 +24,10 @@ Unlike the official code (which starts from pure noise), the blurry video's
 first frame is the starting image, noised to the first of the last
 ``strength × steps`` sigmas.
 
+Precision as in the official code (src/recon_keyframe.py): the weights stay float32
+and the UNet runs under autocast to the keyframes precision (paper: float16); the
+VAE runs in float32 (``disable_first_stage_autocast``).
+
 The weights are read from ``{model_dir}/unclip6.safetensors``, which the
 ``download_generation_models`` rule converts from the official
 ``unclip6_epoch0_step110000.ckpt`` (``torch.load(weights_only=True)``).
@@ -40,6 +44,7 @@ import torch
 from pipeline.environment import LOCK
 from pipeline.errors import PipelineError
 from pipeline.generation.diffusion import clip_generators, seeded_noise
+from pipeline.models.loading import autocast
 
 __all__ = ["SGM_INSTALL", "SdxlUnclipGenerator", "require_sgm", "unclip6_configs"]
 
@@ -256,7 +261,8 @@ class SdxlUnclipGenerator:
         s_in = x.new_ones([n])
 
         def denoiser(inp, sigma, c):
-            return engine.denoiser(engine.model, inp, sigma, c)
+            with autocast(self.device, self.dtype):
+                return engine.denoiser(engine.model, inp, sigma, c).float()
 
         for i in range(start, len(sigmas) - 1):
             x = sampler.sampler_step(s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc)

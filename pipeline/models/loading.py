@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "DeviceError",
     "ModelNotFoundError",
     "EXECUTION",
+    "autocast",
     "copy_weights",
     "load_tensors",
     "load_captioner",
@@ -137,14 +139,29 @@ def _record_device(device: torch.device) -> None:
     )
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """``float32``, ``float16`` or ``bfloat16`` → the torch dtype."""
+def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """``float32``, ``float16`` or ``bfloat16`` → the torch dtype a stage computes in.
+
+    On the CPU, ``float16`` becomes ``float32`` (logged): the paper preset's default
+    precision is for GPUs, and half-precision kernels on the CPU are slow or missing.
+    """
     try:
         dtype = _DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}") from None
+    if dtype == torch.float16 and device is not None and torch.device(device).type == "cpu":
+        log.warning("precision float16 runs as float32 on the CPU")
+        name, dtype = "float32", torch.float32
     EXECUTION["dtype"] = name
     return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device``; float32: none. The parameters stay float32 (the
+    reconstructors' contrastive logits leave it, ``layers.cosine_logits``)."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def load_clip(

@@ -21,6 +21,8 @@ __all__ = [
     "GENERATOR_ROLES",
     "PRESETS",
     "ROLES",
+    "PRECISION",
+    "PRECISION_FAMILIES",
     "ModelSource",
     "classifier_dir",
     "generation_dir",
@@ -28,6 +30,7 @@ __all__ = [
     "generation_settings",
     "model_device",
     "model_dir",
+    "precision_settings",
     "preset_sources",
 ]
 
@@ -89,6 +92,9 @@ PRESETS: dict[str, dict[str, ModelSource]] = {
         "clip": ModelSource(
             "open_clip",
             "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+            # "Adding `safetensors` variant of this model (#12)": the commit that added
+            # open_clip_pytorch_model.safetensors (open_clip_config.json is older, #2)
+            revision="bc7788f151930d91b58474715fdce5524ad9a189",
             files=("open_clip_config.json", "open_clip_pytorch_model.safetensors"),
         ),
         # the official code loads MindEye2's `sd_image_var_autoenc.pth`, the VAE of
@@ -131,7 +137,9 @@ GENERATION: dict[str, dict[str, ModelSource]] = {
         # `sd21_unclip` generator: SD 2.1 unCLIP, 1024-d ViT-H/14 image embeddings. Stability
         # AI removed stabilityai/stable-diffusion-2-1-unclip (and the SD 2.x family) from the
         # hub in November 2025; sd2-community keeps a copy in the same diffusers layout,
-        # the replacement the hub maintainers approved (huggingface/optimum-habana).
+        # the replacement the hub maintainers approved (huggingface/optimum-habana). No commit
+        # of the mirror is published anywhere we could read (its history is its own, not
+        # stabilityai's), so this role alone fetches main.
         "unclip": ModelSource(
             "diffusers",
             "sd2-community/stable-diffusion-2-1-unclip",
@@ -183,11 +191,13 @@ GENERATION: dict[str, dict[str, ModelSource]] = {
         "motion_adapter": ModelSource(
             "diffusers",
             "guoyww/animatediff-motion-adapter-v1-5-3",
+            revision="449d8993ead63a068e1030eb26925132814db1c8",
             files=("config.json", "diffusion_pytorch_model.safetensors"),
         ),
         "sparsectrl": ModelSource(
             "diffusers",
             "guoyww/animatediff-sparsectrl-rgb",
+            revision="b8003d681d813c095e459b9141122894daff2d13",
             files=("config.json", "diffusion_pytorch_model.safetensors"),
         ),
         # the v3 domain adapter LoRA in diffusers' format: the official
@@ -267,6 +277,49 @@ GENERATION_DEFAULTS = {
         "video": {"steps": 10},
     },
 }
+
+
+#: The stage families of the ``precision`` config section and the rules of each.
+PRECISION_FAMILIES = {
+    "caches": (
+        "cache_vae",
+        "cache_clip_images",
+        "cache_captions",
+        "cache_clip_text",
+        "train_fusion",
+    ),
+    "training": ("train_perception", "predict_perception", "train_semantic", "predict_semantic"),
+    "keyframes": ("fit_keyframe_embedder", "generate_keyframes", "caption_keyframes"),
+    "videos": ("synthesize_videos", "synthesize_ablation", "fuse_videos"),
+    "evaluation": ("evaluate_videos", "evaluate_external"),
+}
+
+#: Per-preset precision of each stage family (``precision.*`` set to null takes these).
+#: ``paper`` is what the official code runs on an A100: the caches' targets under
+#: fp16 autocast and BLIP-2 loaded in float16 (src/train_PR.py, src/train_SR.py,
+#: src/caption.py), both reconstructors trained with Accelerate's fp16 mixed precision
+#: (src/train_SR.py, src/train_PR.py), the SDXL unCLIP keyframes under fp16 autocast
+#: (src/recon_keyframe.py), AnimateDiff in float32 (its models moved with `.cuda()` and
+#: no dtype, Animatediff/scripts/neuroclips.py); the evaluation's classifiers in float32.
+PRECISION = {
+    "paper": {
+        "caches": "float16",
+        "training": "float16",
+        "keyframes": "float16",
+        "videos": "float32",
+        "evaluation": "float32",
+    },
+    "tiny": dict.fromkeys(PRECISION_FAMILIES, "float32"),
+}
+
+
+def precision_settings(config: dict) -> dict[str, str]:
+    """The ``precision`` section with null values resolved from the preset."""
+    defaults = PRECISION[config["models"]["preset"]]
+    return {
+        family: value if value is not None else defaults[family]
+        for family, value in config["precision"].items()
+    }
 
 
 def model_device(models: dict) -> str:
@@ -408,13 +461,16 @@ RECONSTRUCTORS: dict[str, dict[str, dict]] = {
 
 #: Settings used only at inference (prediction rules), not by training.
 INFERENCE_KEYS = ("sampling_steps", "guidance")
+#: Settings of how a training runs that never change the trained model.
+RUN_KEYS = ("checkpoint_every",)
 
 
 def reconstructor_settings(config: dict, name: str) -> dict:
     """Effective settings of reconstructor ``name``: the preset's sizes, overridden by config.
 
     Config keys set to null take the preset's value; ``architecture`` is merged
-    key by key (an unknown architecture key is an error).
+    key by key (an unknown architecture key is an error). ``precision`` is the
+    training family's (``precision.training``).
     """
     preset = config["models"]["preset"]
     base = RECONSTRUCTORS[preset][name]
@@ -426,4 +482,5 @@ def reconstructor_settings(config: dict, name: str) -> dict:
     settings = {k: v for k, v in base.items() if k != "architecture"}
     settings |= {k: v for k, v in section.items() if v is not None}
     settings["architecture"] = base["architecture"] | overrides
+    settings["precision"] = precision_settings(config)["training"]
     return settings

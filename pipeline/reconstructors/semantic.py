@@ -188,11 +188,14 @@ class SemanticReconstructor(nn.Module):
         guidance: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Reconstructed CLIP tokens from fMRI embeddings (``steps`` steps, CFG ``guidance``)."""
+        """Reconstructed CLIP tokens from fMRI embeddings (``steps`` steps, CFG ``guidance``).
+
+        The sampler's state stays float32 under autocast; only the prior's layers are cast.
+        """
         scheduler = make_scheduler(self.config.prior_timesteps)
         scheduler.set_timesteps(steps, device=embedding.device)
         shape = (len(embedding), self.config.n_tokens, self.config.width)
-        x = torch.randn(shape, generator=generator, device="cpu").to(embedding)
+        x = torch.randn(shape, generator=generator, device="cpu").to(embedding.device)
         for t in scheduler.timesteps:
             ts = torch.full((len(x),), int(t), device=x.device)
             pred = self.prior(x, ts, embedding)
@@ -200,7 +203,7 @@ class SemanticReconstructor(nn.Module):
                 drop = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 uncond = self.prior(x, ts, embedding, drop)
                 pred = uncond + guidance * (pred - uncond)
-            x = scheduler.step(pred, t, x, generator=generator).prev_sample
+            x = scheduler.step(pred.float(), t, x, generator=generator).prev_sample
         return x
 
 

@@ -12,7 +12,7 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.models.loading import load_vae, resolve_device
+from pipeline.models.loading import autocast, load_vae, resolve_device, resolve_dtype
 from pipeline.reconstructors.data import cache_rows, input_identity, load_split
 from pipeline.reconstructors.layers import (
     info_nce,
@@ -40,7 +40,16 @@ __all__ = ["predict_perception", "predict_semantic", "train_perception", "train_
 
 log = logging.getLogger(__name__)
 
-_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "pct_start", "seed")
+_TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "grad_clip",
+    "pct_start",
+    "seed",
+    "precision",
+)
 
 
 def _control(rows: torch.Tensor, settings: dict) -> torch.Tensor:
@@ -63,6 +72,7 @@ def train_perception(
     *,
     settings: dict,
     checkpoint_dir: str | os.PathLike,
+    checkpoint_every: int = 1,
     device: str = "auto",
     stop_after_epoch: int | None = None,
 ) -> list[dict] | None:
@@ -141,6 +151,7 @@ def train_perception(
         device=device,
         desc="perception",
         stop_after_epoch=stop_after_epoch,
+        checkpoint_every=checkpoint_every,
     )
     if len(rows) < train_settings.epochs:
         log.info("stopped after epoch %d of %d", len(rows), train_settings.epochs)
@@ -214,7 +225,8 @@ def predict_perception(
             compression="fast",
         )
         for s in tqdm(list(_batches(n, batch_size)), desc="blurry videos", unit="batch"):
-            z = model(split.fmri[s].to(device))
+            with autocast(device, dtype):
+                z = model(split.fmri[s].to(device)).float()
             latents[s] = z.cpu().numpy().astype(np.float16)
             flat = z.flatten(0, 1).to(dtype) / decoder.config.scaling_factor
             images = decoder.decode(flat).sample.float().clamp(-1, 1)
@@ -235,7 +247,8 @@ def _semantic_data(aligned, clip_cache, text_cache, split_name: str):
 
 
 def _phase_settings(settings: dict, phase: str) -> TrainSettings:
-    shared = {k: settings[k] for k in ("lr", "weight_decay", "grad_clip", "pct_start", "seed")}
+    keys = ("lr", "weight_decay", "grad_clip", "pct_start", "seed", "precision")
+    shared = {k: settings[k] for k in keys}
     return TrainSettings(
         epochs=settings[f"{phase}_epochs"], batch_size=settings[f"{phase}_batch_size"], **shared
     )
@@ -257,6 +270,7 @@ def train_semantic(
     *,
     settings: dict,
     checkpoint_dir: str | os.PathLike,
+    checkpoint_every: int = 1,
     device: str = "auto",
     stop_after_epoch: int | None = None,
 ) -> list[dict] | None:
@@ -390,6 +404,7 @@ def train_semantic(
             device=device,
             desc=f"semantic {phase}",
             stop_after_epoch=remaining,
+            checkpoint_every=checkpoint_every,
         )
         all_rows += [{"phase": phase} | row for row in rows]
         if len(rows) < phase_settings.epochs:
@@ -432,6 +447,7 @@ def predict_semantic(
     guidance: float,
     seed: int,
     device: str = "auto",
+    dtype: str = "float32",
     batch_size: int = 32,
 ) -> dict[str, float]:
     """fMRI embeddings and prior-reconstructed CLIP tokens of every test clip.
@@ -441,6 +457,7 @@ def predict_semantic(
     retrieval of both against the cached tokens of the first candidate frame.
     """
     device = resolve_device(device)
+    compute = resolve_dtype(dtype, device)
     model = load_semantic(model_dir, device)
     split = load_split(aligned, "test")
     rows = cache_rows(clip_cache, split, "cache_clip_images")
@@ -451,16 +468,24 @@ def predict_semantic(
     generator = torch.Generator().manual_seed(seed)
     embeds, priors = [], []
     for s in tqdm(list(_batches(len(split), batch_size)), desc="prior samples", unit="batch"):
-        _, embedding = model.backbone(split.fmri[s].to(device))
+        with autocast(device, compute):
+            _, embedding = model.backbone(split.fmri[s].to(device))
+            prior = model.sample(embedding, steps, guidance, generator)
         embeds.append(embedding.float().cpu())
-        priors.append(model.sample(embedding, steps, guidance, generator).float().cpu())
+        priors.append(prior.float().cpu())
     embeds, priors = torch.cat(embeds), torch.cat(priors)
     retrieval = {}
     for name, values in (("fmri_embeds", embeds), ("prior_embeds", priors)):
         keyframe, fmri_top1 = top1_retrieval(values, target)
         retrieval |= {f"{name}_keyframe_top1": keyframe, f"{name}_fmri_top1": fmri_top1}
     log.info("test retrieval (chance %.4f): %s", 1 / min(300, len(split)), retrieval)
-    params = {"model": str(model_dir), "steps": steps, "guidance": guidance, "seed": seed}
+    params = {
+        "model": str(model_dir),
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "dtype": dtype,
+    }
     with atomic_output(output) as tmp:
         store = zarr.open_group(tmp, mode="w")
         create_array(store, "segment", data=split.segment, dims=["sample"])

@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.models.loading import load_tensors
+from pipeline.models.loading import autocast, load_tensors, resolve_dtype
 
 __all__ = ["TrainSettings", "plot_losses", "remove_checkpoints", "train", "write_metrics"]
 
@@ -54,6 +53,9 @@ class TrainSettings:
     grad_clip: float = 1.0
     pct_start: float = 0.1
     seed: int = 0
+    #: autocast precision on the device (``float32``: none; ``float16`` adds a gradient
+    #: scaler, as Accelerate's fp16 mixed precision does)
+    precision: str = "float32"
 
 
 #: ``load(batch_indices, epoch) -> batch``: gathers one batch (timed as data loading)
@@ -70,13 +72,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def train(
     model: nn.Module,
     load: LoadFn,
@@ -90,6 +85,7 @@ def train(
     device: torch.device | str = "cpu",
     desc: str = "training",
     stop_after_epoch: int | None = None,
+    checkpoint_every: int = 1,
 ) -> list[dict]:
     """Train the parameters of ``model`` that require gradients; return per-epoch metrics.
 
@@ -107,6 +103,10 @@ def train(
     stop_after_epoch
         Return after this epoch (with its checkpoint written), as if the job
         had been interrupted there; for tests and for time-limited jobs.
+    checkpoint_every
+        Epochs between checkpoints; the last epoch (and ``stop_after_epoch``)
+        always writes one. Only the newest is kept. It is not part of the
+        identity: a run may resume with another interval.
 
     Each metrics row holds the epoch, learning rate, the mean of every loss
     part, the evaluation metrics, the epoch's wall time, samples per second
@@ -124,7 +124,8 @@ def train(
         total_steps=settings.epochs * steps_per_epoch,
         pct_start=settings.pct_start,
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    dtype = resolve_dtype(settings.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     identity = json.loads(json.dumps(identity | {"train_settings": asdict(settings)}))
     rows, start = _resume(checkpoint_dir, identity, model, optimizer, schedule)
     if start:
@@ -141,7 +142,7 @@ def train(
             t0 = time.perf_counter()
             batch = load(order[i * batch_size : (i + 1) * batch_size], epoch)
             t1 = time.perf_counter()
-            with _autocast(device):
+            with autocast(device, dtype):
                 losses = step(batch, epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
@@ -161,7 +162,7 @@ def train(
         row |= {f"train_{k}": v / steps_per_epoch for k, v in sums.items()}
         if evaluate is not None:
             model.eval()
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device, dtype):
                 row |= evaluate(epoch)
         seconds = time.perf_counter() - started
         row |= {
@@ -172,8 +173,10 @@ def train(
         rows.append(row)
         progress.set_postfix(loss=f"{row['train_loss']:.4f}")
         log.info("%s epoch %d: %s", desc, epoch + 1, _format(row))
-        _save(checkpoint_dir, identity, model, optimizer, schedule, rows)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+        stopping = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == settings.epochs or stopping:
+            _save(checkpoint_dir, identity, model, optimizer, schedule, rows)
+        if stopping:
             break
     progress.close()
     return rows
