@@ -1,6 +1,8 @@
 """Paper-size memory of the model stages, from models built on the meta device, against the
 Slurm profile's host memory and the GPU sizes the README states."""
 
+import importlib.util
+
 import pytest
 import torch
 import yaml
@@ -8,6 +10,7 @@ import yaml
 from pipeline.models.budget import (
     GPU_SIZES_GB,
     PROCESS_GB,
+    UNBUDGETED,
     Budget,
     fits,
     fits_host,
@@ -25,12 +28,60 @@ def budgets():
 
 
 def test_paper_size_models_have_the_published_sizes():
+    """Parameter counts against the published weights' sizes (float32 bytes / 4)."""
     models = paper_models()
     count = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    assert all(p.is_meta for m in models.values() for p in m.parameters())
     # the SR is about 2.16 B parameters at 14,828 voxels, ViT-bigG/14 2.54 B (10.2 GB in fp32)
     assert 2.1e9 < count["semantic"] < 2.2e9
     assert 2.5e9 < count["clip"] < 2.6e9
-    assert all(p.is_meta for m in models.values() for p in m.parameters())
+    assert count["vae"] == 83_653_863  # Stable Diffusion's KL-f8 VAE, 335 MB
+    assert count["sd15_unet"] == 859_520_964  # SD 1.5's UNet, 3.44 GB
+    # the motion modules: the motion adapter's 1.67 GB; SparseCtrl RGB's 1.99 GB
+    assert 1.66e9 < (count["video_unet"] - count["sd15_unet"]) * 4 < 1.68e9
+    assert 1.98e9 < count["sparsectrl"] * 4 < 2.0e9
+    # BLIP-2: EVA ViT-g (~1.0 B), the Q-Former (~0.1 B) and OPT-2.7b (~2.65 B)
+    assert 3.7e9 < count["captioner"] < 3.8e9
+    assert count["frame_classifier"] == 86_567_656  # ViT-B/16, 1000 classes
+    assert 86e6 < count["video_classifier"] < 87e6  # VideoMAE-B, 400 classes
+
+
+def test_the_motion_unet_holds_exactly_the_motion_adapters_modules():
+    """The video UNet's config and the motion adapter's hub config agree: the UNet adds
+    to SD 1.5's exactly the adapter's parameters."""
+    from diffusers import MotionAdapter
+
+    from pipeline.models.paper_size import MOTION_ADAPTER, build, count
+
+    with torch.device("meta"):
+        adapter = MotionAdapter(**MOTION_ADAPTER)
+    assert count(build("video_unet")) - count(build("sd15_unet")) == count(adapter)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sgm") is None, reason="sgm is not installed")
+def test_the_sdxl_unclip_unet_matches_sgms():
+    """The diffusers UNet the budgets and the GPU check build has the parameters of sgm's
+    UNetModel in MindEye2's unclip6 configuration."""
+    from sgm.util import instantiate_from_config
+
+    from pipeline.generation.sdxl_unclip import unclip6_configs
+    from pipeline.models.paper_size import build, count
+
+    with torch.device("meta"):
+        unet = instantiate_from_config(unclip6_configs(38, 5.0)["network_config"])
+    assert count(unet) == count(build("sdxl_unclip_unet")) == 2_501_272_324
+
+
+def test_every_model_stage_has_a_budget(budgets):
+    """Every rule that declares the gpu resource (a model stage) is budgeted."""
+    import re
+
+    rules = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"(?m)^(?=rule )", path.read_text())[1:]:
+            if re.search(r"(?m)^\s+gpu=1,", block):
+                rules.add(re.match(r"rule (\w+):", block).group(1))
+    assert rules == set(budgets) | set(UNBUDGETED)
 
 
 def test_every_budgeted_stage_fits_its_profile_and_an_80_gb_gpu(budgets):
@@ -43,6 +94,16 @@ def test_which_stages_need_the_80_gb_gpu(budgets):
     """The README's memory table: only the SR's training needs more than 40 GB."""
     assert GPU_SIZES_GB == (80, 40)
     assert [s for s, b in budgets.items() if not fits(b, 40)] == ["train_semantic"]
+
+
+def test_the_precision_sets_what_the_caches_hold(budgets):
+    """The control: in float32 the caches' GPU weights double (the paper preset's float16
+    is what the official code runs)."""
+    from pipeline.models.presets import PRECISION
+
+    full = paper_budgets(dict.fromkeys(PRECISION["paper"], "float32"))
+    for stage in ("cache_vae", "cache_clip_images", "cache_captions"):
+        assert full[stage].gpu_bytes == 2 * budgets[stage].gpu_bytes, stage
 
 
 def test_two_host_copies_of_the_sr_would_not_fit_predict_semantic(budgets):

@@ -1,10 +1,12 @@
 """Memory budgets of the model stages at paper size, from models built on the meta device.
 
-The models are built at the paper preset's sizes on PyTorch's meta device
-(shapes without storage), so their exact parameter counts cost nothing here.
+Every model is built at its published size on PyTorch's meta device
+(:mod:`pipeline.models.paper_size`; shapes without storage), so their exact
+parameter counts cost nothing here.
 Each stage's budget adds what it holds at its peak, by its code:
 
-* host: the weights as loaded (one copy: our models are built on the meta
+* host: the weights as loaded, in the stage family's precision where the loader
+  loads in it (one copy: our models are built on the meta
   device and take the loaded tensors, :func:`pipeline.reconstructors.outputs.load_into`;
   OpenCLIP's are copied in one tensor at a time, :func:`pipeline.models.loading.copy_weights`),
   plus the caches and fMRI the stage reads into memory;
@@ -23,33 +25,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.models.paper_size import BUILDERS, CC2017, build, count
+from pipeline.models.presets import PRECISION
+
 __all__ = [
-    "CC2017",
     "GPU_SIZES_GB",
     "HEADROOM",
     "PROCESS_GB",
+    "UNBUDGETED",
     "Budget",
     "fits",
     "fits_host",
     "paper_budgets",
+    "paper_models",
     "table",
 ]
 
-#: cc2017 at paper size: the largest subject's selected vertices (NeuroClips' 14,828, subject
-#: 2), 18 × 240 training clips seen twice, 5 × 240 test clips, 6 frames of 4 × 28 × 28 VAE
-#: latents, OpenCLIP ViT-bigG/14's 256 × 1664 image tokens and 1280-d text embedding.
-CC2017 = {
-    "n_voxels": 14828,
-    "train_clips": 4320,
-    "train_samples": 8640,
-    "test_clips": 1200,
-    "frames": 6,
-    "latent_shape": (4, 28, 28),
-    "tokens": 256,
-    "width": 1664,
-    "text_dim": 1280,
-    "candidates": 2,
-}
 #: GPU sizes the budgets are checked against (A100/H100 80 GB, A100 40 GB).
 GPU_SIZES_GB = (80, 40)
 #: Fraction of a GPU left for activations and the allocator.
@@ -59,6 +50,7 @@ HEADROOM = 0.15
 PROCESS_GB = 4.0
 
 _GB = 1e9
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass
@@ -88,45 +80,24 @@ def fits_host(budget: Budget, mem_mb: int) -> bool:
     return budget.host_bytes + PROCESS_GB * _GB <= mem_mb * 2**20
 
 
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def paper_models() -> dict[str, torch.nn.Module]:
-    """Our reconstructors and OpenCLIP ViT-bigG/14 at paper size, on the meta device."""
-    import open_clip
+    """Every paper-size model (:mod:`pipeline.models.paper_size`) on the meta device."""
+    return {name: build(name, "meta") for name in BUILDERS}
 
-    from pipeline.models.presets import RECONSTRUCTORS
-    from pipeline.reconstructors.perception import PerceptionConfig, PerceptionReconstructor
-    from pipeline.reconstructors.semantic import SemanticConfig, SemanticReconstructor
 
+#: Model stages without a budget: the `sd21_unclip` generator's ridge fit (not the paper
+#: preset's default generator; its unCLIP image encoder is ViT-H/14, 0.63 B parameters).
+UNBUDGETED = ("fit_keyframe_embedder",)
+
+
+def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
+    """The budgets of the model stages at paper size, in ``precision`` (stage family →
+    dtype name; default: the paper preset's, :data:`pipeline.models.presets.PRECISION`)."""
     d = CC2017
-    semantic = SemanticConfig(
-        n_voxels=d["n_voxels"],
-        n_tokens=d["tokens"],
-        width=d["width"],
-        text_dim=d["text_dim"],
-        **RECONSTRUCTORS["paper"]["semantic"]["architecture"],
-    )
-    perception = PerceptionConfig(
-        n_voxels=d["n_voxels"],
-        n_frames=d["frames"],
-        latent_shape=d["latent_shape"],
-        **RECONSTRUCTORS["paper"]["perception"]["architecture"],
-    )
-    with torch.device("meta"):
-        return {
-            "semantic": SemanticReconstructor(semantic),
-            "perception": PerceptionReconstructor(perception),
-            "clip": open_clip.create_model("ViT-bigG-14", load_weights=False, device="meta"),
-        }
-
-
-def paper_budgets() -> dict[str, Budget]:
-    """The budgets of the model stages that our models and ViT-bigG/14 dominate."""
-    d = CC2017
-    models = paper_models()
-    sr, pr, clip = models["semantic"], models["perception"], models["clip"]
+    precision = precision or PRECISION["paper"]
+    nbytes = {family: _BYTES[name] for family, name in precision.items()}
+    n = {name: count(model) for name, model in paper_models().items()}
+    sr_phases = _sr_phases()
     clips = d["train_clips"] + d["test_clips"]
     fmri_train = d["train_samples"] * d["n_voxels"] * 4
     fmri_test = d["test_clips"] * d["n_voxels"] * 4
@@ -136,45 +107,110 @@ def paper_budgets() -> dict[str, Budget]:
     states = 4 + 8  # a trained parameter's gradient and AdamW moments, float32
 
     budgets = {}
+    # caches: diffusers and transformers load in the stage's dtype; OpenCLIP builds in
+    # float32 on the host, takes the weights tensor by tensor, then moves in the dtype
+    caches = nbytes["caches"]
+    budgets["cache_vae"] = Budget(
+        "cache_vae", host={"VAE": n["vae"] * caches}, gpu={"VAE": n["vae"] * caches}
+    )
+    for stage in ("cache_clip_images", "cache_clip_text"):
+        budgets[stage] = Budget(
+            stage,
+            host={"ViT-bigG/14 (built in float32)": n["clip"] * 4},
+            gpu={"ViT-bigG/14": n["clip"] * caches},
+        )
+    budgets["cache_captions"] = Budget(
+        "cache_captions",
+        host={"BLIP-2 OPT-2.7b": n["captioner"] * caches},
+        gpu={"BLIP-2 OPT-2.7b": n["captioner"] * caches},
+    )
+    # our reconstructors: float32 weights (autocast computes in the training precision)
     budgets["train_semantic"] = Budget(
         "train_semantic",
         host={
-            "model (float32, built on the host)": _count(sr) * 4,
+            "model (float32, built on the host)": n["semantic"] * 4,
             "CLIP token cache (float16)": tokens_f16,
             "fMRI": fmri_train + fmri_test,
         },
         gpu={
-            "model (float32)": _count(sr) * 4,
-            "gradients + AdamW, larger phase (alignment)": max(
-                _count(sr.backbone), _count(sr.prior)
-            )
-            * states,
+            "model (float32)": n["semantic"] * 4,
+            "gradients + AdamW, larger phase (alignment)": max(sr_phases) * states,
             "fMRI": fmri_train + fmri_test,
             "test targets (float32)": test_tokens_f32,
         },
     )
     budgets["predict_semantic"] = Budget(
         "predict_semantic",
-        host={"weights, one copy": _count(sr) * 4, "test fMRI": fmri_test},
-        gpu={"model (float32)": _count(sr) * 4, "test fMRI": fmri_test},
+        host={"weights, one copy": n["semantic"] * 4, "test fMRI": fmri_test},
+        gpu={"model (float32)": n["semantic"] * 4, "test fMRI": fmri_test},
     )
     budgets["train_perception"] = Budget(
         "train_perception",
-        host={"model": _count(pr) * 4, "VAE latent cache (float16)": latents_f16},
+        host={"model": n["perception"] * 4, "VAE latent cache (float16)": latents_f16},
         gpu={
-            "model": _count(pr) * 4,
-            "gradients + AdamW": _count(pr) * states,
+            "model": n["perception"] * 4,
+            "gradients + AdamW": n["perception"] * states,
             "fMRI": fmri_train + fmri_test,
             "latents (float16)": latents_f16,
         },
     )
-    for stage in ("cache_clip_images", "cache_clip_text"):
+    budgets["predict_perception"] = Budget(
+        "predict_perception",
+        host={"model": n["perception"] * 4, "VAE": n["vae"] * nbytes["training"]},
+        gpu={"model": n["perception"] * 4, "VAE": n["vae"] * nbytes["training"]},
+    )
+    budgets["train_fusion"] = Budget(
+        "train_fusion",
+        host={"frame classifier": n["frame_classifier"] * caches},
+        gpu={"frame classifier": n["frame_classifier"] * caches},
+    )
+    # keyframes: the SDXL unCLIP engine is built in float32 and runs under autocast; its
+    # checkpoint (float32) is read beside it without the unused ViT-bigG image embedder
+    engine = (n["sdxl_unclip_unet"] + n["vae"]) * 4
+    budgets["generate_keyframes"] = Budget(
+        "generate_keyframes",
+        host={"engine (float32)": engine, "checkpoint read, less the embedder": engine},
+        gpu={"engine (float32)": engine},
+    )
+    budgets["caption_keyframes"] = Budget(
+        "caption_keyframes",
+        host={"BLIP-2 OPT-2.7b": n["captioner"] * nbytes["keyframes"]},
+        gpu={"BLIP-2 OPT-2.7b": n["captioner"] * nbytes["keyframes"]},
+    )
+    # videos: the pipeline loads SD 1.5's UNet and the motion adapter, then builds the
+    # motion UNet from both (three UNet-sized parts on the host at once)
+    videos = nbytes["videos"]
+    on_gpu = n["video_unet"] + n["sparsectrl"] + n["sd15_text_encoder"] + n["vae"]
+    motion_adapter = n["video_unet"] - n["sd15_unet"]
+    video_host = {
+        "SD 1.5 UNet (replaced by the motion UNet)": n["sd15_unet"] * videos,
+        "motion adapter": motion_adapter * videos,
+        "motion UNet, SparseCtrl, text encoder, VAE": on_gpu * videos,
+    }
+    video_gpu = {"motion UNet, SparseCtrl, text encoder, VAE": on_gpu * videos}
+    for stage in ("synthesize_videos", "synthesize_ablation"):
+        budgets[stage] = Budget(stage, host=dict(video_host), gpu=dict(video_gpu))
+    budgets["fuse_videos"] = Budget(
+        "fuse_videos",
+        host=video_host | {"ViT-bigG/14 (built in float32)": n["clip"] * 4},
+        gpu=video_gpu | {"ViT-bigG/14": n["clip"] * videos},
+    )
+    # evaluation: both classifiers and ViT-bigG/14 (CLIP-pcc)
+    evaluation = nbytes["evaluation"]
+    classifiers = n["frame_classifier"] + n["video_classifier"]
+    for stage in ("evaluate_videos", "evaluate_external"):
         budgets[stage] = Budget(
             stage,
-            host={"model (float32, weights copied in)": _count(clip) * 4},
-            gpu={"model (float32)": _count(clip) * 4},
+            host={"classifiers": classifiers * evaluation, "ViT-bigG/14 (float32)": n["clip"] * 4},
+            gpu={"classifiers": classifiers * evaluation, "ViT-bigG/14": n["clip"] * evaluation},
         )
     return budgets
+
+
+def _sr_phases() -> tuple[int, int]:
+    """Parameters of the SR's two training phases: its backbone (alignment) and prior."""
+    sr = build("semantic", "meta")
+    return count(sr.backbone), count(sr.prior)
 
 
 def table(budgets: dict[str, Budget], mem_mb: dict[str, int] | None = None) -> str:
