@@ -15,7 +15,7 @@ LATEST := .venv-latest
 # root installs system packages directly, anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-latest test-cluster lint lock bench clean browser slurm
+.PHONY: demo test test-latest test-cluster lint lock bench gpu-check clean browser slurm
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_videos.py
 	$(BIN)/python bench/bench_evaluation.py
 	$(BIN)/python bench/bench_dryrun.py
+
+# every model stage at paper size with random weights on one CUDA GPU (skips without one)
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

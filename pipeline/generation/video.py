@@ -137,7 +137,6 @@ class VideoSynthesizer:
         from diffusers import (
             AnimateDiffSparseControlNetPipeline,
             AutoencoderKL,
-            DDIMScheduler,
             MotionAdapter,
             SparseControlNetModel,
         )
@@ -157,17 +156,28 @@ class VideoSynthesizer:
             components["vae"] = AutoencoderKL.from_pretrained(
                 require_model(vae, "config.json"), **kwargs
             )
-        self.pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
+        pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
             require_model(base, "model_index.json"), **components, **kwargs
         ).to(device)
         if domain_adapter is not None:
             # AnimateDiff v3's domain adapter: a LoRA on the base model's attention
-            load_lora(self.pipe, domain_adapter, "domain_adapter")
-        self.pipe.scheduler = DDIMScheduler.from_config(
-            self.pipe.scheduler.config, **ANIMATEDIFF_DDIM
-        )
-        self.pipe.set_progress_bar_config(disable=True)
-        self.device, self.dtype = device, dtype
+            load_lora(pipe, domain_adapter, "domain_adapter")
+        self._attach(pipe, device, dtype)
+
+    def _attach(self, pipe, device: torch.device, dtype: torch.dtype) -> None:
+        from diffusers import DDIMScheduler
+
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_DDIM)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe, self.device, self.dtype = pipe, device, dtype
+
+    @classmethod
+    def from_pipeline(cls, pipe, device: torch.device, dtype: torch.dtype) -> VideoSynthesizer:
+        """Around an ``AnimateDiffSparseControlNetPipeline`` already built and on ``device``
+        (the GPU check's paper-size models with random weights)."""
+        synthesizer = cls.__new__(cls)
+        synthesizer._attach(pipe, device, dtype)
+        return synthesizer
 
     @classmethod
     def from_generation_dir(
