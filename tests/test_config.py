@@ -171,3 +171,37 @@ def test_every_rule_with_a_precision_reads_its_own_family():
             assert f'precision=precision("{family}")' in block, rule
             assert re.findall(r"params\.precision\[(\w+)\]", block) == [family], rule
     assert set(family_of) - seen == from_settings
+
+
+def _merged(*files):
+    """config.yaml with each file laid over it key by key, as Snakemake's --configfile."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for path in files:
+        update_config(config, yaml.safe_load((REPO / path).read_text()))
+    return validate_config(config)
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_the_two_reproductions_and_the_readme_table_of_their_differences():
+    import re
+
+    official, paper = (dict(_leaves(_merged(f"configs/{n}.yaml"))) for n in ("official", "paper"))
+    assert official["models.preset"] == paper["models.preset"] == "paper"
+    differ = {k for k in official if official[k] != paper.get(k)}
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Two reproductions") :]
+    section = section[: section.index("\n## ")]
+    listed = set(re.findall(r"(?m)^\| `([a-z_.]+)` \|", section))
+    assert listed == differ
+    # the switches they set are in effect: the paper's alpha guidance, the official one's
+    assert (official["video.alpha_mode"], paper["video.alpha_mode"]) == ("official", "paper")
+    assert paper["evaluation.ablations.no_keyframe.uncaptioned_prompt"] == "a smooth video"

@@ -80,6 +80,9 @@ def test_ablations_switch_their_guidance_off(workspace):
             k: v for k, v in full.attrs["settings"].items() if k not in switches
         }
         assert not np.array_equal(store["videos"][0], full["videos"][0])
+        if not settings["use_caption"]:  # γ off: the uncaptioned prompt, not the caption
+            prompt = settings["uncaptioned_prompt"] + settings["prompt_suffix"]
+            assert set(store["prompts"][:].tolist()) == {prompt}
 
 
 def test_tables_in_the_papers_layout(workspace):

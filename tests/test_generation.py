@@ -329,3 +329,16 @@ def test_stages_load_their_models_once_not_per_clip(workspace, tmp_path, monkeyp
         batch_size=16,
     )
     assert len(generators) == 1
+
+
+def test_the_prompt_without_the_caption():
+    """γ switched off: the caption gives way to uncaptioned_prompt (the paper's no-keyframe
+    ablation prompts "a smooth video"); the suffix stays."""
+    from pipeline.generation.video import VideoSettings
+
+    captioned = VideoSettings(prompt_suffix=", 8k uhd")
+    assert captioned.prompt("a dog") == "a dog, 8k uhd"
+    off = VideoSettings(prompt_suffix=", 8k uhd", use_caption=False)
+    assert off.prompt("a dog") == ", 8k uhd"
+    smooth = VideoSettings(prompt_suffix="", use_caption=False, uncaptioned_prompt="a smooth video")
+    assert smooth.prompt("a dog") == "a smooth video"

@@ -443,3 +443,49 @@ def test_contrastive_logits_stay_float32_under_autocast(loss):
     ) / 2
     if loss == "info_nce":
         assert not torch.allclose(rough, exact, rtol=1e-4)
+
+
+def test_phase_settings_take_the_alignment_learning_rate():
+    from pipeline.reconstructors.stages import _phase_settings
+
+    settings = reconstructor_settings(small_config(semantic={"align_lr": 1e-4}), "semantic")
+    align, prior, joint = (_phase_settings(settings, p) for p in ("align", "prior", "joint"))
+    assert align.lr == joint.lr == 1e-4 and prior.lr == settings["lr"] != 1e-4
+    assert (joint.epochs, joint.batch_size) == (
+        settings["align_epochs"],
+        settings["align_batch_size"],
+    )
+    assert (prior.epochs, prior.batch_size) == (
+        settings["prior_epochs"],
+        settings["prior_batch_size"],
+    )
+    default = reconstructor_settings(small_config(), "semantic")
+    assert _phase_settings(default, "align").lr == default["lr"]
+
+
+def test_joint_schedule_trains_backbone_and_prior_together(workspace, tmp_path):
+    """eq. 4 read literally: one phase whose loss holds the contrastive, prior and Reftm terms,
+    moving the backbone and the prior; the Reftm projector stays frozen."""
+    from pipeline.reconstructors.semantic import SemanticConfig, SemanticReconstructor
+
+    config = small_config(semantic={"schedule": "joint", "align_epochs": 2})
+    settings = reconstructor_settings(config, "semantic")
+    cache = workspace / "results/cache"
+    rows = train_semantic(
+        workspace / "results/subject1/aligned.zarr",
+        cache / "clip_images.zarr",
+        cache / "clip_text.zarr",
+        tmp_path / "sr",
+        settings=settings,
+        checkpoint_dir=tmp_path / "ckpt",
+        device="cpu",
+    )
+    assert [r["phase"] for r in rows] == ["joint", "joint"]
+    assert {"train_contrastive", "train_prior", "train_reftm", "test_keyframe_top1"} <= set(rows[0])
+    trained = load_file(tmp_path / "sr" / "model.safetensors")
+    record = json.loads((tmp_path / "sr" / "config.json").read_text())
+    torch.manual_seed(settings["seed"])
+    initial = SemanticReconstructor(SemanticConfig(**record["architecture"])).state_dict()
+    for prefix in ("backbone.", "prior."):
+        names = [k for k in trained if k.startswith(prefix)]
+        assert any(not torch.equal(trained[k], initial[k]) for k in names), prefix

@@ -258,7 +258,7 @@ def synthesize_videos(
         create_array(store, "key", data=np.array(keys, dtype=np.int64), dims=["sample"])
         create_array(store, "file", data=np.array(files, dtype=str), dims=["sample"])
         create_array(store, "captions", data=np.array(prompts, dtype=str), dims=["sample"])
-        full = [(p if run.use_caption else "") + run.prompt_suffix for p in prompts]
+        full = [run.prompt(p) for p in prompts]
         create_array(store, "prompts", data=np.array(full, dtype=str), dims=["sample"])
         create_array(
             store,

@@ -61,6 +61,11 @@ class VideoSettings:
     use_blurry: bool = True
     use_keyframe: bool = True
     use_caption: bool = True
+    uncaptioned_prompt: str = ""
+
+    def prompt(self, caption: str) -> str:
+        """γ: the keyframe's caption (or, without it, ``uncaptioned_prompt``) and the suffix."""
+        return (caption if self.use_caption else self.uncaptioned_prompt) + self.prompt_suffix
 
 
 @dataclass
@@ -223,8 +228,8 @@ class VideoSynthesizer:
         guided = settings.guidance_scale > 1.0
         generators = clip_generators(settings.seed, keys, device)
 
-        # γ: the caption prompt (or the suffix alone in the no-caption ablation)
-        texts = [(p if settings.use_caption else "") + settings.prompt_suffix for p in prompts]
+        # γ: the caption prompt (or uncaptioned_prompt in the no-caption ablation)
+        texts = [settings.prompt(p) for p in prompts]
         prompt_embeds, negative = pipe.encode_prompt(
             texts, device, 1, guided, negative_prompt=[settings.negative_prompt] * n
         )

@@ -247,10 +247,19 @@ def _semantic_data(aligned, clip_cache, text_cache, split_name: str):
 
 
 def _phase_settings(settings: dict, phase: str) -> TrainSettings:
-    keys = ("lr", "weight_decay", "grad_clip", "pct_start", "seed", "precision")
+    """A phase's training settings; the joint schedule runs the alignment's epochs, batch
+    size and learning rate."""
+    keys = ("weight_decay", "grad_clip", "pct_start", "seed", "precision")
     shared = {k: settings[k] for k in keys}
+    sized = "prior" if phase == "prior" else "align"
+    lr = settings["lr"]
+    if sized == "align" and settings.get("align_lr") is not None:
+        lr = settings["align_lr"]
     return TrainSettings(
-        epochs=settings[f"{phase}_epochs"], batch_size=settings[f"{phase}_batch_size"], **shared
+        epochs=settings[f"{sized}_epochs"],
+        batch_size=settings[f"{sized}_batch_size"],
+        lr=lr,
+        **shared,
     )
 
 
@@ -337,8 +346,11 @@ def train_semantic(
         text = texts[train_text_rows[batch], k].to(device, non_blocking=True).float()
         return fmri[batch.to(device)], target, text
 
-    def align_step(data, epoch: int) -> dict[str, torch.Tensor]:
-        x, target, text = data
+    align_mu = settings.get("align_reftm_weight")
+    align_mu = mu if align_mu is None else align_mu
+
+    def contrast(x, target, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's embedding and its BiMixCo (mixup epochs) or SoftCLIP loss."""
         if epoch < mixup_epochs:
             mixed, perm, betas, select = mix_samples(x, beta, 0.5)  # MindEye's MixCo
             _, embedding = model.backbone(mixed)
@@ -347,8 +359,24 @@ def train_semantic(
             _, embedding = model.backbone(x)
             tau = _soft_clip_tau(settings, epoch, mixup_epochs)
             contrastive = soft_clip_loss(embedding, target, tau)
+        return embedding, contrastive
+
+    def align_step(data, epoch: int) -> dict[str, torch.Tensor]:
+        x, target, text = data
+        embedding, contrastive = contrast(x, target, epoch)
         reftm = info_nce(model.to_text(embedding), text, reftm_tau)
-        return {"loss": contrastive + mu * reftm, "contrastive": contrastive, "reftm": reftm}
+        loss = contrastive + align_mu * reftm
+        return {"loss": loss, "contrastive": contrastive, "reftm": reftm}
+
+    def joint_step(data, epoch: int) -> dict[str, torch.Tensor]:
+        # eq. 4: the prior learns from the same (in mixup epochs mixed) embedding, as in
+        # MindEye2's joint training; Reftm contrasts the prior's output with the caption
+        x, target, text = data
+        embedding, contrastive = contrast(x, target, epoch)
+        prior, pred = model.prior_loss(embedding, target)
+        reftm = info_nce(model.to_text(pred), text, reftm_tau)
+        loss = contrastive + delta * prior + mu * reftm
+        return {"loss": loss, "contrastive": contrastive, "prior": prior, "reftm": reftm}
 
     def test_embeddings() -> torch.Tensor:
         return torch.cat(
@@ -380,17 +408,24 @@ def train_semantic(
         reftm = info_nce(model.to_text(pred), test_text, reftm_tau)
         return {"test_prior": float(prior), "test_reftm": float(reftm)}
 
+    def joint_eval(epoch: int) -> dict[str, float]:
+        return align_eval(epoch) | prior_eval(epoch)
+
     inputs = input_identity(aligned, clip_cache, text_cache)
     checkpoint_dir = Path(checkpoint_dir)
-    phases = (
-        ("align", align_step, align_eval, model.backbone),
-        ("prior", prior_step, prior_eval, model.prior),
-    )
+    if settings.get("schedule", "two_phase") == "joint":
+        phases = (("joint", joint_step, joint_eval, (model.backbone, model.prior)),)
+    else:
+        phases = (
+            ("align", align_step, align_eval, (model.backbone,)),
+            ("prior", prior_step, prior_eval, (model.prior,)),
+        )
     all_rows: list[dict] = []
     remaining = stop_after_epoch
     for phase, step, evaluate, trainable in phases:
         model.requires_grad_(False)
-        trainable.requires_grad_(True)
+        for part in trainable:
+            part.requires_grad_(True)
         phase_settings = _phase_settings(settings, phase)
         rows = train(
             model,
