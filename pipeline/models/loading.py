@@ -157,8 +157,8 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to ``dtype`` on ``device``; float32: none. The parameters stay float32 (the
-    reconstructors' contrastive logits leave it, ``layers.cosine_logits``)."""
+    """Autocast to ``dtype`` on ``device``; float32: none. The parameters stay float32, and
+    the reconstructors' contrastive logits leave the autocast region (``layers._logits``)."""
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
