@@ -41,10 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import OUTPUT  # noqa: E402
 from pipeline.models.paper_size import CC2017, build  # noqa: E402
 from pipeline.models.presets import GENERATION_DEFAULTS, PRECISION, RECONSTRUCTORS  # noqa: E402
 
+#: bench/output (not bench._common's: that imports the demo's data libraries, and the GPU
+#: machine needs only torch, diffusers, transformers and open_clip)
+OUTPUT = Path(__file__).resolve().parent / "output"
 #: The official code's keyframe sampling (src/recon_keyframe.py) and BLIP-2's caption length.
 KEYFRAME_STEPS, KEYFRAME_GUIDANCE, CAPTION_TOKENS = 38, 5.0, 20
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
