@@ -125,8 +125,8 @@ def reconstructor_json(name):
     """Effective training settings of a reconstructor (preset sizes + config) as JSON.
 
     Inference-only keys (the prior's sampling) are left out, so changing them
-    reruns the prediction rule only; so is the checkpoint interval (a resource: it
-    never changes the trained model).
+    reruns the prediction rule only; so is the checkpoint interval, a resource, as it
+    never changes the trained model.
     """
     import json
 
