@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.models.loading import resolve_dtype  # noqa: E402
 from pipeline.models.paper_size import CC2017, build  # noqa: E402
 from pipeline.models.presets import GENERATION_DEFAULTS, PRECISION, RECONSTRUCTORS  # noqa: E402
 
@@ -49,7 +50,6 @@ from pipeline.models.presets import GENERATION_DEFAULTS, PRECISION, RECONSTRUCTO
 OUTPUT = Path(__file__).resolve().parent / "output"
 #: The official code's keyframe sampling (src/recon_keyframe.py) and BLIP-2's caption length.
 KEYFRAME_STEPS, KEYFRAME_GUIDANCE, CAPTION_TOKENS = 38, 5.0, 20
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------- small configurations (--smoke)
@@ -190,11 +190,8 @@ class Check:
     def __init__(self, device: torch.device, smoke: bool, clips: int, steps: int):
         self.device, self.smoke, self.clips, self.steps = device, smoke, clips, steps
         self.builders = _smoke_builders() if smoke else None
-        self.precision = {k: _DTYPES[v] for k, v in PRECISION["paper"].items()}
-        if device.type == "cpu":  # as the stages run it (loading.resolve_dtype)
-            self.precision = {
-                k: torch.float32 if v == torch.float16 else v for k, v in self.precision.items()
-            }
+        # as the stages resolve it (float16 runs as float32 on the CPU)
+        self.precision = {k: resolve_dtype(v, device) for k, v in PRECISION["paper"].items()}
         self.rng = np.random.default_rng(0)
         self.results: dict[str, dict] = {}
 
@@ -202,13 +199,6 @@ class Check:
         if self.smoke:
             with torch.device(self.device):
                 module = self.builders[name]()
-        elif name == "motion_adapter":
-            from diffusers import MotionAdapter
-
-            from pipeline.models.paper_size import MOTION_ADAPTER
-
-            with torch.device(self.device):
-                module = MotionAdapter(**MOTION_ADAPTER)
         else:
             module = build(name, self.device)
         return module.to(dtype=dtype).eval().requires_grad_(False)
@@ -274,17 +264,7 @@ def caches(check: Check) -> None:
 
     check.stage("cache_clip_images", "clip (2 candidates)", clips, clip_images)
 
-    def captions() -> float:
-        model = check.model("captioner", dtype)
-        x = torch.randn(n * d["candidates"], 3, 224, 224, device=check.device, dtype=dtype)
-
-        def generate():
-            # every caption runs to max_new_tokens (min = max): the upper bound
-            tokens = CAPTION_TOKENS if not check.smoke else 3
-            return model.generate(pixel_values=x, max_new_tokens=tokens, min_new_tokens=tokens)
-
-        return check.timed(generate, 1) / n
-
+    captions = lambda: _caption_seconds(check, d["candidates"], dtype)  # noqa: E731
     check.stage("cache_captions", "clip (2 candidates)", clips, captions)
 
     def clip_text() -> float:
@@ -417,21 +397,25 @@ def keyframes(check: Check) -> None:
 
         return check.timed(generate, 1) / n
 
-    check.stage("generate_keyframes", f"keyframe ({KEYFRAME_STEPS} steps, CFG)", 1200, run)
+    unit = f"keyframe ({KEYFRAME_STEPS} steps, CFG)"
+    check.stage("generate_keyframes", unit, CC2017["test_clips"], run)
+
+
+def _caption_seconds(check: Check, per_clip: int, dtype: torch.dtype) -> float:
+    """Seconds per clip of BLIP-2 captioning ``per_clip`` images of each clip; every caption
+    runs to max_new_tokens (min = max), the upper bound."""
+    model = check.model("captioner", dtype)
+    n = check.clips * per_clip
+    x = torch.randn(n, 3, 224, 224, device=check.device, dtype=dtype)
+    tokens = CAPTION_TOKENS if not check.smoke else 3
+    generate = lambda: model.generate(  # noqa: E731
+        pixel_values=x, max_new_tokens=tokens, min_new_tokens=tokens
+    )
+    return check.timed(generate, 1) / check.clips
 
 
 def captions(check: Check) -> None:
-    dtype, n = check.precision["keyframes"], check.clips
-
-    def run() -> float:
-        model = check.model("captioner", dtype)
-        x = torch.randn(n, 3, 224, 224, device=check.device, dtype=dtype)
-        tokens = CAPTION_TOKENS if not check.smoke else 3
-        generate = lambda: model.generate(  # noqa: E731
-            pixel_values=x, max_new_tokens=tokens, min_new_tokens=tokens
-        )
-        return check.timed(generate, 1) / n
-
+    run = lambda: _caption_seconds(check, 1, check.precision["keyframes"])  # noqa: E731
     check.stage("caption_keyframes", "keyframe", CC2017["test_clips"], run)
 
 
@@ -524,7 +508,7 @@ def estimates() -> dict[str, dict]:
     (forward, and backward for training), and the A100 hours they project per subject."""
     meta = torch.device("meta")
     d, paper = CC2017, RECONSTRUCTORS["paper"]
-    precision = {k: _DTYPES[v] for k, v in PRECISION["paper"].items()}
+    precision = {k: getattr(torch, v) for k, v in PRECISION["paper"].items()}
     models = {}
 
     def m(name):
@@ -620,19 +604,29 @@ def estimates() -> dict[str, dict]:
         m("video_classifier")(pixel_values=rand(1, 16, 3, 224, 224))
         m("clip").encode_image(rand(6, 3, 224, 224))
 
+    def counted(fn: Callable[[], object]) -> Callable[[], float]:
+        return lambda: _flops(fn)
+
     clips = d["train_clips"] + d["test_clips"]
     p_epochs, p_batch = paper["perception"]["epochs"], paper["perception"]["batch_size"]
+    # every entry returns the FLOPs of one unit
     stages = {
-        "cache_vae": (lambda: m("vae").encode(rand(6, 3, 224, 224)), clips, "caches"),
-        "cache_clip_images": (lambda: m("clip").visual(rand(2, 3, 224, 224)), clips, "caches"),
-        "cache_captions": (lambda: blip2(2), clips, "caches"),
+        "cache_vae": (counted(lambda: m("vae").encode(rand(6, 3, 224, 224))), clips, "caches"),
+        "cache_clip_images": (
+            counted(lambda: m("clip").visual(rand(2, 3, 224, 224))),
+            clips,
+            "caches",
+        ),
+        "cache_captions": (counted(lambda: blip2(2)), clips, "caches"),
         "cache_clip_text": (
-            lambda: m("clip").encode_text(torch.zeros(2, 77, dtype=torch.long, device=meta)),
+            counted(
+                lambda: m("clip").encode_text(torch.zeros(2, 77, dtype=torch.long, device=meta))
+            ),
             clips,
             "caches",
         ),
         "train_perception": (
-            perception_step,
+            counted(perception_step),
             p_epochs * (d["train_samples"] // p_batch),
             "training",
         ),
@@ -640,21 +634,20 @@ def estimates() -> dict[str, dict]:
     for phase in ("align", "prior"):
         epochs, b = paper["semantic"][f"{phase}_epochs"], paper["semantic"][f"{phase}_batch_size"]
         stages[f"train_semantic ({phase})"] = (
-            lambda phase=phase: semantic_step(phase),
+            counted(lambda phase=phase: semantic_step(phase)),
             epochs * (d["train_samples"] // b),
             "training",
         )
     stages |= {
         "predict_semantic": (predict_clip, d["test_clips"], "training"),
         "generate_keyframes": (keyframe, d["test_clips"], "keyframes"),
-        "caption_keyframes": (lambda: blip2(1), d["test_clips"], "keyframes"),
+        "caption_keyframes": (counted(lambda: blip2(1)), d["test_clips"], "keyframes"),
         "synthesize_videos (+ ablations, fusion)": (video, d["test_clips"] * 4, "videos"),
-        "evaluate_videos": (evaluate, d["test_clips"] * 3, "evaluation"),
+        "evaluate_videos": (counted(evaluate), d["test_clips"] * 3, "evaluation"),
     }
     results = {}
-    counted = {"predict_semantic", "generate_keyframes", "synthesize_videos (+ ablations, fusion)"}
     for name, (fn, units, family) in stages.items():
-        flops = fn() if name in counted else _flops(fn)
+        flops = fn()
         seconds = flops / (A100_TFLOPS[precision[family]] * 1e12 * UTILISATION)
         results[name] = {
             "tflop_per_unit": round(flops / 1e12, 3),
@@ -666,36 +659,40 @@ def estimates() -> dict[str, dict]:
     return results
 
 
-def estimate_table(results: dict) -> str:
-    lines = [
-        "| stage | TFLOP / unit | units / subject | precision | A100 hours / subject (estimate) |",
-        "|---|---|---|---|---|",
-    ]
+def _markdown(results: dict, columns: list[tuple[str, str, str]], hours: str) -> str:
+    """A row per stage, columns ``(header, result field, format)``, then a total row with
+    the sum of the field ``hours``."""
+    lines = ["| stage | " + " | ".join(h for h, _, _ in columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
     for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['tflop_per_unit']:.3g} | {r['units_per_subject']:,} "
-            f"| {r['precision']} | {r['estimated_a100_hours']:.2f} |"
-        )
-    total = sum(r["estimated_a100_hours"] for r in results.values())
-    lines.append(f"| total | | | | {total:.1f} |")
+        lines.append(f"| {name} | " + " | ".join(format(r[f], x) for _, f, x in columns) + " |")
+    total = f"{sum(r[hours] for r in results.values()):.1f}"
+    lines.append(
+        "| total | " + " | ".join(total if f == hours else "" for _, f, _ in columns) + " |"
+    )
     return "\n".join(lines)
+
+
+def estimate_table(results: dict) -> str:
+    columns = [
+        ("TFLOP / unit", "tflop_per_unit", ".3g"),
+        ("units / subject", "units_per_subject", ","),
+        ("precision", "precision", ""),
+        ("A100 hours / subject (estimate)", "estimated_a100_hours", ".2f"),
+    ]
+    return _markdown(results, columns, "estimated_a100_hours")
 
 
 def table(results: dict, machine: str) -> str:
-    lines = [
-        f"GPU check on {machine} (`make gpu-check`, random weights at paper size):",
-        "",
-        "| stage | unit | s / unit | units / subject | GPU hours / subject | peak GPU GB |",
-        "|---|---|---|---|---|---|",
+    columns = [
+        ("unit", "unit", ""),
+        ("s / unit", "seconds_per_unit", ".3g"),
+        ("units / subject", "units_per_subject", ","),
+        ("GPU hours / subject", "projected_gpu_hours", ".2f"),
+        ("peak GPU GB", "peak_gpu_gb", ".1f"),
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['unit']} | {r['seconds_per_unit']:.3g} | {r['units_per_subject']:,} "
-            f"| {r['projected_gpu_hours']:.2f} | {r['peak_gpu_gb']:.1f} |"
-        )
-    total = sum(r["projected_gpu_hours"] for r in results.values())
-    lines.append(f"| total | | | | {total:.1f} | |")
-    return "\n".join(lines)
+    head = f"GPU check on {machine} (`make gpu-check`, random weights at paper size):"
+    return f"{head}\n\n{_markdown(results, columns, 'projected_gpu_hours')}"
 
 
 def main(argv: list[str] | None = None) -> int:

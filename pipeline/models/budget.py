@@ -96,8 +96,9 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
     d = CC2017
     precision = precision or PRECISION["paper"]
     nbytes = {family: _BYTES[name] for family, name in precision.items()}
-    n = {name: count(model) for name, model in paper_models().items()}
-    sr_phases = _sr_phases()
+    models = paper_models()
+    n = {name: count(model) for name, model in models.items()}
+    sr = models["semantic"]
     clips = d["train_clips"] + d["test_clips"]
     fmri_train = d["train_samples"] * d["n_voxels"] * 4
     fmri_test = d["test_clips"] * d["n_voxels"] * 4
@@ -134,7 +135,8 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
         },
         gpu={
             "model (float32)": n["semantic"] * 4,
-            "gradients + AdamW, larger phase (alignment)": max(sr_phases) * states,
+            "gradients + AdamW, larger phase (alignment)": max(count(sr.backbone), count(sr.prior))
+            * states,
             "fMRI": fmri_train + fmri_test,
             "test targets (float32)": test_tokens_f32,
         },
@@ -181,10 +183,9 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
     # motion UNet from both (three UNet-sized parts on the host at once)
     videos = nbytes["videos"]
     on_gpu = n["video_unet"] + n["sparsectrl"] + n["sd15_text_encoder"] + n["vae"]
-    motion_adapter = n["video_unet"] - n["sd15_unet"]
     video_host = {
         "SD 1.5 UNet (replaced by the motion UNet)": n["sd15_unet"] * videos,
-        "motion adapter": motion_adapter * videos,
+        "motion adapter": n["motion_adapter"] * videos,
         "motion UNet, SparseCtrl, text encoder, VAE": on_gpu * videos,
     }
     video_gpu = {"motion UNet, SparseCtrl, text encoder, VAE": on_gpu * videos}
@@ -205,12 +206,6 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
             gpu={"classifiers": classifiers * evaluation, "ViT-bigG/14": n["clip"] * evaluation},
         )
     return budgets
-
-
-def _sr_phases() -> tuple[int, int]:
-    """Parameters of the SR's two training phases: its backbone (alignment) and prior."""
-    sr = build("semantic", "meta")
-    return count(sr.backbone), count(sr.prior)
 
 
 def table(budgets: dict[str, Budget], mem_mb: dict[str, int] | None = None) -> str:

@@ -155,6 +155,13 @@ MOTION_ADAPTER = {
 }
 
 
+def motion_adapter() -> nn.Module:
+    """AnimateDiff v3's motion modules as the hub repository holds them (``MOTION_ADAPTER``)."""
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(**MOTION_ADAPTER)
+
+
 def video_unet() -> nn.Module:
     """AnimateDiff's UNet: SD 1.5's with the v3 motion modules (what
     ``UNetMotionModel.from_unet2d`` makes of RealisticVision and the motion adapter)."""
@@ -229,6 +236,7 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "sdxl_unclip_unet": sdxl_unclip_unet,
     "sd15_unet": sd15_unet,
     "sd15_text_encoder": sd15_text_encoder,
+    "motion_adapter": motion_adapter,
     "video_unet": video_unet,
     "sparsectrl": sparsectrl,
     "captioner": captioner,
