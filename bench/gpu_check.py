@@ -64,6 +64,8 @@ def _smoke_builders() -> dict[str, Callable[[], torch.nn.Module]]:
         Blip2ForConditionalGeneration,
         CLIPTextConfig,
         CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
         VideoMAEConfig,
         VideoMAEForVideoClassification,
         ViTConfig,
@@ -172,6 +174,12 @@ def _smoke_builders() -> dict[str, Callable[[], torch.nn.Module]]:
         "video_classifier": lambda: VideoMAEForVideoClassification(
             VideoMAEConfig(num_labels=400, **small_vit)
         ),
+        **{
+            name: lambda: CLIPVisionModelWithProjection(
+                CLIPVisionConfig(image_size=224, patch_size=32, projection_dim=16, **small_vit)
+            )
+            for name in ("clip_vit_l14", "clip_vit_b32")
+        },
     }
 
 
@@ -471,13 +479,17 @@ def evaluation(check: Check) -> None:
             check.model("video_classifier", dtype),
         )
         clip = check.model("clip", dtype)
+        peers = [check.model(name, dtype) for name in ("clip_vit_l14", "clip_vit_b32")]
         frames = torch.randn(n * 6, 3, 224, 224, device=dev, dtype=dtype)
+        generated = torch.randn(n * 16, 3, 224, 224, device=dev, dtype=dtype)
         clips = torch.randn(n, 16, 3, 224, 224, device=dev, dtype=dtype)
 
-        def evaluate():
+        def evaluate():  # every protocol: CLIP-pcc of 16 frames (ours, Mind-Animator's), 6
             frame(pixel_values=frames)
             video(pixel_values=clips)
-            clip.encode_image(frames)
+            clip.encode_image(generated)
+            peers[0](pixel_values=frames)
+            peers[1](pixel_values=generated)
 
         return check.timed(evaluate, 2) / n
 
@@ -602,7 +614,9 @@ def estimates() -> dict[str, dict]:
     def evaluate():
         m("frame_classifier")(pixel_values=rand(6, 3, 224, 224))
         m("video_classifier")(pixel_values=rand(1, 16, 3, 224, 224))
-        m("clip").encode_image(rand(6, 3, 224, 224))
+        m("clip").encode_image(rand(16, 3, 224, 224))
+        m("clip_vit_l14")(pixel_values=rand(6, 3, 224, 224))
+        m("clip_vit_b32")(pixel_values=rand(16, 3, 224, 224))
 
     def counted(fn: Callable[[], object]) -> Callable[[], float]:
         return lambda: _flops(fn)

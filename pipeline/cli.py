@@ -332,6 +332,7 @@ def _cmd_evaluate_external(args: argparse.Namespace) -> None:
         panels=args.panels,
         gt_panel=args.gt_panel,
         pred_panel=args.pred_panel,
+        border=args.border,
         frames_dir=args.frames_dir,
     )
     evaluate(
@@ -362,7 +363,8 @@ def _cmd_evaluation_tables(args: argparse.Namespace) -> None:
         subjects=args.subjects,
         ablation_subjects=args.ablation_subjects,
         ablations=args.ablations,
-        n_way=args.n_way,
+        external=args.external,
+        settings=json.loads(args.settings),
     )
 
 
@@ -679,7 +681,9 @@ def _parser() -> argparse.ArgumentParser:
         p = generation_parser(name, help, "evaluation settings")
         p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
         p.add_argument("--classifiers", required=True, help="the preset's classifier directory")
-        p.add_argument("--clip", required=True, help="OpenCLIP model directory (CLIP-pcc)")
+        p.add_argument(
+            "--clip", required=True, help="the preset's OpenCLIP directory (neuroclips CLIP-pcc)"
+        )
         p.add_argument("--batch-size", type=int, default=32)
         return p
 
@@ -693,6 +697,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--panels", type=int, default=2, help="side_by_side: panels per file")
     p.add_argument("--gt-panel", type=int, default=0)
     p.add_argument("--pred-panel", type=int, default=1)
+    p.add_argument(
+        "--border", default="auto", help="grid border around the panels (pixels) or auto"
+    )
     p.set_defaults(func=_cmd_evaluate_external)
 
     p = sub.add_parser("evaluate-retrieval", help="keyframe and fMRI retrieval top-1 among 300")
@@ -708,7 +715,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", nargs="+", required=True)
     p.add_argument("--ablation-subjects", nargs="*", default=[])
     p.add_argument("--ablations", nargs="*", default=[])
-    p.add_argument("--n-way", nargs="+", type=int, default=[2, 50])
+    p.add_argument("--external", nargs="*", default=[], help="names of external folders")
+    p.add_argument(
+        "--settings", required=True, help="JSON: protocols, n_way, bootstrap_resamples, seed"
+    )
     p.set_defaults(func=_cmd_evaluation_tables)
 
     p = sub.add_parser("report", help="the self-contained HTML report of a run")

@@ -247,6 +247,8 @@ def fused_dirs(wildcards):
 EVALUATION_CONFIG = config["evaluation"]
 #: evaluation settings the metric stages read (batch size is passed outside params)
 EVALUATION_KEYS = (
+    "protocols",
+    "vifi_clip",
     "n_way",
     "trials",
     "frame_sampling",
@@ -254,7 +256,7 @@ EVALUATION_KEYS = (
     "bootstrap_resamples",
     "seed",
 )
-RETRIEVAL_KEYS = ("retrieval_pool", "bootstrap_resamples", "seed")
+RETRIEVAL_KEYS = ("protocols", "retrieval_pool", "bootstrap_resamples", "seed")
 # an entry set to null is switched off (a --configfile overlay cannot delete a key)
 ABLATIONS = sorted(
     k for k, v in EVALUATION_CONFIG["ablations"].items() if v is not None
@@ -309,17 +311,37 @@ def external_inputs(wildcards):
     return inputs
 
 
+def _protocol_kinds():
+    """Whether the chosen protocols score videos, and whether any has retrieval."""
+    from pipeline.evaluation.protocols import protocols
+
+    chosen = protocols(EVALUATION_CONFIG["protocols"])
+    videos = any(p.video_metrics(EVALUATION_CONFIG["n_way"]) for p in chosen)
+    return videos, any(p.retrieval for p in chosen)
+
+
+SCORES_VIDEOS, SCORES_RETRIEVAL = _protocol_kinds()
+
+
+def vifi_clip_input(wildcards):
+    """ViFi-CLIP's weights, where evaluation.vifi_clip names them (the CLIP-pcc gate)."""
+    return EVALUATION_CONFIG["vifi_clip"] or []
+
+
 def evaluation_dirs(wildcards=None):
-    """Every evaluation of the tables: per subject videos, fused and retrieval; ablations."""
-    systems = ["videos", "fused", "retrieval"]
+    """Every evaluation of the tables: per subject videos, fused and retrieval; ablations
+    (what the chosen protocols score)."""
+    systems = ["videos", "fused"] if SCORES_VIDEOS else []
+    systems += ["retrieval"] if SCORES_RETRIEVAL else []
     dirs = expand(
         "results/{subject}/evaluation/{system}", subject=SUBJECTS, system=systems
     )
-    dirs += expand(
-        "results/{subject}/evaluation/{system}",
-        subject=ABLATION_SUBJECTS,
-        system=ABLATIONS,
-    )
+    if SCORES_VIDEOS:
+        dirs += expand(
+            "results/{subject}/evaluation/{system}",
+            subject=ABLATION_SUBJECTS,
+            system=ABLATIONS,
+        )
     return dirs
 
 

@@ -41,13 +41,15 @@ rule synthesize_ablation:
 
 
 rule evaluate_videos:
-    """Per-clip metrics of one system's videos against the test clips' frames, with a
-    shuffled-pairing control; metrics.zarr, clips.csv and summary.csv."""
+    """Per-clip metrics of one system's videos against the test clips' frames under each
+    protocol (evaluation.protocols), with a shuffled-pairing control; metrics.zarr,
+    clips.csv and summary.csv."""
     input:
         videos=evaluated_videos,
         frames=test_frame_stores,
         classifiers=classifier_dir(),
         encoders=preset_dir(),
+        vifi_clip=vifi_clip_input,
     output:
         directory("results/{subject}/evaluation/{system}"),
     log:
@@ -74,7 +76,8 @@ rule evaluate_videos:
 
 
 rule evaluate_retrieval:
-    """Keyframe and fMRI retrieval top-1 among 300 (appendix C.6) with a shuffled control."""
+    """Keyframe and fMRI retrieval top-1 among 300 (appendix C.6; MindEye2's random subsets)
+    with a shuffled control."""
     input:
         semantic="results/{subject}/semantic/embeddings.zarr",
         clip_images="results/cache/clip_images.zarr",
@@ -99,6 +102,7 @@ rule evaluate_external:
         unpack(external_inputs),
         classifiers=classifier_dir(),
         encoders=preset_dir(),
+        vifi_clip=vifi_clip_input,
     output:
         directory("results/external/{name}/evaluation"),
     log:
@@ -119,6 +123,7 @@ rule evaluate_external:
         "python -m pipeline evaluate-external --folder {input.folder:q}"
         " --layout {params.folder[layout]} --panels {params.folder[panels]}"
         " --gt-panel {params.folder[gt_panel]} --pred-panel {params.folder[pred_panel]}"
+        " --border {params.folder[border]}"
         " --frames-dir {params.frames_dir:q} --classifiers {input.classifiers:q}"
         " --clip {input.encoders:q}/clip --output {output:q} --settings {params.settings:q}"
         " --batch-size {resources.batch_size} --device {resources.device}"
@@ -126,10 +131,12 @@ rule evaluate_external:
 
 
 rule evaluation_tables:
-    """Per-subject summaries combined: paper Table 1 (videos, fused), Table 2 (ablations)
-    and the retrieval table, as CSV and Markdown."""
+    """Per-subject summaries combined: paper Table 1 (videos, fused), Table 2 (ablations),
+    every protocol's columns, the retrieval table and paired tests between systems, as CSV
+    and Markdown."""
     input:
         evaluation_dirs,
+        expand("results/external/{name}/evaluation", name=sorted(EXTERNAL)),
     output:
         directory("results/evaluation"),
     log:
@@ -141,10 +148,13 @@ rule evaluation_tables:
         subjects=SUBJECTS,
         ablations=ABLATIONS,
         ablation_subjects=ABLATION_SUBJECTS,
+        external=sorted(EXTERNAL),
+        settings=evaluation_json("protocols", "n_way", "bootstrap_resamples", "seed"),
     shell:
         "python -m pipeline evaluation-tables --results results --output {output:q}"
         " --subjects {params.subjects:q} --ablation-subjects {params.ablation_subjects:q}"
-        " --ablations {params.ablations:q} --n-way {params.n_way} > {log:q} 2>&1"
+        " --ablations {params.ablations:q} --external {params.external:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -27,6 +27,9 @@ def budgets():
     return paper_budgets()
 
 
+OPENAI = ("clip_vit_l14", "clip_vit_b32")
+
+
 def test_paper_size_models_have_the_published_sizes():
     """Parameter counts against the published weights' sizes (float32 bytes / 4)."""
     models = paper_models()
@@ -44,6 +47,14 @@ def test_paper_size_models_have_the_published_sizes():
     assert 3.7e9 < count["captioner"] < 3.8e9
     assert count["frame_classifier"] == 86_567_656  # ViT-B/16, 1000 classes
     assert 86e6 < count["video_classifier"] < 87e6  # VideoMAE-B, 400 classes
+    # the openai CLIPs' image towers; whole, their repositories' 1.71 GB and 605 MB
+    assert 303e6 < count["clip_vit_l14"] < 305e6 and 87e6 < count["clip_vit_b32"] < 89e6
+    from pipeline.models.paper_size import count as parameters
+    from pipeline.models.paper_size import openai_clip
+
+    with torch.device("meta"):
+        whole = {n: parameters(openai_clip(n, image_tower=False)) for n in OPENAI}
+    assert whole["clip_vit_l14"] == 427_616_513 and whole["clip_vit_b32"] == 151_277_313
 
 
 def test_the_motion_unet_holds_exactly_the_motion_adapters_modules():

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.evaluation.evaluate import read_summary
 from pipeline.evaluation.metrics import PSNR_MAX, sample_frames
+from pipeline.evaluation.protocols import PROTOCOLS, metric_names
 from pipeline.stores import open_store
 from tests.conftest import SMALL_DEMO, snakemake
 
@@ -31,18 +32,22 @@ def test_every_system_has_every_metric_per_clip(workspace, system):
     directory = workspace / "results/subject1/evaluation" / system
     store = open_store(directory / "metrics.zarr", stage="evaluate_videos")
     summary = read_summary(directory)
-    expected = {"video_2way", "video_50way", "frame_2way", "frame_50way", "ssim_rgb_uniform"}
-    expected |= {"ssim_gray_gaussian", "psnr", "epe", "hue_pcc"}
-    expected |= {"clip_pcc_adjacent", "clip_pcc_all_pairs"}
-    assert set(summary) == expected
+    assert list(summary) == metric_names(list(PROTOCOLS), [2, 50])  # every protocol's column
     assert len(_rows(directory / "clips.csv")) == N_TEST_CLIPS
     for metric, row in summary.items():
         values = store[metric][:]
         assert len(values) == N_TEST_CLIPS and np.isfinite(values).all()
         assert row["mean"] == pytest.approx(values.mean())
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
-    assert summary["video_50way"]["chance"] == pytest.approx(3 / 52)
-    assert store.attrs["frame_indices"] == sample_frames(16, 6, "neurons").tolist()
+        if metric.endswith("way"):  # the peers' ±: the mean of the per-sample binomial sds
+            assert row["field_pm"] == pytest.approx(store[f"binomial_sd_{metric}"][:].mean())
+        else:
+            assert row["field_pm"] == pytest.approx(row["std"])
+    assert summary["neuroclips.video_50way"]["chance"] == pytest.approx(3 / 52)
+    protocols = store.attrs["protocols"]
+    assert protocols["neurons"]["frame_indices"] == sample_frames(16, 6, "neurons").tolist()
+    assert protocols["mindeye2"]["size"] == [425, 425]
+    assert protocols["mind_animator"]["clip_gate"].startswith("skipped")
 
 
 def test_matched_clips_beat_the_shuffled_pairing(workspace):
@@ -54,15 +59,19 @@ def test_matched_clips_beat_the_shuffled_pairing(workspace):
     """
     summary = read_summary(workspace / "results/subject1/evaluation/videos")
     metrics = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ssim_rgb_uniform")
-    for metric in (*metrics, "ssim_gray_gaussian", "psnr", "hue_pcc"):
+    for metric in (*metrics, "ssim_gray_gaussian", "psnr"):
+        row = summary[f"neuroclips.{metric}"]
+        assert row["mean"] > row["control_mean"], metric
+    for metric in ("neurons.ssim_gray_columns", "mindeye2.ssim_gray_gaussian"):
         assert summary[metric]["mean"] > summary[metric]["control_mean"], metric
 
 
 def test_retrieval_beats_chance_and_its_control_does_not(workspace):
     summary = read_summary(workspace / "results/subject1/evaluation/retrieval")
-    for metric in ("keyframe_top1", "fmri_top1"):
-        row = summary[metric]
-        assert row["chance"] == pytest.approx(1 / N_TEST_CLIPS)
+    assert list(summary) == metric_names(list(PROTOCOLS), [], retrieval=True)
+    for metric, row in summary.items():
+        # the demo has fewer clips than 300: one part, and every subset holds them all
+        assert row["chance"] == pytest.approx(1 / N_TEST_CLIPS), metric
         assert row["mean"] > 3 * row["chance"], row
         assert row["control_mean"] < 3 * row["chance"], row
 
@@ -93,17 +102,33 @@ def test_tables_in_the_papers_layout(workspace):
         ("NeuroClips + fusion (this run)", "subject1"),
     ]
     videos = read_summary(workspace / "results/subject1/evaluation/videos")
-    assert float(table1[0]["ssim_rgb_uniform"]) == pytest.approx(videos["ssim_rgb_uniform"]["mean"])
-    assert float(table1[0]["video_2way_pm"]) == pytest.approx(videos["video_2way"]["binomial_se"])
+    ssim = "neuroclips.ssim_rgb_uniform"
+    assert float(table1[0][ssim]) == pytest.approx(videos[ssim]["mean"])
+    two_way = "neuroclips.video_2way"
+    assert float(table1[0][f"{two_way}_pm"]) == pytest.approx(videos[two_way]["field_pm"])
     assert [r["system"] for r in _rows(tables / "table2.csv")] == [
         "full model",
         "no_blurry",
         "no_keyframe",
     ]
     markdown = (tables / "table1.md").read_text()
-    assert "| system | subject | video 2-way | video 50-way | CLIP-pcc | frame 2-way" in markdown
+    heading = "| system | subject | video 2-way [neuroclips] | video 50-way [neuroclips] | "
+    assert heading + "CLIP-pcc [neuroclips] | frame 2-way [neuroclips]" in markdown
     assert "NeuroClips (published) | average | 0.834" in markdown
+    assert "binomial sd" in markdown  # which ± is which
     assert len(_rows(tables / "retrieval.csv")) == 1
+    assert '"fwd" is fMRI retrieval' in (tables / "retrieval.md").read_text()
+    protocols = (tables / "protocols.md").read_text()
+    for name, protocol in PROTOCOLS.items():
+        if protocol.video_metrics([2]):
+            assert f"## {name}\n\nReproduces {protocol.reproduces}" in protocols
+    # paired tests between the systems of one subject, on the same clips
+    pairs = _rows(tables / "comparisons.csv")
+    systems = {(r["system_a"], r["system_b"]) for r in pairs}
+    assert ("NeuroClips (this run)", "no_keyframe") in systems
+    assert {r["metric"] for r in pairs} == set(metric_names(list(PROTOCOLS), [2, 50]))
+    for row in pairs:
+        assert 0 < float(row["p_bootstrap"]) <= 1 and 0 <= float(row["p_wilcoxon"]) <= 1
 
 
 def _side_by_side_gifs(folder, left, right):
@@ -136,19 +161,23 @@ def test_external_side_by_side_gifs_are_scored_with_our_code(workspace):
     snakemake(workspace, *targets, overlay={"evaluation": {"external": folders}})
 
     self_scores = read_summary(workspace / "results/external/self/evaluation")
-    assert self_scores["ssim_rgb_uniform"]["mean"] == pytest.approx(1.0)
-    assert self_scores["ssim_gray_gaussian"]["mean"] == pytest.approx(1.0)
-    assert self_scores["psnr"]["mean"] == PSNR_MAX
-    assert self_scores["epe"]["mean"] == 0.0
+    assert self_scores["neuroclips.ssim_rgb_uniform"]["mean"] == pytest.approx(1.0)
+    assert self_scores["neurons.ssim_gray_columns"]["mean"] == pytest.approx(1.0)
+    assert self_scores["mindeye2.ssim_gray_gaussian"]["mean"] == pytest.approx(1.0)
+    assert self_scores["mindvideo.psnr"]["mean"] == PSNR_MAX
+    assert self_scores["mind_animator.epe"]["mean"] == 0.0
     for metric in ("video_2way", "video_50way", "frame_2way", "frame_50way"):
-        assert self_scores[metric]["mean"] == 1.0, metric
+        assert self_scores[f"neuroclips.{metric}"]["mean"] == 1.0, metric
 
     ours = open_store(workspace / "results/external/ours/evaluation/metrics.zarr")
     reference = open_store(workspace / "results/subject1/evaluation/videos/metrics.zarr")
-    assert ours.attrs["frame_indices"] == list(range(6))  # as many frames as the ground truth
+    # as many frames as the ground truth; no grid border in these files
+    assert ours.attrs["protocols"]["neuroclips"]["frame_indices"] == list(range(6))
+    assert ours.attrs["source"]["border"] == 0
     for metric in ("ssim_rgb_uniform", "ssim_gray_gaussian"):
+        metric = f"neuroclips.{metric}"
         assert np.abs(ours[metric][:] - reference[metric][:n]).max() < 0.05, metric
-    assert np.abs(ours["psnr"][:] - reference["psnr"][:n]).max() < 1.0
+    assert np.abs(ours["neuroclips.psnr"][:] - reference["neuroclips.psnr"][:n]).max() < 1.0
 
 
 def test_a_bad_external_folder_fails_with_its_name_and_writes_nothing(workspace):

@@ -13,13 +13,13 @@ from pipeline.evaluation.metrics import (
     PSNR_MAX,
     clip_pcc,
     epe,
-    hue_similarity,
     n_way_top1,
     psnr,
     retrieval_top1,
     sample_frames,
     ssim,
 )
+from pipeline.evaluation.protocols import PROTOCOLS
 
 RNG = np.random.default_rng(0)
 
@@ -126,23 +126,6 @@ def test_epe_is_zero_for_equal_motion_and_grows_with_the_difference():
     assert 0 < epe(slow, still) < epe(fast, still)
 
 
-def test_hue_similarity():
-    rng = np.random.default_rng(2)
-    noise = rng.integers(0, 40, (48, 48, 3))
-    red = (np.array([200, 20, 20]) + noise).astype(np.uint8)
-    blue = (np.array([20, 20, 200]) + noise).astype(np.uint8)
-    assert hue_similarity(red, red) == pytest.approx(1.0)
-    assert hue_similarity(red, blue) < 0.9
-    # a direct computation: Pearson correlation of the 180-bin hue histograms
-    import cv2
-
-    h = [
-        np.bincount(cv2.cvtColor(x, cv2.COLOR_RGB2HSV)[..., 0].ravel(), minlength=180)
-        for x in (red, blue)
-    ]
-    assert hue_similarity(red, blue) == pytest.approx(np.corrcoef(h[0], h[1])[0, 1])
-
-
 def test_retrieval_finds_its_pair_and_a_shuffled_pairing_sits_at_chance():
     rng = np.random.default_rng(0)
     target = rng.normal(size=(600, 32))
@@ -177,14 +160,19 @@ def test_retrieval_holds_one_float32_part_and_leaves_its_inputs_alone():
     assert forward.mean() > 0.9 and backward.mean() > 0.9
 
 
-def test_ground_truth_against_itself_scores_the_maximum():
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_ground_truth_against_itself_scores_the_maximum(protocol):
     video = _moving_square(3)
-    scores = _pixel_metrics(video, video)
-    assert scores["ssim_rgb_uniform"] == pytest.approx(1.0)
-    assert scores["ssim_gray_gaussian"] == pytest.approx(1.0)
-    assert scores["psnr"] == PSNR_MAX
-    assert scores["epe"] == 0.0
-    assert scores["hue_pcc"] == pytest.approx(1.0)
+    scores = _pixel_metrics(video, video, PROTOCOLS[protocol])
+    pixel = [
+        m
+        for m in PROTOCOLS[protocol].video_metrics([2])
+        if m.startswith(("ssim", "psnr", "epe", "hue"))
+    ]
+    assert set(scores) == set(pixel)
+    for metric, value in scores.items():
+        expected = {"psnr": PSNR_MAX, "epe": 0.0}.get(metric, 1.0)
+        assert value == pytest.approx(expected), metric
 
 
 def _write_gif(path, frames):

@@ -68,6 +68,7 @@ def hub(tmp_path_factory):
     from transformers import (
         Blip2ForConditionalGeneration,
         CLIPImageProcessor,
+        CLIPModel,
         CLIPTextModel,
         VideoMAEConfig,
         VideoMAEForVideoClassification,
@@ -78,6 +79,7 @@ def hub(tmp_path_factory):
     )
 
     from pipeline.models.tiny import write_tiny_captioner, write_tiny_clip, write_tiny_vae
+    from pipeline.models.tiny_classifiers import write_tiny_openai_clip
     from pipeline.models.tiny_generation import write_tiny_unclip, write_tiny_video
 
     root = tmp_path_factory.mktemp("hub")
@@ -150,6 +152,24 @@ def hub(tmp_path_factory):
     ):
         expected[role] = _state(model)
         files = tree(build / folder) | {"pytorch_model.bin": DECOY, "tf_model.h5": DECOY}
+        _cache(cache, CLASSIFIERS["paper"][role], files)
+
+    # openai/clip-vit-large-patch14 (safetensors beside pickles) and
+    # openai/clip-vit-base-patch32 (no safetensors on its pinned revision: the pickle is read)
+    for role, patch in (("clip_vit_l14", 4), ("clip_vit_b32", 8)):
+        folder = build / role
+        write_tiny_openai_clip(folder, seed=1, patch_size=patch)
+        model = CLIPModel.from_pretrained(folder)
+        expected[role] = _state(model)
+        files = tree(folder) | {"tf_model.h5": DECOY, "flax_model.msgpack": DECOY}
+        files |= {"tokenizer.json": b"{}", "vocab.json": b"{}"}
+        if "model.safetensors" in CLASSIFIERS["paper"][role].files:
+            files["pytorch_model.bin"] = DECOY
+        else:
+            (folder / "model.safetensors").unlink()
+            torch.save(model.state_dict(), folder / "pytorch_model.bin")
+            files = tree(folder) | {"tf_model.h5": DECOY, "flax_model.msgpack": DECOY}
+        (folder / "metadata.json").unlink(missing_ok=True)
         _cache(cache, CLASSIFIERS["paper"][role], files)
 
     # the video models, on the tiny VAE
@@ -290,6 +310,7 @@ def test_every_encoder_and_classifier_loads_the_cached_weights(downloaded, hub):
     from pipeline.models.loading import (
         load_captioner,
         load_clip,
+        load_clip_vision,
         load_image_classifier,
         load_vae,
         load_video_classifier,
@@ -305,6 +326,10 @@ def test_every_encoder_and_classifier_loads_the_cached_weights(downloaded, hub):
     assert _equal(_state(model), expected["frame_classifier"])
     _, model = load_video_classifier(downloaded / "paper-classifiers/video_classifier")
     assert _equal(_state(model), expected["video_classifier"])
+    for role in ("clip_vit_l14", "clip_vit_b32"):  # the image tower and its projection
+        _, model = load_clip_vision(downloaded / "paper-classifiers" / role)
+        held = {k: v for k, v in expected[role].items() if k in _state(model)}
+        assert len(held) == len(_state(model)) and _equal(_state(model), held), role
     for cls, folder in (
         (Blip2ForConditionalGeneration, "paper/captioner"),
         (AutoModelForImageClassification, "paper-classifiers/frame_classifier"),

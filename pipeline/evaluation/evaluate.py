@@ -32,16 +32,18 @@ from tqdm.auto import tqdm
 from pipeline.errors import DataError
 from pipeline.evaluation.metrics import (
     PSNR_MAX,
-    binomial_se,
+    binomial_sd,
     clip_pcc,
     epe,
-    hue_similarity,
+    hue_pcc,
     n_way_top1,
     psnr,
+    retrieval_subsets,
     retrieval_top1,
     sample_frames,
     ssim,
 )
+from pipeline.evaluation.protocols import LOWER_IS_BETTER, Protocol, protocols
 from pipeline.evaluation.summary import summarize
 from pipeline.io.video import VIDEO_SUFFIXES, read_video
 from pipeline.reconstructors.training import write_metrics
@@ -49,6 +51,7 @@ from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = [
     "Reconstructions",
+    "grid_border",
     "evaluate",
     "evaluate_retrieval",
     "external_reconstructions",
@@ -59,15 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Metrics and whether higher is better, in the order of the tables (paper Table 1 first).
-PIXEL_METRICS = {
-    "ssim_rgb_uniform": True,
-    "ssim_gray_gaussian": True,
-    "psnr": True,
-    "epe": False,
-    "hue_pcc": True,
-}
-CLIP_METRICS = {"clip_pcc_adjacent": True, "clip_pcc_all_pairs": True}
 _NAME = re.compile(r"^(?P<segment>.+)_clip(?P<clip>\d+)$")
 
 
@@ -77,13 +71,16 @@ class Reconstructions:
 
     ``predictions`` uint8 (clips, frames, h, w, 3); ``ground_truth`` uint8
     (clips, gt_frames, H, W, 3); ``names`` one identity per clip;
-    ``source`` what was read (recorded in the output).
+    ``source`` what was read (recorded in the output). ``halves``: for
+    side-by-side files, ``(predictions, ground_truth)`` as the peers' scripts
+    cut them, into equal parts with the grid border (:meth:`view`).
     """
 
     names: list[str]
     predictions: np.ndarray
     ground_truth: np.ndarray
     source: dict = field(default_factory=dict)
+    halves: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         if not len(self.names) == len(self.predictions) == len(self.ground_truth):
@@ -93,6 +90,13 @@ class Reconstructions:
             )
         if len(self.names) == 0:
             raise DataError(f"{self.source.get('path', 'reconstructions')}: no clips to evaluate")
+
+    def view(self, panels: str) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(view, predictions, ground_truth)`` for a protocol's panel handling: ``halves``
+        where the files were cut in halves (side by side), else the aligned panels."""
+        if panels == "halves" and self.halves is not None:
+            return "halves", *self.halves
+        return "aligned", self.predictions, self.ground_truth
 
 
 def _ground_truth(frames_dir: str | os.PathLike, segments, clips, what: str) -> np.ndarray:
@@ -140,6 +144,62 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
 
 
+#: Largest grid border :func:`grid_border` looks for (make_grid's default padding is 2).
+MAX_BORDER = 8
+
+
+def _grid_geometry(shape: tuple, panels: int, border: int) -> tuple[int, int] | None:
+    """Panel (height, width) of ``panels`` side by side with a ``border``, or None."""
+    height, width = shape[-3], shape[-2]
+    inner, rest = divmod(width - border, panels)
+    if rest or inner - border < 1 or height - 2 * border < 1:
+        return None
+    return height - 2 * border, inner - border
+
+
+def _is_grid(stack: np.ndarray, panels: int, border: int, pad: int | None = None) -> bool:
+    """Whether every frame has one uniform colour (``pad`` where given) in all border
+    strips of such a grid."""
+    geometry = _grid_geometry(stack.shape, panels, border)
+    if geometry is None:
+        return False
+    if border == 0:
+        return True
+    _, w = geometry
+    strips = [stack[..., :border, :, :], stack[..., -border:, :, :]]
+    strips += [
+        stack[..., :, i * (w + border) : i * (w + border) + border, :] for i in range(panels + 1)
+    ]
+    values = np.concatenate([x.reshape(-1, 3) for x in strips])
+    return bool((values == (values[0] if pad is None else pad)).all())
+
+
+def grid_border(stack: np.ndarray, panels: int) -> int:
+    """The border of side-by-side frames written by ``torchvision.utils.make_grid``.
+
+    ``make_grid(padding=p)`` lays ``panels`` images of (h, w) on a canvas of
+    (h + 2p, panels (w + p) + p), every strip between and around them of the
+    pad colour, black by default (MinD-Video's and NEURONS' ``save_videos_grid``
+    keep it). The smallest p ≤ :data:`MAX_BORDER` whose strips are black in
+    every frame of every file; 0 where none is. Content with black bars where
+    the strips would be can pass for a border: set the border explicitly then.
+    """
+    for border in range(1, MAX_BORDER + 1):
+        if _is_grid(stack, panels, border, pad=0):
+            return border
+    return 0
+
+
+def _grid_panels(stack: np.ndarray, panels: int, border: int) -> list[np.ndarray]:
+    """Each panel of a grid, cropped inside its border."""
+    h, w = _grid_geometry(stack.shape, panels, border)
+    top = border
+    return [
+        stack[..., top : top + h, border + i * (w + border) : border + i * (w + border) + w, :]
+        for i in range(panels)
+    ]
+
+
 def external_reconstructions(
     folder: str | os.PathLike,
     *,
@@ -147,13 +207,18 @@ def external_reconstructions(
     panels: int = 2,
     gt_panel: int = 0,
     pred_panel: int = 1,
+    border: int | str = "auto",
     frames_dir: str | os.PathLike | None = None,
 ) -> Reconstructions:
     """Reconstructions made elsewhere: one file per clip in ``folder``.
 
-    ``side_by_side``: each file holds ``panels`` equal panels side by side
-    (the convention of MinD-Video's GIFs); the ground truth is panel
-    ``gt_panel``, the prediction panel ``pred_panel``. ``separate``: files
+    ``side_by_side``: each file holds ``panels`` panels side by side (the
+    convention of MinD-Video's and NEURONS' GIFs); the ground truth is panel
+    ``gt_panel``, the prediction panel ``pred_panel``. The panels are cropped
+    inside the grid ``border`` (``torchvision.utils.make_grid``'s padding;
+    ``"auto"``: :func:`grid_border`); ``halves`` keeps the frame cut into
+    equal parts with the border, as the peers' scripts cut it
+    (``np.split(gif, 2, axis=2)``). ``separate``: files
     named ``{segment}_clip{NNN}`` (our videos' naming), scored against the
     ground-truth frames in ``frames_dir``.
     """
@@ -180,11 +245,26 @@ def external_reconstructions(
             raise DataError(f"{files[0]}: width {width} does not split into {panels} equal panels")
         w = width // panels
         stack = np.stack(videos)
+        if border == "auto":
+            border = grid_border(stack, panels)
+        else:
+            border = int(border)
+            if not _is_grid(stack, panels, border):
+                raise DataError(
+                    f"{folder}: frames of {stack.shape[2]} x {width} px hold no {panels} "
+                    f"panels with a uniform border of {border} px (evaluation.external border)"
+                )
+        panel = _grid_panels(stack, panels, border)
         return Reconstructions(
             names=[p.stem for p in files],
-            predictions=stack[:, :, :, pred_panel * w : (pred_panel + 1) * w],
-            ground_truth=stack[:, :, :, gt_panel * w : (gt_panel + 1) * w],
-            source=source | {"panels": panels, "gt_panel": gt_panel, "pred_panel": pred_panel},
+            predictions=panel[pred_panel],
+            ground_truth=panel[gt_panel],
+            source=source
+            | {"panels": panels, "gt_panel": gt_panel, "pred_panel": pred_panel, "border": border},
+            halves=(
+                stack[:, :, :, pred_panel * w : (pred_panel + 1) * w],
+                stack[:, :, :, gt_panel * w : (gt_panel + 1) * w],
+            ),
         )
     if layout != "separate":
         raise ValueError(f"unknown layout {layout!r}; known: side_by_side, separate")
@@ -206,14 +286,27 @@ def external_reconstructions(
     )
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (..., h, w, 3) → (..., *size, 3), bicubic (PIL); unchanged when already that size."""
-    from PIL import Image
+def resize_frames(
+    frames: np.ndarray, size: tuple[int, int], interpolation: str = "bicubic"
+) -> np.ndarray:
+    """uint8 (..., h, w, 3) → (..., *size, 3); unchanged when already that size.
 
-    if frames.shape[-3:-1] == size:
+    ``bicubic``: Pillow's (antialiased when shrinking); ``bilinear``: OpenCV's
+    ``cv2.resize`` default, ``INTER_LINEAR``, as the peers call it.
+    """
+    if frames.shape[-3:-1] == tuple(size):
         return frames
     flat = frames.reshape(-1, *frames.shape[-3:])
-    out = [np.asarray(Image.fromarray(f).resize(size[::-1], Image.BICUBIC)) for f in flat]
+    if interpolation == "bicubic":
+        from PIL import Image
+
+        out = [np.asarray(Image.fromarray(f).resize(size[::-1], Image.BICUBIC)) for f in flat]
+    elif interpolation == "bilinear":
+        import cv2
+
+        out = [cv2.resize(np.ascontiguousarray(f), size[::-1]) for f in flat]
+    else:
+        raise ValueError(f"unknown interpolation {interpolation!r}; known: bicubic, bilinear")
     return np.stack(out).reshape(*frames.shape[:-3], *size, 3)
 
 
@@ -228,137 +321,254 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class EvaluationModels:
-    """The frame and video classifiers and CLIP, loaded once per stage."""
+    """The frame and video classifiers and the CLIP models of the chosen protocols, each
+    loaded once per stage (and only if a protocol needs it)."""
 
     def __init__(
-        self, classifiers: str | os.PathLike, clip: str | os.PathLike, device, dtype, gt_frames: int
+        self,
+        classifiers: str | os.PathLike,
+        clip: str | os.PathLike,
+        device,
+        dtype,
+        gt_frames: int,
+        chosen: list[Protocol],
+        vifi_clip: str | os.PathLike | None = None,
     ):
-        from pipeline.models.classifiers import FrameClassifier, VideoClassifier
+        from pipeline.models.classifiers import ClipImageEncoder, FrameClassifier, VideoClassifier
         from pipeline.models.loading import load_clip
 
         classifiers = Path(classifiers)
-        self.frame = FrameClassifier(classifiers / "frame_classifier", device, dtype)
-        self.video = VideoClassifier(
-            classifiers / "video_classifier", device, dtype, num_frames=gt_frames
-        )
-        self.clip, _ = load_clip(clip, device, dtype)
         self.device, self.dtype = device, dtype
-        self.paths = {"classifiers": str(classifiers), "clip": str(clip)}
+        self.paths = {}
+        if any(p.n_way for p in chosen):
+            self.frame = FrameClassifier(classifiers / "frame_classifier", device, dtype)
+            self.video = VideoClassifier(
+                classifiers / "video_classifier", device, dtype, num_frames=gt_frames
+            )
+            self.paths["classifiers"] = str(classifiers)
+        self.clips = {}
+        for role in dict.fromkeys(p.clip_model for p in chosen if p.clip_model):
+            if role == "preset":
+                model, _ = load_clip(clip, device, dtype)
+                self.clips[role] = _OpenClipImages(model, device, dtype)
+                self.paths["clip"] = str(clip)
+            else:
+                self.clips[role] = ClipImageEncoder(classifiers / role, device, dtype)
+                self.paths[role] = str(classifiers / role)
+        self.vifi = None
+        if any(p.clip_gate is not None for p in chosen):
+            if vifi_clip is None:
+                log.warning(
+                    "evaluation.vifi_clip is not set: the ViFi-CLIP gate of CLIP-pcc "
+                    "(Mind-Animator) is skipped, so its CLIP-pcc is not gated"
+                )
+            else:
+                from pipeline.models.vifi_clip import ViFiClip
+
+                self.vifi = ViFiClip(vifi_clip, device, dtype)
+                self.paths["vifi_clip"] = str(vifi_clip)
+
+
+class _OpenClipImages:
+    """The preset's OpenCLIP model as an image encoder (pooled embeddings)."""
+
+    def __init__(self, model, device, dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def embeds(self, frames: np.ndarray, batch_size: int) -> np.ndarray:
+        from pipeline.caches import clip_image_embeds
+
+        return clip_image_embeds(self.model, frames, self.device, self.dtype, batch_size).numpy()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.from_numpy(logits).double().softmax(-1).numpy()
 
 
-def _pixel_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Pixel-level metrics of one clip: means over its frame pairs, EPE over its flows."""
+def _pixel_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict[str, float]:
+    """A protocol's pixel-level metrics of one clip: means over its frame pairs (SSIM and hue
+    over the first ``first_frames`` of them where set), EPE over its flows at ``epe_size``."""
     pairs = list(zip(pred, gt, strict=True))
-    return {
-        "ssim_rgb_uniform": np.mean([ssim(a, b, "rgb_uniform") for a, b in pairs]),
-        "ssim_gray_gaussian": np.mean([ssim(a, b, "gray_gaussian") for a, b in pairs]),
-        "psnr": np.mean([psnr(a, b) for a, b in pairs]),
-        "epe": epe(pred, gt),
-        "hue_pcc": np.mean([hue_similarity(a, b) for a, b in pairs]),
-    }
-
-
-def _n_way_metrics(
-    prefix: str, pred_probs: np.ndarray, gt_probs: np.ndarray, settings: dict, per_clip: int
-) -> dict[str, np.ndarray]:
-    """N-way top-1 per clip (frame metrics: the mean over the clip's frames)."""
-    out = {}
-    for n in settings["n_way"]:
-        accuracy = n_way_top1(
-            pred_probs, gt_probs, n, trials=settings["trials"], seed=settings["seed"]
-        )
-        out[f"{prefix}_{n}way"] = accuracy.reshape(-1, per_clip).mean(axis=1)
+    first = pairs[: protocol.first_frames] if protocol.first_frames else pairs
+    out = {f"ssim_{v}": np.mean([ssim(a, b, v) for a, b in first]) for v in protocol.ssim}
+    if protocol.psnr:
+        out["psnr"] = np.mean([psnr(a, b) for a, b in pairs])
+    if protocol.epe:
+        side = (protocol.epe_size,) * 2 if protocol.epe_size else pred.shape[1:3]
+        p, g = (resize_frames(x, side, protocol.interpolation) for x in (pred, gt))
+        out["epe"] = epe(p, g, rgb_as_bgr=protocol.rgb_as_bgr)
+    if protocol.hue:
+        out["hue_pcc"] = np.mean([hue_pcc(a, b, rgb_as_bgr=protocol.rgb_as_bgr) for a, b in first])
     return out
 
 
-def compute_metrics(
-    data: Reconstructions, models: EvaluationModels, settings: dict
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict[str, float]]:
-    """Per-clip metrics, the same under a shuffled pairing (control), and the frames used.
+def _n_way_metrics(
+    pred_probs: np.ndarray, gt_probs: np.ndarray, settings: dict, per_clip: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """N-way top-1 per clip (frame metrics: the mean over the clip's frames) and each
+    clip's mean of its samples' binomial sds (the ± the peers print is their mean)."""
+    accuracy, spread = {}, {}
+    for n in settings["n_way"]:
+        per_sample = n_way_top1(
+            pred_probs, gt_probs, n, trials=settings["trials"], seed=settings["seed"]
+        )
+        accuracy[f"{n}way"] = per_sample.reshape(-1, per_clip).mean(axis=1)
+        sd = binomial_sd(per_sample, settings["trials"])
+        spread[f"{n}way"] = sd.reshape(-1, per_clip).mean(axis=1)
+    return accuracy, spread
 
-    Returns ``(metrics, control, frame_indices, seconds)``: ``seconds`` per
-    metric family. CLIP-pcc scores the prediction alone and has no control.
+
+@dataclass
+class Scores:
+    """What :func:`compute_metrics` gives: per-clip metrics ``{protocol}.{metric}``, the same
+    under the shuffled pairing, the N-way metrics' per-clip binomial sds, the frames each
+    protocol compared, what each protocol read, and the seconds per metric family."""
+
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    control: dict[str, np.ndarray] = field(default_factory=dict)
+    binomial_sd: dict[str, np.ndarray] = field(default_factory=dict)
+    frame_indices: dict[str, list[int]] = field(default_factory=dict)
+    protocols: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def time(self, family: str, begin: float) -> None:
+        self.seconds[family] = self.seconds.get(family, 0.0) + time.perf_counter() - begin
+
+
+def compute_metrics(
+    data: Reconstructions, models: EvaluationModels, settings: dict, chosen: list[Protocol]
+) -> Scores:
+    """Per-clip metrics of every chosen protocol, and the same under a shuffled pairing.
+
+    Model outputs are shared between protocols that read the same frames.
+    CLIP-pcc scores the prediction alone and has no control.
     """
-    n, n_pred = data.predictions.shape[:2]
-    gt = data.ground_truth
-    n_gt = gt.shape[1]
-    indices = (
-        np.arange(n_gt)
-        if n_pred == n_gt
-        else sample_frames(n_pred, n_gt, settings["frame_sampling"])
-    )
-    pred = data.predictions[:, indices]
+    n = len(data.names)
     batch = settings["batch_size"]
     pairings = {
         "matched": np.arange(n),
         "control": _derangement(n, np.random.default_rng(settings["seed"])),
     }
-    seconds = {}
+    scores = Scores()
+    probabilities, embeddings = {}, {}
+    for protocol in chosen:
+        view, predictions, gt = data.view(protocol.panels)
+        n_pred, n_gt = predictions.shape[1], gt.shape[1]
+        sampling = protocol.frame_sampling or settings["frame_sampling"]
+        indices = np.arange(n_gt) if n_pred == n_gt else sample_frames(n_pred, n_gt, sampling)
+        pred = predictions[:, indices]
+        key = (view, tuple(indices.tolist()))
+        scores.frame_indices[protocol.name] = indices.tolist()
+        scores.protocols[protocol.name] = {"view": view, "frame_sampling": sampling}
+        results = {"matched": {}, "control": {}}
 
-    # semantic: the classifiers' probabilities, N-way on each pairing
-    begin = time.perf_counter()
-    frame_pred = _softmax(models.frame.logits(pred.reshape(-1, *pred.shape[2:]), batch))
-    frame_gt = _softmax(models.frame.logits(gt.reshape(-1, *gt.shape[2:]), batch))
-    frame_gt = frame_gt.reshape(n, n_gt, -1)
-    video_pred = _softmax(models.video.logits(pred, batch))
-    video_gt = _softmax(models.video.logits(gt, batch))
-    results = {}
-    for name, pairing in pairings.items():
-        results[name] = _n_way_metrics(
-            "video", video_pred, video_gt[pairing], settings, 1
-        ) | _n_way_metrics(
-            "frame", frame_pred, frame_gt[pairing].reshape(n * n_gt, -1), settings, n_gt
-        )
-    seconds["classifiers"] = time.perf_counter() - begin
+        if protocol.n_way:  # semantic: the classifiers' probabilities, N-way on each pairing
+            begin = time.perf_counter()
+            if key not in probabilities:
+                frame_gt = _softmax(models.frame.logits(gt.reshape(-1, *gt.shape[2:]), batch))
+                probabilities[key] = (
+                    _softmax(models.frame.logits(pred.reshape(-1, *pred.shape[2:]), batch)),
+                    frame_gt.reshape(n, n_gt, -1),
+                    _softmax(models.video.logits(pred, batch)),
+                    _softmax(models.video.logits(gt, batch)),
+                )
+            frame_pred, frame_gt, video_pred, video_gt = probabilities[key]
+            for name, pairing in pairings.items():
+                for kind, (p, g, per_clip) in {
+                    "video": (video_pred, video_gt[pairing], 1),
+                    "frame": (frame_pred, frame_gt[pairing].reshape(n * n_gt, -1), n_gt),
+                }.items():
+                    accuracy, spread = _n_way_metrics(p, g, settings, per_clip)
+                    results[name] |= {f"{kind}_{k}": v for k, v in accuracy.items()}
+                    if name == "matched":
+                        scores.binomial_sd |= {
+                            f"{protocol.name}.{kind}_{k}": v for k, v in spread.items()
+                        }
+            scores.time("classifiers", begin)
 
-    # pixel level, at the prediction's size (or evaluation.size)
-    begin = time.perf_counter()
-    size = settings["size"]
-    side = (size, size) if size else tuple(pred.shape[2:4])
-    pred_px, gt_px = resize_frames(pred, side), resize_frames(gt, side)
-    with tqdm(total=2 * n, desc="pixel metrics", unit="clip") as progress:
-        for name, pairing in pairings.items():
-            rows = []
-            for i in range(n):
-                rows.append(_pixel_metrics(pred_px[i], gt_px[pairing[i]]))
-                progress.update()
-            results[name] |= {m: np.array([row[m] for row in rows]) for m in PIXEL_METRICS}
-    seconds["pixel"] = time.perf_counter() - begin
+        if protocol.ssim or protocol.psnr or protocol.epe or protocol.hue:
+            begin = time.perf_counter()
+            size = protocol.size or settings["size"]
+            side = (size, size) if size else tuple(pred.shape[2:4])
+            pred_px = resize_frames(pred, side, protocol.interpolation)
+            gt_px = resize_frames(gt, side, protocol.interpolation)
+            scores.protocols[protocol.name] |= {"size": list(side)}
+            desc = f"{protocol.name} pixel metrics"
+            with tqdm(total=2 * n, desc=desc, unit="clip") as progress:
+                for name, pairing in pairings.items():
+                    rows = []
+                    for i in range(n):
+                        rows.append(_pixel_metrics(pred_px[i], gt_px[pairing[i]], protocol))
+                        progress.update()
+                    results[name] |= {m: np.array([r[m] for r in rows]) for m in rows[0]}
+            scores.time("pixel", begin)
 
-    # spatiotemporal: CLIP-pcc of every generated frame
-    from pipeline.caches import clip_image_embeds
+        if protocol.clip_pcc:  # spatiotemporal: the prediction's frames alone
+            begin = time.perf_counter()
+            frames = predictions if protocol.clip_frames == "generated" else pred
+            clip_key = (protocol.clip_model, view, protocol.clip_frames, key[1])
+            if clip_key not in embeddings:
+                flat = frames.reshape(-1, *frames.shape[2:])
+                embeddings[clip_key] = models.clips[protocol.clip_model].embeds(flat, batch)
+            embeds = embeddings[clip_key].reshape(n, frames.shape[1], -1)
+            gate = _vifi_gate(protocol, models, frames, gt, batch)
+            scores.protocols[protocol.name]["clip_gate"] = gate["status"]
+            for variant in protocol.clip_pcc:
+                values = np.array([clip_pcc(e, variant) for e in embeds])
+                if gate["similarity"] is not None:  # Mind-Animator: <= threshold scores 0
+                    values = np.where(gate["similarity"] <= protocol.clip_gate, 0.0, values)
+                results["matched"][f"clip_pcc_{variant}"] = values
+            scores.time("clip", begin)
 
-    begin = time.perf_counter()
-    frames = data.predictions.reshape(-1, *data.predictions.shape[2:])
-    embeds = clip_image_embeds(models.clip, frames, models.device, models.dtype, batch)
-    embeds = embeds.numpy().reshape(n, n_pred, -1)
-    for variant in ("adjacent", "all_pairs"):
-        results["matched"][f"clip_pcc_{variant}"] = np.array([clip_pcc(e, variant) for e in embeds])
-    seconds["clip"] = time.perf_counter() - begin
-    return results["matched"], results["control"], indices, seconds
+        for name, target in (("matched", scores.metrics), ("control", scores.control)):
+            target |= {f"{protocol.name}.{m}": v for m, v in results[name].items()}
+    return scores
 
 
-def summary_rows(
-    metrics: dict[str, np.ndarray], control: dict[str, np.ndarray], settings: dict
-) -> list[dict]:
-    """One row per metric: mean, sd, sem, bootstrap CI, binomial ±, chance and control."""
+def _vifi_gate(protocol: Protocol, models: EvaluationModels, pred, gt, batch: int) -> dict:
+    """ViFi-CLIP's video similarity of each prediction to its ground truth, for protocols
+    that gate CLIP-pcc by it; skipped (recorded) where its weights are not given."""
+    if protocol.clip_gate is None:
+        return {"status": "none", "similarity": None}
+    if models.vifi is None:
+        return {"status": "skipped: evaluation.vifi_clip is not set", "similarity": None}
+    similarity = models.vifi.similarity(pred, gt, batch, swap_pred=protocol.rgb_as_bgr)
+    return {
+        "status": f"applied: {int((similarity <= protocol.clip_gate).sum())} clips zeroed",
+        "similarity": similarity,
+    }
+
+
+#: How the ± of the tables is computed, per kind of metric.
+PM_KINDS = {
+    "binomial": "mean over samples of each sample's binomial sd over the trials (the peers')",
+    "sd": "sd over clips",
+}
+
+
+def summary_rows(scores: Scores, settings: dict, chance: dict | None = None) -> list[dict]:
+    """One row per metric ``{protocol}.{metric}``: mean, sd, sem, bootstrap CI over clips,
+    the field's ± (N-way: the mean of the per-sample binomial sds; else the sd over
+    clips), chance and the shuffled control."""
     rows = []
-    for name, values in metrics.items():
-        row = {"metric": name} | summarize(
+    for name, values in scores.metrics.items():
+        protocol, metric = name.split(".", 1)
+        row = {"metric": name, "protocol": protocol} | summarize(
             values, n_resamples=settings["bootstrap_resamples"], seed=settings["seed"]
         )
-        n_way = re.fullmatch(r"(video|frame)_(\d+)way", name)
-        row["higher_is_better"] = PIXEL_METRICS.get(name, CLIP_METRICS.get(name, True))
-        row["binomial_se"] = binomial_se(row["mean"], settings["trials"]) if n_way else None
+        n_way = re.fullmatch(r"(video|frame)_(\d+)way", metric)
+        row["higher_is_better"] = metric not in LOWER_IS_BETTER
+        if name in scores.binomial_sd:
+            row["field_pm"], row["pm_kind"] = float(scores.binomial_sd[name].mean()), "binomial"
+        else:
+            row["field_pm"], row["pm_kind"] = row["std"], "sd"
         # the protocol's chance: any of the 3 ground-truth classes may beat the N - 1 distractors
-        row["chance"] = 3 / (int(n_way[2]) + 2) if n_way else None
-        if name in control:
+        row["chance"] = 3 / (int(n_way[2]) + 2) if n_way else (chance or {}).get(name)
+        if name in scores.control:
             shuffled = summarize(
-                control[name], n_resamples=settings["bootstrap_resamples"], seed=settings["seed"]
+                scores.control[name],
+                n_resamples=settings["bootstrap_resamples"],
+                seed=settings["seed"],
             )
             row |= {f"control_{k}": shuffled[k] for k in ("mean", "ci_low", "ci_high")}
         else:
@@ -389,8 +599,7 @@ def _write_evaluation(
     output: Path,
     stage: str,
     names: list[str],
-    metrics: dict[str, np.ndarray],
-    control: dict[str, np.ndarray],
+    scores: Scores,
     rows: list[dict],
     attrs: dict,
     params: dict,
@@ -400,17 +609,20 @@ def _write_evaluation(
         tmp.mkdir(parents=True)
         store = zarr.open_group(tmp / "metrics.zarr", mode="w")
         create_array(store, "name", data=np.array(names, dtype=str), dims=["clip"])
-        for name, values in metrics.items():
-            create_array(store, name, data=np.asarray(values, dtype=np.float64), dims=["clip"])
-        for name, values in control.items():
-            create_array(
-                store, f"control_{name}", data=np.asarray(values, dtype=np.float64), dims=["clip"]
-            )
+        for prefix, arrays in (
+            ("", scores.metrics),
+            ("control_", scores.control),
+            ("binomial_sd_", scores.binomial_sd),
+        ):
+            for name, values in arrays.items():
+                data = np.asarray(values, dtype=np.float64)
+                create_array(store, f"{prefix}{name}", data=data, dims=["clip"])
         store.attrs["summary"] = rows
         store.attrs.update(attrs)
         store.attrs["provenance"] = provenance(stage, params, inputs)
         table = [
-            {"clip": c} | {k: float(v[i]) for k, v in metrics.items()} for i, c in enumerate(names)
+            {"clip": c} | {k: float(v[i]) for k, v in scores.metrics.items()}
+            for i, c in enumerate(names)
         ]
         write_metrics(table, tmp / "clips.csv")
         write_metrics(rows, tmp / "summary.csv")
@@ -427,35 +639,55 @@ def evaluate(
     dtype: torch.dtype,
     stage: str = "evaluate_videos",
 ) -> list[dict]:
-    """Score ``data``, write ``output`` (metrics.zarr, clips.csv, summary.csv), return summary."""
+    """Score ``data`` under each protocol of ``settings["protocols"]``; write ``output``
+    (metrics.zarr, clips.csv, summary.csv) and return the summary rows."""
     started = time.perf_counter()
-    models = EvaluationModels(classifiers, clip, device, dtype, data.ground_truth.shape[1])
+    chosen = [p for p in protocols(settings["protocols"]) if p.video_metrics(settings["n_way"])]
+    if not chosen:
+        raise ValueError(f"none of the protocols {settings['protocols']} scores videos")
+    models = EvaluationModels(
+        classifiers,
+        clip,
+        device,
+        dtype,
+        data.ground_truth.shape[1],
+        chosen,
+        settings.get("vifi_clip"),
+    )
     loaded = time.perf_counter()
-    metrics, control, indices, seconds = compute_metrics(data, models, settings)
-    rows = summary_rows(metrics, control, settings)
+    scores = compute_metrics(data, models, settings, chosen)
+    rows = summary_rows(scores, settings)
     finished = time.perf_counter()
     n = len(data.names)
     attrs = {
         "source": data.source,
-        "frame_indices": indices.tolist(),
+        "protocols": {
+            p.name: scores.protocols[p.name]
+            | {"reproduces": p.reproduces, "frame_indices": scores.frame_indices[p.name]}
+            for p in chosen
+        },
         "prediction_shape": list(data.predictions.shape[1:]),
         "ground_truth_shape": list(data.ground_truth.shape[1:]),
         "psnr_max": PSNR_MAX,
-        "classes": {"frame": models.frame.n_classes, "video": models.video.n_classes},
+        "pm_kinds": PM_KINDS,
         "timing": {
             "load_s": round(loaded - started, 3),
             "metrics_s": round(finished - loaded, 3),
             "per_clip_s": round((finished - loaded) / n, 4),
-            **{f"{k}_s": round(v, 3) for k, v in seconds.items()},
+            **{f"{k}_s": round(v, 3) for k, v in scores.seconds.items()},
             "clips": n,
             "device": str(device),
         },
     }
+    if hasattr(models, "frame"):
+        attrs["classes"] = {"frame": models.frame.n_classes, "video": models.video.n_classes}
     for row in rows:
         log.info(
-            "%-20s %.4f [%.4f, %.4f]  control %s",
+            "%-36s %.4f ± %.4f (%s) [%.4f, %.4f]  control %s",
             row["metric"],
             row["mean"],
+            row["field_pm"],
+            row["pm_kind"],
             row["ci_low"],
             row["ci_high"],
             row["control_mean"],
@@ -464,8 +696,7 @@ def evaluate(
         Path(output),
         stage,
         data.names,
-        metrics,
-        control,
+        scores,
         rows,
         attrs,
         settings,
@@ -481,18 +712,29 @@ def evaluate_retrieval(
     *,
     settings: dict,
 ) -> list[dict]:
-    """Keyframe and fMRI retrieval top-1 (appendix C.6) of a subject's Semantic Reconstructor.
+    """Keyframe and fMRI retrieval top-1 of a subject's Semantic Reconstructor, under each
+    protocol of ``settings["protocols"]`` that has retrieval.
 
     The SR's fMRI embeddings against the cached CLIP tokens of each test
-    clip's first keyframe candidate, within consecutive parts of at most
-    ``settings["retrieval_pool"]`` clips; the control pairs each fMRI
-    embedding with another clip's keyframe.
+    clip's first keyframe candidate: ``neuroclips`` within consecutive parts
+    of at most ``settings["retrieval_pool"]`` clips (paper appendix C.6),
+    ``mindeye2`` in its 30 random subsets of 300
+    (:func:`~pipeline.evaluation.metrics.retrieval_subsets`). The control
+    pairs each fMRI embedding with another clip's keyframe.
+
+    MindEye2's ``batchwise_cosine_similarity`` returns the transpose of its
+    arguments' similarity, so what its code (and the official NeuroClips
+    code, which calls it) prints as "fwd" is ``fmri_top1`` here, and "bwd" is
+    ``keyframe_top1``.
     """
     from types import SimpleNamespace
 
     from pipeline.generation.stages import video_name
     from pipeline.reconstructors.data import cache_rows
 
+    chosen = [p for p in protocols(settings["protocols"]) if p.retrieval]
+    if not chosen:
+        raise ValueError(f"none of the protocols {settings['protocols']} has retrieval")
     store = open_store(semantic, stage="predict_semantic")
     segments = [str(s) for s in store["segment"][:]]
     clips = store["clip"][:].astype(int)
@@ -500,25 +742,35 @@ def evaluate_retrieval(
     rows = cache_rows(clip_cache, clips_of, "cache_clip_images")
     target = open_store(clip_cache, stage="cache_clip_images")["tokens"].oindex[rows, 0]
     pred = np.asarray(store["fmri_embeds"][:], dtype=np.float32)
-    forward, backward, part = retrieval_top1(pred, target, settings["retrieval_pool"])
     pairing = _derangement(len(pred), np.random.default_rng(settings["seed"]))
-    c_forward, c_backward, _ = retrieval_top1(pred, target[pairing], settings["retrieval_pool"])
-    metrics = {"keyframe_top1": forward.astype(float), "fmri_top1": backward.astype(float)}
-    control = {"keyframe_top1": c_forward.astype(float), "fmri_top1": c_backward.astype(float)}
-    summary = summary_rows(metrics, control, settings | {"trials": 1})
-    for row in summary:
-        row["binomial_se"] = None
-        row["chance"] = float(np.mean(1 / part))
+    scores, chance, attrs = Scores(), {}, {}
+    pool = settings["retrieval_pool"]
+    for protocol in chosen:
+        for into, paired in ((scores.metrics, target), (scores.control, target[pairing])):
+            if protocol.retrieval == "parts":
+                forward, backward, part = retrieval_top1(pred, paired, pool)
+                per_chance = float(np.mean(1 / part))
+                attrs["part_size"] = part.tolist()
+            else:
+                forward, backward, per_chance = retrieval_subsets(pred, paired)
+            into[f"{protocol.name}.keyframe_top1"] = np.asarray(forward, dtype=float)
+            into[f"{protocol.name}.fmri_top1"] = np.asarray(backward, dtype=float)
+        chance |= {f"{protocol.name}.{m}": per_chance for m in protocol.retrieval_metrics()}
+    summary = summary_rows(scores, settings, chance)
+    for row in summary:  # one draw per clip: no trials to take an sd over
+        row["field_pm"], row["pm_kind"] = row["std"], "sd"
     names = [video_name(s, c) for s, c in zip(segments, clips, strict=True)]
-    params = {k: settings[k] for k in ("retrieval_pool", "bootstrap_resamples", "seed")}
+    params = {
+        k: settings[k] for k in ("protocols", "retrieval_pool", "bootstrap_resamples", "seed")
+    }
+    attrs["protocols"] = {p.name: {"reproduces": p.reproduces} for p in chosen}
     _write_evaluation(
         Path(output),
         "evaluate_retrieval",
         names,
-        metrics,
-        control,
+        scores,
         summary,
-        {"part_size": part.tolist()},
+        attrs,
         params,
         [str(semantic), str(clip_cache)],
     )

@@ -1,29 +1,40 @@
-"""The metrics of the fMRI-to-video field, each named by the variant it computes (SPEC §4).
+"""The metrics of the fMRI-to-video field, each named by the variant it computes.
+
+Every peer's evaluation code computes its own variant of each metric; each
+variant here is named, and :mod:`pipeline.evaluation.protocols` says which
+system's code computes which.
 
 * **N-way top-1** (MinD-Video's protocol, used by NeuroClips, NEURONS and
   Mind-Animator): the ground-truth class set is the classifier's top-3 on the
   ground truth; each of ``trials`` trials draws n−1 distractor classes
   outside that set, and succeeds when, for some ground-truth class, the
-  prediction's probability of it beats every distractor's. ± is the binomial
-  sqrt(p(1−p)/trials). With a set of 3, a prediction unrelated to the ground
-  truth succeeds with probability 3/(n+2), not 1/n.
-* **SSIM**, two variants in use: ``rgb_uniform`` (skimage on RGB uint8, 7 × 7
-  uniform window: MinD-Video, Mind-Animator) and ``gray_gaussian``
-  (grayscale in [0, 1], Gaussian σ = 1.5, population covariance: MindEye,
-  NEURONS). **PSNR** on RGB uint8, data range 255, capped at
+  prediction's probability of it beats every distractor's. With a set of 3,
+  a prediction unrelated to the ground truth succeeds with probability
+  3/(n+2), not 1/n. The ± every peer prints is the mean over samples of each
+  sample's binomial sd, sqrt(p_i(1−p_i)/trials) (:func:`binomial_sd`): a
+  statement about the trials, not about the clips (the bootstrap CI over
+  clips is that).
+* **SSIM**, three variants in use: ``rgb_uniform`` (skimage on RGB uint8,
+  7 × 7 uniform window: MinD-Video, Mind-Animator), ``gray_gaussian``
+  (grayscale in [0, 1], Gaussian σ = 1.5, population covariance, 2-D:
+  MindEye2) and ``gray_columns`` (the same settings with ``channel_axis=-1``
+  on the grey image, so skimage averages the 1-D SSIMs of the image's
+  columns: NEURONS). **PSNR** on RGB uint8, data range 255, capped at
   :data:`PSNR_MAX` for identical images.
 * **CLIP-pcc**, two definitions: ``adjacent`` (the paper's: mean cosine
   similarity of the CLIP embeddings of consecutive frames) and ``all_pairs``
-  (NEURONS: the mean over all pairs of distinct frames).
+  (NEURONS: the mean over all ordered pairs of distinct frames).
 * **EPE** (Mind-Animator): the mean end-point error between the Farneback
   optical flows (OpenCV) of consecutive ground-truth frames and of the
-  corresponding predicted frames; lower is better. **Hue similarity**
-  (Mind-Animator's hue-pcc): the Pearson correlation of two frames' 180-bin
-  hue histograms (OpenCV HSV).
-* **Retrieval top-1** (paper appendix C.6): the test clips split into
-  consecutive parts of at most 300; within its part, a clip's fMRI embedding
-  must be nearest (cosine) to its own keyframe embedding (keyframe retrieval)
-  and the keyframe embedding to its own fMRI embedding (fMRI retrieval).
+  corresponding predicted frames; lower is better. **Hue-pcc**
+  (Mind-Animator): the uncentred cosine similarity of two frames' per-pixel
+  hue maps (OpenCV HSV). Mind-Animator converts RGB frames with OpenCV's
+  BGR codes; ``rgb_as_bgr`` reproduces that.
+* **Retrieval top-1**: within a pool of clips, a clip's fMRI embedding must
+  be nearest (cosine) to its own keyframe embedding (keyframe retrieval) and
+  the keyframe embedding to its own fMRI embedding (fMRI retrieval). Pools
+  are the consecutive parts of at most 300 clips (paper appendix C.6) or
+  MindEye2's random subsets (:func:`retrieval_subsets`).
 * **Frame sampling** from the generated frames onto the ground truth's:
   ``neurons`` (of 16 frames drop the first 4, then every 2nd: 6 frames) or
   ``uniform`` (evenly spaced, first and last kept).
@@ -36,12 +47,13 @@ import numpy as np
 __all__ = [
     "FRAME_SAMPLINGS",
     "PSNR_MAX",
-    "binomial_se",
+    "binomial_sd",
     "clip_pcc",
     "epe",
-    "hue_similarity",
+    "hue_pcc",
     "n_way_top1",
     "psnr",
+    "retrieval_subsets",
     "retrieval_top1",
     "sample_frames",
     "ssim",
@@ -51,7 +63,7 @@ __all__ = [
 PSNR_MAX = 100.0
 
 FRAME_SAMPLINGS = ("neurons", "uniform")
-SSIM_VARIANTS = ("rgb_uniform", "gray_gaussian")
+SSIM_VARIANTS = ("rgb_uniform", "gray_gaussian", "gray_columns")
 CLIP_PCC_VARIANTS = ("adjacent", "all_pairs")
 
 
@@ -102,9 +114,16 @@ def n_way_top1(
     return accuracy
 
 
-def binomial_se(p: float, trials: int) -> float:
-    """The ± of an N-way accuracy in the field's tables: sqrt(p(1−p)/trials)."""
-    return float(np.sqrt(p * (1 - p) / trials))
+def binomial_sd(accuracy: np.ndarray, trials: int) -> np.ndarray:
+    """Each sample's binomial sd over its trials, sqrt(p_i(1−p_i)/trials).
+
+    Their mean is the ± every peer prints beside an N-way accuracy
+    (MinD-Video ``src/MindVideo/utils/eval_metrics.py`` and the scripts that
+    call it, at jqin4749/MindVideo@5097206d; NEURONS and Mind-Animator call
+    the same code): not sqrt(p̄(1−p̄)/trials), which is 1.2–3.3 times larger.
+    """
+    p = np.asarray(accuracy, dtype=np.float64)
+    return np.sqrt(p * (1 - p) / trials)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
@@ -114,7 +133,10 @@ def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
 
     if variant == "rgb_uniform":
         return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
-    if variant == "gray_gaussian":
+    if variant in ("gray_gaussian", "gray_columns"):
+        # gray_columns: NEURONS passes channel_axis=-1 with the grey (h, w) image, so skimage
+        # takes its columns for channels and averages their 1-D SSIMs
+        axis = {"channel_axis": -1} if variant == "gray_columns" else {}
         return float(
             structural_similarity(
                 rgb2gray(a),
@@ -123,6 +145,7 @@ def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
                 sigma=1.5,
                 use_sample_covariance=False,
                 data_range=1.0,
+                **axis,
             )
         )
     raise ValueError(f"unknown SSIM variant {variant!r}; known: {SSIM_VARIANTS}")
@@ -176,10 +199,11 @@ FARNEBACK = {
 }
 
 
-def _flows(frames: np.ndarray) -> np.ndarray:
+def _flows(frames: np.ndarray, rgb_as_bgr: bool) -> np.ndarray:
     import cv2
 
-    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    code = cv2.COLOR_BGR2GRAY if rgb_as_bgr else cv2.COLOR_RGB2GRAY
+    gray = [cv2.cvtColor(np.ascontiguousarray(f), code) for f in frames]
     return np.stack(
         [
             cv2.calcOpticalFlowFarneback(a, b, None, **FARNEBACK)
@@ -188,30 +212,39 @@ def _flows(frames: np.ndarray) -> np.ndarray:
     )
 
 
-def epe(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Mean end-point error (pixels) between the optical flows of two uint8 videos (f, h, w, 3)."""
+def epe(pred: np.ndarray, gt: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
+    """Mean end-point error (pixels) between the optical flows of two uint8 videos (f, h, w, 3).
+
+    ``rgb_as_bgr``: convert to grey with OpenCV's BGR weights, as Mind-Animator
+    does with its RGB frames (``Evaluation_Metrics/`` at
+    ReedOnePeck/Mind-Animator@a5adbf3b).
+    """
     if pred.shape != gt.shape or len(pred) < 2:
         raise ValueError(
             f"EPE needs two videos of one shape with >= 2 frames: {pred.shape}, {gt.shape}"
         )
-    return float(np.linalg.norm(_flows(pred) - _flows(gt), axis=-1).mean())
+    difference = _flows(pred, rgb_as_bgr) - _flows(gt, rgb_as_bgr)
+    return float(np.linalg.norm(difference, axis=-1).mean())
 
 
-def hue_similarity(a: np.ndarray, b: np.ndarray, bins: int = 180) -> float:
-    """Pearson correlation of the hue histograms of two uint8 RGB images (h, w, 3)."""
+def hue_pcc(a: np.ndarray, b: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
+    """Mind-Animator's hue-pcc of two uint8 RGB images (h, w, 3): the uncentred cosine
+    similarity of their per-pixel hue maps (``Evaluation_Metrics/hue_pcc.py`` at
+    ReedOnePeck/Mind-Animator@a5adbf3b; OpenCV's 8-bit hue, scaled by 1/360 there,
+    which a cosine ignores).
+
+    ``rgb_as_bgr`` converts with ``COLOR_BGR2HSV`` as Mind-Animator does with its
+    RGB frames (red and blue swap their hues). An image without hue (grey) has a
+    zero map, where the cosine is 0/0: two hue-free images score 1, one scores 0.
+    """
     import cv2
 
-    hist = [
-        np.bincount(
-            cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2HSV)[..., 0].ravel(), minlength=bins
-        )
-        for x in (a, b)
-    ]
-    h = [x.astype(np.float64) - x.mean() for x in hist]
+    code = cv2.COLOR_BGR2HSV if rgb_as_bgr else cv2.COLOR_RGB2HSV
+    h = [cv2.cvtColor(np.ascontiguousarray(x), code)[..., 0].astype(np.float64) for x in (a, b)]
     norm = np.linalg.norm(h[0]) * np.linalg.norm(h[1])
-    if norm == 0:  # a flat histogram has no shape to correlate: only equal ones agree
-        return float(np.array_equal(hist[0], hist[1]))
-    return float(h[0] @ h[1] / norm)
+    if norm == 0:
+        return float(not h[0].any() and not h[1].any())
+    return float(np.sum(h[0] * h[1]) / norm)
 
 
 def retrieval_top1(
@@ -246,3 +279,40 @@ def retrieval_top1(
         backward[part] = similarity.argmax(axis=0) == own
         size[part] = len(part)
     return forward, backward, size
+
+
+def retrieval_subsets(
+    pred: np.ndarray, target: np.ndarray, pool: int = 300, subsets: int = 30, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """MindEye2's retrieval: top-1 both ways within ``subsets`` random subsets of ``pool``.
+
+    As ``src/final_evaluations.ipynb`` at MedARC-AI/MindEyeV2@c1847188: numpy's
+    global generator seeded with ``seed`` (``utils.seed_everything(42)``; nothing
+    else draws from it before), each subset ``np.random.choice(np.arange(n), 300,
+    replace=False)``, cosine similarity of the flattened, normalised
+    embeddings. With fewer than ``pool`` clips, every subset holds them all.
+
+    Returns ``(forward, backward, chance)`` per clip: its correct retrievals
+    (fMRI → keyframe, keyframe → fMRI) divided by the mean number of subsets a
+    clip is drawn into, ``subsets * pool / n``; so their mean over clips is
+    the mean over subsets of each subset's accuracy, the number MindEye2
+    prints. ``chance`` is 1 / pool.
+    """
+    p = np.asarray(pred, dtype=np.float32).reshape(len(pred), -1)
+    t = np.asarray(target, dtype=np.float32).reshape(len(target), -1)
+    if len(p) != len(t) or len(p) == 0:
+        raise ValueError(f"need paired, non-empty embeddings: {len(p)} vs {len(t)}")
+    n = len(p)
+    size = min(pool, n)
+    rng = np.random.RandomState(seed)  # the legacy global generator MindEye2 seeds
+    forward, backward = np.zeros(n), np.zeros(n)
+    for _ in range(subsets):
+        rows = rng.choice(np.arange(n), size=size, replace=False)
+        a = p[rows] / np.linalg.norm(p[rows], axis=1, keepdims=True)
+        b = t[rows] / np.linalg.norm(t[rows], axis=1, keepdims=True)
+        similarity = a @ b.T
+        own = np.arange(size)
+        forward[rows] += similarity.argmax(axis=1) == own
+        backward[rows] += similarity.argmax(axis=0) == own
+    scale = n / (subsets * size)
+    return forward * scale, backward * scale, 1 / size

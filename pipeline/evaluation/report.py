@@ -24,7 +24,14 @@ import numpy as np
 import zarr
 
 from pipeline.evaluation.evaluate import resize_frames
-from pipeline.evaluation.tables import PUBLISHED, label, table1_columns
+from pipeline.evaluation.tables import (
+    PM_NOTE,
+    PUBLISHED,
+    RETRIEVAL_NOTE,
+    label,
+    main_protocol,
+    table1_columns,
+)
 from pipeline.stores import open_store
 
 __all__ = ["clip_grid", "write_report"]
@@ -116,9 +123,8 @@ def _html_table(rows: list[dict], columns: list[str], published: dict | None = N
             f"<tr><th>{name}</th><td>{html.escape(row['subject'])}</td>{''.join(cells)}</tr>"
         )
     for name, values in (published or {}).items():
-        cells = "".join(
-            f"<td>{values[c]:.3f}</td>" if c in values else "<td>–</td>" for c in columns
-        )
+        bare = [c.rpartition(".")[2] for c in columns]
+        cells = "".join(f"<td>{values[m]:.3f}</td>" if m in values else "<td>–</td>" for m in bare)
         body.append(
             f'<tr class="published"><th>{html.escape(name)}</th><td>average</td>{cells}</tr>'
         )
@@ -177,7 +183,9 @@ def metrics_figure(evaluation: str | os.PathLike) -> bytes:
     import matplotlib.pyplot as plt
 
     store = open_store(Path(evaluation) / "metrics.zarr")
-    metrics = [row["metric"] for row in store.attrs["summary"]]
+    summary = store.attrs["summary"]
+    # the first protocol's metrics (the others repeat them in their variants)
+    metrics = [row["metric"] for row in summary if row["protocol"] == summary[0]["protocol"]]
     cols = 4
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
@@ -266,7 +274,10 @@ def write_report(
     """
     output, tables = Path(output), Path(tables)
     n_way = config["evaluation"]["n_way"]
-    columns = table1_columns(n_way)
+    main = main_protocol(config["evaluation"]["protocols"], n_way)
+    columns = table1_columns(main, n_way)
+    retrieval = _read_csv(tables / "retrieval.csv") if (tables / "retrieval.csv").is_file() else []
+    retrieval_columns = [c for c in (retrieval[0] if retrieval else {}) if c.endswith("top1")]
     first = next(iter(subjects))
     images = {
         "selection.png": selection_figure({s: p["selection"] for s, p in subjects.items()}),
@@ -291,14 +302,14 @@ def write_report(
         "models on cc2017.</p>"
         if tiny
         else "",
-        "<h2>Table 1: video reconstruction</h2>"
-        "<p>N-way top-1: ± is the binomial sqrt(p(1−p)/trials); other metrics: ± the sd over "
-        "clips. Hover a cell for its bootstrap 95 % CI and the shuffled-pairing control.</p>",
+        f"<h2>Table 1: video reconstruction ({html.escape(main)} protocol)</h2>"
+        f"<p>{html.escape(PM_NOTE)} Hover a cell for its bootstrap 95 % CI and the "
+        "shuffled-pairing control. Every protocol's columns: protocols.md beside the tables.</p>",
         _html_table(_read_csv(tables / "table1.csv"), columns, PUBLISHED),
         "<h2>Table 2: ablations</h2>",
         _html_table(_read_csv(tables / "table2.csv"), columns),
         "<h2>Retrieval (top-1, appendix C.6)</h2>",
-        _html_table(_read_csv(tables / "retrieval.csv"), ["keyframe_top1", "fmri_top1"]),
+        _html_table(retrieval, retrieval_columns) + f"<p>{html.escape(RETRIEVAL_NOTE)}</p>",
         "<h2>Sample clips</h2><p>" + " | ".join(GRID_COLUMNS) + "</p>",
         "".join(
             f'<figure class="grid">{_img(gif, "image/gif", name, "grid")}'

@@ -1,10 +1,11 @@
-"""Per-subject summaries of per-clip metrics: mean, spread and a bootstrap confidence interval."""
+"""Per-subject summaries of per-clip metrics (mean, spread, a bootstrap confidence interval)
+and paired tests between two systems scored on the same clips."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["summarize"]
+__all__ = ["paired_test", "summarize"]
 
 
 def summarize(
@@ -45,4 +46,65 @@ def summarize(
         "ci_low": low,
         "ci_high": high,
         "confidence": confidence,
+    }
+
+
+def paired_test(
+    a, b, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Paired tests of two systems' per-clip scores on the same clips (``a[i]``, ``b[i]``).
+
+    * a paired bootstrap of the mean difference (:func:`scipy.stats.bootstrap`
+      resamples the clips' differences, seeded): its percentile CI and the
+      two-sided p-value 2 · min(P*(d ≤ 0), P*(d ≥ 0)), each counted with one
+      added to numerator and denominator, so it is never 0;
+    * the Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`, two-sided;
+      clips with equal scores are dropped, as its default does). Two systems
+      equal on every clip have p = 1.
+
+    Mind-Animator's significance script instead runs the Wilcoxon test on 100
+    bootstrap means of each system (``Evaluation_Metrics/bootstrap_with_wilcoxon.py``
+    at ReedOnePeck/Mind-Animator@a5adbf3b), whose p-value falls with the number
+    of resamples; the test here is on the clips.
+    """
+    from scipy.stats import bootstrap, wilcoxon
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two paired 1-D arrays of >= 2 clips: {x.shape}, {y.shape}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError("paired scores contain NaN")
+    d = x - y
+    if np.ptp(d) > 0:
+        result = bootstrap(
+            (d,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        distribution = result.bootstrap_distribution
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    else:  # the same difference on every clip: every resample has it
+        distribution = np.full(n_resamples, d[0])
+        low = high = float(d[0])
+    tail = min((distribution <= 0).sum(), (distribution >= 0).sum())
+    p_bootstrap = min(1.0, 2 * (tail + 1) / (len(distribution) + 1))
+    if np.any(d != 0):
+        test = wilcoxon(x, y)
+        statistic, p_wilcoxon = float(test.statistic), float(test.pvalue)
+    else:
+        statistic, p_wilcoxon = 0.0, 1.0
+    return {
+        "n": int(len(d)),
+        "mean_a": float(x.mean()),
+        "mean_b": float(y.mean()),
+        "difference": float(d.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": confidence,
+        "p_bootstrap": float(p_bootstrap),
+        "wilcoxon_statistic": statistic,
+        "p_wilcoxon": p_wilcoxon,
     }

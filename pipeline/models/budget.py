@@ -196,14 +196,22 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
         host=video_host | {"ViT-bigG/14 (built in float32)": n["clip"] * 4},
         gpu=video_gpu | {"ViT-bigG/14": n["clip"] * videos},
     )
-    # evaluation: both classifiers and ViT-bigG/14 (CLIP-pcc)
+    # evaluation: both classifiers, ViT-bigG/14 (CLIP-pcc of the neuroclips protocol) and
+    # the peers' openai ViT-L/14 (NEURONS) and ViT-B/32 (Mind-Animator), every protocol on
     evaluation = nbytes["evaluation"]
     classifiers = n["frame_classifier"] + n["video_classifier"]
+    peers = n["clip_vit_l14"] + n["clip_vit_b32"]
     for stage in ("evaluate_videos", "evaluate_external"):
         budgets[stage] = Budget(
             stage,
-            host={"classifiers": classifiers * evaluation, "ViT-bigG/14 (float32)": n["clip"] * 4},
-            gpu={"classifiers": classifiers * evaluation, "ViT-bigG/14": n["clip"] * evaluation},
+            host={
+                "classifiers, openai CLIPs": (classifiers + peers) * evaluation,
+                "ViT-bigG/14 (float32)": n["clip"] * 4,
+            },
+            gpu={
+                "classifiers, openai CLIPs": (classifiers + peers) * evaluation,
+                "ViT-bigG/14": n["clip"] * evaluation,
+            },
         )
     return budgets
 

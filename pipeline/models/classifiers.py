@@ -7,9 +7,13 @@ import os
 import numpy as np
 import torch
 
-from pipeline.models.loading import load_image_classifier, load_video_classifier
+from pipeline.models.loading import (
+    load_clip_vision,
+    load_image_classifier,
+    load_video_classifier,
+)
 
-__all__ = ["FrameClassifier", "VideoClassifier", "share_class"]
+__all__ = ["ClipImageEncoder", "FrameClassifier", "VideoClassifier", "share_class"]
 
 
 class FrameClassifier:
@@ -59,6 +63,30 @@ class VideoClassifier(FrameClassifier):
     def logits(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """uint8 (n, f, h, w, 3) → float32 (n, classes)."""
         return _logits(self, clips, batch_size)
+
+
+class ClipImageEncoder:
+    """A transformers CLIP model's image embeddings (``get_image_features``) of uint8 frames,
+    preprocessed by its own image processor, as the peers' CLIP-pcc calls it."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.processor, self.model = load_clip_vision(path, device, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+
+    @torch.no_grad()
+    def embeds(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 (n, h, w, 3) → float32 (n, projection_dim)."""
+        out = []
+        for i in range(0, len(frames), batch_size):
+            x = self.processor(images=list(frames[i : i + batch_size]), return_tensors="pt")
+            x = x.pixel_values.to(self.device, self.dtype)
+            out.append(self.model(pixel_values=x).image_embeds.float().cpu().numpy())
+        return np.concatenate(out)
 
 
 def _logits(classifier: FrameClassifier, items: np.ndarray, batch_size: int) -> np.ndarray:

@@ -29,6 +29,7 @@ __all__ = [
     "load_captioner",
     "load_clip",
     "load_image_classifier",
+    "load_clip_vision",
     "load_video_classifier",
     "load_vae",
     "require_model",
@@ -256,6 +257,36 @@ def load_image_classifier(
     model = AutoModelForImageClassification.from_pretrained(
         path, use_safetensors=True, local_files_only=True, dtype=dtype
     )
+    return processor, model.to(device).eval().requires_grad_(False)
+
+
+def load_clip_vision(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """transformers CLIP image processor and image tower with its projection, from a whole
+    CLIP model's directory in transformers layout (e.g. ``openai/clip-vit-large-patch14``).
+
+    The tower's ``image_embeds`` are what ``CLIPModel.get_image_features`` returns; the
+    text tower's weights are not loaded. A weight of the tower missing from the file is an
+    error, not a random initialisation.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    path = require_model(path, "config.json")
+    processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+    config = CLIPConfig.from_pretrained(path, local_files_only=True)
+    vision = config.vision_config
+    vision.projection_dim = config.projection_dim  # the whole model's, which the file holds
+    model, info = CLIPVisionModelWithProjection.from_pretrained(
+        path,
+        config=vision,
+        use_safetensors=True,
+        local_files_only=True,
+        dtype=dtype,
+        output_loading_info=True,
+    )
+    if info["missing_keys"]:
+        raise DataError(f"{path}: the CLIP image tower misses {sorted(info['missing_keys'])[:5]}")
     return processor, model.to(device).eval().requires_grad_(False)
 
 

@@ -227,6 +227,58 @@ def video_classifier() -> nn.Module:
     return VideoMAEForVideoClassification(VideoMAEConfig(num_labels=400))
 
 
+#: The openai CLIP models of the evaluation protocols: their ``config.json`` (vision and text
+#: towers, quick_gelu; openai/clip-vit-large-patch14@32bd6428, openai/clip-vit-base-patch32
+#: @3d74acf9). The protocols load the image tower and its projection.
+OPENAI_CLIP = {
+    "clip_vit_l14": {
+        "vision_config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "patch_size": 14,
+        },
+        "text_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+        },
+        "projection_dim": 768,
+    },
+    "clip_vit_b32": {
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "patch_size": 32,
+        },
+        "text_config": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 12,
+        },
+        "projection_dim": 512,
+    },
+}
+
+
+def openai_clip(name: str, image_tower: bool = True) -> nn.Module:
+    """An openai CLIP of :data:`OPENAI_CLIP`: its image tower with the projection (what the
+    evaluation loads), or the whole ``CLIPModel`` (what the repository holds)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
+
+    config = CLIPConfig(**OPENAI_CLIP[name])
+    if not image_tower:
+        return CLIPModel(config)
+    vision = config.vision_config
+    vision.projection_dim = config.projection_dim
+    return CLIPVisionModelWithProjection(vision)
+
+
 #: name → builder, every paper model the budgets and the GPU check use
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "semantic": semantic,
@@ -242,6 +294,8 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "captioner": captioner,
     "frame_classifier": frame_classifier,
     "video_classifier": video_classifier,
+    "clip_vit_l14": lambda: openai_clip("clip_vit_l14"),
+    "clip_vit_b32": lambda: openai_clip("clip_vit_b32"),
 }
 
 

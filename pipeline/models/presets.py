@@ -239,10 +239,30 @@ CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
             files=_TRANSFORMERS_FILES,
             revision="488eb9a0565f257b32866000305c8178965eb9f6",
         ),
+        # the CLIP of NEURONS' CLIP-pcc (its eval_metrics.py loads CLIPModel and
+        # AutoProcessor from this repository, xmed-lab/NEURONS@4e4fd545)
+        "clip_vit_l14": ModelSource(
+            "transformers",
+            "openai/clip-vit-large-patch14",
+            files=_TRANSFORMERS_FILES,
+            revision="32bd64288804d66eefd0ccbe215aa642df71cc41",
+        ),
+        # the CLIP of Mind-Animator's CLIP-pcc, clip.load("ViT-B/32")
+        # (Evaluation_Metrics/CLIP_consist.py at ReedOnePeck/Mind-Animator@a5adbf3b): the
+        # same weights, converted by transformers' convert_clip_original_pytorch_to_hf.py.
+        # The repository has no safetensors; its pickle is converted when laid out
+        "clip_vit_b32": ModelSource(
+            "transformers",
+            "openai/clip-vit-base-patch32",
+            files=("config.json", "preprocessor_config.json", "pytorch_model.bin"),
+            revision="3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268",
+        ),
     },
     "tiny": {
         "frame_classifier": ModelSource("transformers"),
         "video_classifier": ModelSource("transformers"),
+        "clip_vit_l14": ModelSource("transformers"),
+        "clip_vit_b32": ModelSource("transformers"),
     },
 }
 

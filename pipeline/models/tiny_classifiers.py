@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["write_tiny_classifiers", "write_tiny_frame_classifier", "write_tiny_video_classifier"]
+__all__ = [
+    "TINY_CLIP_ROLES",
+    "write_tiny_classifiers",
+    "write_tiny_openai_clip",
+    "write_tiny_frame_classifier",
+    "write_tiny_video_classifier",
+]
 
 #: Input side of the tiny ViT and VideoMAE (patch 8: a 4 x 4 grid of patches).
 IMAGE_SIZE = 32
@@ -223,6 +229,34 @@ def write_tiny_video_classifier(
     return _save(path, processor, model, metadata)
 
 
+#: The evaluation protocols' CLIP models (openai ViT-L/14 and ViT-B/32 in the paper preset)
+#: as tiny CLIP models: role → patch size (14 and 32 in the real ones).
+TINY_CLIP_ROLES = {"clip_vit_l14": 4, "clip_vit_b32": 8}
+
+
+def write_tiny_openai_clip(path: str | os.PathLike, *, seed: int = 0, patch_size: int = 8) -> dict:
+    """A tiny, seeded ``CLIPModel`` (both towers) with its image processor, saved in the
+    layout of the openai CLIP hub repositories (``config.json``, ``model.safetensors``,
+    ``preprocessor_config.json``); not trained: CLIP-pcc of the demo only runs the code."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tower = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    tower["intermediate_size"] = 64
+    config = CLIPConfig(
+        text_config=tower
+        | {"vocab_size": 1000, "max_position_embeddings": 32}
+        | {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+        vision_config=tower | {"image_size": IMAGE_SIZE, "patch_size": patch_size},
+        projection_dim=16,
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    metadata = {"weights": f"random, torch.manual_seed({seed}); not trained"}
+    return _save(path, processor, CLIPModel(config).eval(), metadata | {"seed": seed})
+
+
 def write_tiny_classifiers(
     output: str | os.PathLike,
     frame_stores: list[str | os.PathLike],
@@ -258,6 +292,8 @@ def write_tiny_classifiers(
                 tmp / "video_classifier", clips[clip_rows], **fit
             ),
         }
+        for role, patch in TINY_CLIP_ROLES.items():
+            metadata[role] = write_tiny_openai_clip(tmp / role, seed=seed, patch_size=patch)
         for role, record in metadata.items():
             record["fitted_on"] = [str(p) for p in frame_stores]
             (tmp / role / "metadata.json").write_text(json.dumps(record, indent=2))
