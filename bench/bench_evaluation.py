@@ -67,7 +67,7 @@ def loads_per_stage(workdir: Path) -> dict:
     settings = default_config()["evaluation"]
     patches = [
         mock.patch.object(classifiers, name, counted(name, getattr(classifiers, name)))
-        for name in ("load_image_classifier", "load_video_classifier")
+        for name in ("load_image_classifier", "load_video_classifier", "load_clip_vision")
     ]
     patches.append(mock.patch.object(loading, "load_clip", counted("load_clip", loading.load_clip)))
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,6 +43,7 @@ SKIPPED = (
     ("dataset", "subjects"),
     ("models", "root"),
     ("evaluation", "external"),
+    ("evaluation", "vifi_clip"),
     ("evaluation", "ablations"),
     ("evaluation", "ablation_subjects"),
 )

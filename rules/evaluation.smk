@@ -1,6 +1,6 @@
-"""Evaluation (SPEC section 4): the field's metrics for our videos, their fusion, the
-ablation variants (paper Table 2) and folders made by other systems; summary tables and the
-HTML report."""
+"""Evaluation under named protocols (pipeline/evaluation/protocols.py): the field's metrics
+for our videos, their fusion, the ablation variants (paper Table 2) and folders made by other
+systems; summary tables, paired tests and the HTML report."""
 
 
 wildcard_constraints:

@@ -281,7 +281,8 @@ def test_snakemake_report_registers_the_figures(workspace, tmp_path):
 
 
 def test_models_are_loaded_once_per_stage(workspace, monkeypatch, tmp_path):
-    """Eight clips in batches of two: each classifier and CLIP is loaded once."""
+    """Eight clips in batches of two: each classifier and CLIP is loaded once, the
+    protocols' two openai CLIPs once each."""
     import torch
 
     from pipeline.config import default_config
@@ -292,11 +293,14 @@ def test_models_are_loaded_once_per_stage(workspace, monkeypatch, tmp_path):
     for module, name in (
         (classifiers, "load_image_classifier"),
         (classifiers, "load_video_classifier"),
+        (classifiers, "load_clip_vision"),
         (loading, "load_clip"),
     ):
         original = getattr(module, name)
         monkeypatch.setattr(
-            module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k)
+            module,
+            name,
+            lambda *a, _f=original, _n=name, **k: calls.append((_n, str(a[0]))) or _f(*a, **k),
         )
     data = evaluation.pipeline_reconstructions(
         workspace / "results/subject1/videos", workspace / "results/frames"
@@ -314,7 +318,14 @@ def test_models_are_loaded_once_per_stage(workspace, monkeypatch, tmp_path):
         device=torch.device("cpu"),
         dtype=torch.float32,
     )
-    assert sorted(calls) == ["load_clip", "load_image_classifier", "load_video_classifier"]
+    assert len(calls) == len(set(calls))  # no model twice
+    assert sorted(n for n, _ in calls) == [
+        "load_clip",
+        "load_clip_vision",
+        "load_clip_vision",
+        "load_image_classifier",
+        "load_video_classifier",
+    ]
     rows = _rows(tmp_path / "evaluation/clips.csv")
     assert [r["clip"] for r in rows] == data.names[:8]
 

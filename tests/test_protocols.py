@@ -448,3 +448,36 @@ def test_protocol_columns_name_protocol_and_variant():
         protocols(["minddream"])
     for p in PROTOCOLS.values():
         assert p.reproduces and (p.name == "neuroclips" or "@" in p.reproduces)
+
+
+def test_mindeye2_ssim_resizes_to_425_as_torchvision_in_float():
+    """src/final_evaluations.ipynb (MedARC-AI/MindEyeV2@c1847188): transforms.Resize(425,
+    bilinear) on float tensors (no antialias), rgb2gray, then SSIM with Gaussian weights,
+    population covariance, data_range 1; `multichannel=True` is ignored by its skimage 0.22,
+    so the SSIM is 2-D."""
+    from torchvision import transforms
+
+    video = _natural(3, 6, 96, 14)
+    pred = _natural(3, 6, 48, 15)
+    data = Reconstructions(["a", "b", "c"], pred, video)
+    scores = compute_metrics(data, _models(), SETTINGS, [PROTOCOLS["mindeye2"]])
+    resize = transforms.Resize(
+        425, interpolation=transforms.InterpolationMode.BILINEAR, antialias=False
+    )
+
+    def grey(x):
+        tensor = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+        return rgb2gray(resize(tensor).permute(0, 2, 3, 1).numpy())
+
+    kwargs = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+    expected = [
+        np.mean(
+            [
+                structural_similarity(r, i, data_range=1.0, **kwargs)
+                for r, i in zip(grey(p), grey(g), strict=True)
+            ]
+        )
+        for p, g in zip(pred, video, strict=True)
+    ]
+    np.testing.assert_allclose(scores.metrics["mindeye2.ssim_gray_gaussian"], expected, atol=1e-6)
+    assert scores.protocols["mindeye2"]["size"] == [425, 425]

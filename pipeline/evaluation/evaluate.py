@@ -1,17 +1,22 @@
-"""Evaluation stages: the field's metrics for every test clip of a set of reconstructions.
+"""Evaluation stages: every chosen protocol's metrics for every test clip of a set of
+reconstructions (:mod:`pipeline.evaluation.protocols`).
 
 One code path scores our videos (``results/{subject}/videos``), their fusion,
 the ablation variants and folders of reconstructions made by other systems,
 so the numbers are comparable. Each run writes a directory with
 
-* ``metrics.zarr``: one array per metric over the clips (and its value under
-  a shuffled pairing of predictions with ground truths, the control), the
-  clip identities, the summary, settings, timing and provenance;
-* ``clips.csv``: the same per-clip table; ``summary.csv``: per metric the
-  mean, sd, sem and bootstrap 95 % CI, the binomial ± of the N-way metrics,
-  chance and the shuffled control.
+* ``metrics.zarr``: one array per column ``{protocol}.{metric}`` over the
+  clips, its value under a shuffled pairing of predictions with ground truths
+  (the control), the N-way columns' per-clip binomial sds, the clip
+  identities, the summary, what each protocol read, settings, timing and
+  provenance;
+* ``clips.csv``: the same per-clip table; ``summary.csv``: per column the
+  mean, sd, sem and bootstrap 95 % CI over clips, the field's ± (N-way: the
+  mean of the per-sample binomial sds; else the sd over clips), chance and
+  the shuffled control.
 
-Every model (the two classifiers, CLIP) is loaded once per stage.
+Every model (the two classifiers and the protocols' CLIP models) is loaded
+once per stage, and only if a chosen protocol needs it.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from pipeline.evaluation.metrics import (
     PSNR_MAX,
     binomial_sd,
     clip_pcc,
-    epe,
+    flow_epe,
     hue_pcc,
     n_way_top1,
+    optical_flows,
     psnr,
     retrieval_subsets,
     retrieval_top1,
@@ -292,11 +298,21 @@ def resize_frames(
     """uint8 (..., h, w, 3) → (..., *size, 3); unchanged when already that size.
 
     ``bicubic``: Pillow's (antialiased when shrinking); ``bilinear``: OpenCV's
-    ``cv2.resize`` default, ``INTER_LINEAR``, as the peers call it.
+    ``cv2.resize`` default, ``INTER_LINEAR``, as Mind-Animator calls it;
+    ``torch_bilinear``: torchvision's ``Resize`` on float tensors without
+    antialiasing (``F.interpolate``, bilinear, ``align_corners=False``), as
+    MindEye2 resizes before its SSIM, returning float32 in [0, 1] (not
+    rounded to uint8 again).
     """
     if frames.shape[-3:-1] == tuple(size):
         return frames
     flat = frames.reshape(-1, *frames.shape[-3:])
+    if interpolation == "torch_bilinear":
+        x = torch.from_numpy(np.ascontiguousarray(flat)).permute(0, 3, 1, 2).float() / 255
+        x = torch.nn.functional.interpolate(
+            x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False
+        )
+        return x.permute(0, 2, 3, 1).numpy().reshape(*frames.shape[:-3], *size, 3)
     if interpolation == "bicubic":
         from PIL import Image
 
@@ -306,7 +322,9 @@ def resize_frames(
 
         out = [cv2.resize(np.ascontiguousarray(f), size[::-1]) for f in flat]
     else:
-        raise ValueError(f"unknown interpolation {interpolation!r}; known: bicubic, bilinear")
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; known: bicubic, bilinear, torch_bilinear"
+        )
     return np.stack(out).reshape(*frames.shape[:-3], *size, 3)
 
 
@@ -388,18 +406,30 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _pixel_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict[str, float]:
     """A protocol's pixel-level metrics of one clip: means over its frame pairs (SSIM and hue
     over the first ``first_frames`` of them where set), EPE over its flows at ``epe_size``."""
+    out = _frame_metrics(pred, gt, protocol)
+    if protocol.epe:
+        flows = (_flows(x, protocol) for x in (pred, gt))
+        out["epe"] = flow_epe(*flows)
+    return out
+
+
+def _frame_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict[str, float]:
+    """The metrics of a protocol that compare frame pairs (all but EPE)."""
     pairs = list(zip(pred, gt, strict=True))
     first = pairs[: protocol.first_frames] if protocol.first_frames else pairs
     out = {f"ssim_{v}": np.mean([ssim(a, b, v) for a, b in first]) for v in protocol.ssim}
     if protocol.psnr:
         out["psnr"] = np.mean([psnr(a, b) for a, b in pairs])
-    if protocol.epe:
-        side = (protocol.epe_size,) * 2 if protocol.epe_size else pred.shape[1:3]
-        p, g = (resize_frames(x, side, protocol.interpolation) for x in (pred, gt))
-        out["epe"] = epe(p, g, rgb_as_bgr=protocol.rgb_as_bgr)
     if protocol.hue:
         out["hue_pcc"] = np.mean([hue_pcc(a, b, rgb_as_bgr=protocol.rgb_as_bgr) for a, b in first])
     return out
+
+
+def _flows(frames: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """A clip's optical flows at the protocol's EPE size."""
+    side = (protocol.epe_size,) * 2 if protocol.epe_size else frames.shape[1:3]
+    resized = resize_frames(frames, side, protocol.interpolation)
+    return optical_flows(resized, rgb_as_bgr=protocol.rgb_as_bgr)
 
 
 def _n_way_metrics(
@@ -494,11 +524,21 @@ def compute_metrics(
             gt_px = resize_frames(gt, side, protocol.interpolation)
             scores.protocols[protocol.name] |= {"size": list(side)}
             desc = f"{protocol.name} pixel metrics"
-            with tqdm(total=2 * n, desc=desc, unit="clip") as progress:
+            # each clip's flows once: EPE of any pairing compares them
+            flows = {"pred": [], "gt": []} if protocol.epe else None
+            with tqdm(total=(4 if protocol.epe else 2) * n, desc=desc, unit="clip") as progress:
+                if protocol.epe:
+                    for which, videos in (("pred", pred_px), ("gt", gt_px)):
+                        for video in videos:
+                            flows[which].append(_flows(video, protocol))
+                            progress.update()
                 for name, pairing in pairings.items():
                     rows = []
                     for i in range(n):
-                        rows.append(_pixel_metrics(pred_px[i], gt_px[pairing[i]], protocol))
+                        row = _frame_metrics(pred_px[i], gt_px[pairing[i]], protocol)
+                        if protocol.epe:
+                            row["epe"] = flow_epe(flows["pred"][i], flows["gt"][pairing[i]])
+                        rows.append(row)
                         progress.update()
                     results[name] |= {m: np.array([r[m] for r in rows]) for m in rows[0]}
             scores.time("pixel", begin)
@@ -520,8 +560,11 @@ def compute_metrics(
                 results["matched"][f"clip_pcc_{variant}"] = values
             scores.time("clip", begin)
 
+        order = protocol.video_metrics(settings["n_way"])  # the tables' order
         for name, target in (("matched", scores.metrics), ("control", scores.control)):
-            target |= {f"{protocol.name}.{m}": v for m, v in results[name].items()}
+            target |= {
+                f"{protocol.name}.{m}": results[name][m] for m in order if m in results[name]
+            }
     return scores
 
 
@@ -584,9 +627,8 @@ def read_summary(directory: str | os.PathLike) -> dict[str, dict]:
         raise DataError(f"{path}: missing; run the evaluation rule first")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {
-        r["metric"]: {k: (v if k == "metric" else _cell(v)) for k, v in r.items()} for r in rows
-    }
+    text = ("metric", "protocol", "pm_kind")
+    return {r["metric"]: {k: (v if k in text else _cell(v)) for k, v in r.items()} for r in rows}
 
 
 def _cell(value: str):

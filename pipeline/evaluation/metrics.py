@@ -50,8 +50,10 @@ __all__ = [
     "binomial_sd",
     "clip_pcc",
     "epe",
+    "flow_epe",
     "hue_pcc",
     "n_way_top1",
+    "optical_flows",
     "psnr",
     "retrieval_subsets",
     "retrieval_top1",
@@ -127,11 +129,14 @@ def binomial_sd(accuracy: np.ndarray, trials: int) -> np.ndarray:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
-    """SSIM of two uint8 RGB images (h, w, 3) in one of :data:`SSIM_VARIANTS`."""
+    """SSIM of two RGB images (h, w, 3) in one of :data:`SSIM_VARIANTS`: uint8, or for the
+    grey variants also float in [0, 1] (what MindEye2's float resizing gives)."""
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
 
     if variant == "rgb_uniform":
+        if a.dtype != np.uint8 or b.dtype != np.uint8:
+            raise ValueError(f"rgb_uniform SSIM compares uint8 images, not {a.dtype}, {b.dtype}")
         return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
     if variant in ("gray_gaussian", "gray_columns"):
         # gray_columns: NEURONS passes channel_axis=-1 with the grey (h, w) image, so skimage
@@ -199,7 +204,11 @@ FARNEBACK = {
 }
 
 
-def _flows(frames: np.ndarray, rgb_as_bgr: bool) -> np.ndarray:
+def optical_flows(frames: np.ndarray, *, rgb_as_bgr: bool = False) -> np.ndarray:
+    """Farneback flows (OpenCV, :data:`FARNEBACK`) between consecutive frames of a uint8
+    video (f, h, w, 3): (f − 1, h, w, 2). ``rgb_as_bgr`` converts to grey with OpenCV's
+    BGR weights, as Mind-Animator does with its RGB frames (``Evaluation_Metrics/EPE.py``
+    at ReedOnePeck/Mind-Animator@a5adbf3b)."""
     import cv2
 
     code = cv2.COLOR_BGR2GRAY if rgb_as_bgr else cv2.COLOR_RGB2GRAY
@@ -212,19 +221,23 @@ def _flows(frames: np.ndarray, rgb_as_bgr: bool) -> np.ndarray:
     )
 
 
-def epe(pred: np.ndarray, gt: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
-    """Mean end-point error (pixels) between the optical flows of two uint8 videos (f, h, w, 3).
+def flow_epe(pred_flows: np.ndarray, gt_flows: np.ndarray) -> float:
+    """Mean end-point error (pixels) between two videos' flows of one shape."""
+    if pred_flows.shape != gt_flows.shape:
+        raise ValueError(f"EPE needs flows of one shape: {pred_flows.shape}, {gt_flows.shape}")
+    return float(np.linalg.norm(pred_flows - gt_flows, axis=-1).mean())
 
-    ``rgb_as_bgr``: convert to grey with OpenCV's BGR weights, as Mind-Animator
-    does with its RGB frames (``Evaluation_Metrics/`` at
-    ReedOnePeck/Mind-Animator@a5adbf3b).
-    """
+
+def epe(pred: np.ndarray, gt: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
+    """Mean end-point error (pixels) between the optical flows of two uint8 videos
+    (f, h, w, 3) of one shape (:func:`optical_flows`, :func:`flow_epe`)."""
     if pred.shape != gt.shape or len(pred) < 2:
         raise ValueError(
             f"EPE needs two videos of one shape with >= 2 frames: {pred.shape}, {gt.shape}"
         )
-    difference = _flows(pred, rgb_as_bgr) - _flows(gt, rgb_as_bgr)
-    return float(np.linalg.norm(difference, axis=-1).mean())
+    return flow_epe(
+        optical_flows(pred, rgb_as_bgr=rgb_as_bgr), optical_flows(gt, rgb_as_bgr=rgb_as_bgr)
+    )
 
 
 def hue_pcc(a: np.ndarray, b: np.ndarray, *, rgb_as_bgr: bool = False) -> float:

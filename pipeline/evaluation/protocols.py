@@ -51,7 +51,8 @@ class Protocol:
     * ``size`` of the pixel metrics (None: ``evaluation.size``, else the
       prediction's), ``epe_size`` of EPE (None: ``size``), ``interpolation``
       of the resizing (``"bicubic"``: Pillow; ``"bilinear"``: OpenCV's
-      ``INTER_LINEAR``);
+      ``INTER_LINEAR``; ``"torch_bilinear"``: torchvision's, in float;
+      :func:`~pipeline.evaluation.evaluate.resize_frames`);
     * ``panels`` of a side-by-side file: ``"halves"`` cuts the frame into equal
       parts, grid borders included, as the peers' scripts do; ``"aligned"``
       crops each panel inside the detected grid border;
@@ -182,11 +183,11 @@ PROTOCOLS: dict[str, Protocol] = {
             ),
             notes=(
                 "retrieval in 30 random subsets of 300 (seed 42); SSIM of the grey image, 2-D, "
-                "Gaussian, at 425 px (bilinear)"
+                "Gaussian, at 425 px (torchvision's bilinear Resize, in float)"
             ),
             ssim=("gray_gaussian",),
             size=425,
-            interpolation="bilinear",
+            interpolation="torch_bilinear",
             retrieval="subsets",
         ),
     )

@@ -8,6 +8,20 @@ import numpy as np
 __all__ = ["paired_test", "summarize"]
 
 
+def _bootstrap_mean(x: np.ndarray, confidence: float, n_resamples: int, seed: int):
+    """:func:`scipy.stats.bootstrap` of the mean of ``x`` over its clips: percentile, seeded."""
+    from scipy.stats import bootstrap
+
+    return bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+
+
 def summarize(
     values, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, float]:
@@ -17,8 +31,6 @@ def summarize(
     resamples of the clips, seeded). NaNs are an error: a metric that could
     not be computed for a clip must say so before it is averaged.
     """
-    from scipy.stats import bootstrap
-
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"need a non-empty 1-D array of per-clip values, got shape {x.shape}")
@@ -27,14 +39,7 @@ def summarize(
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if len(x) > 1 else 0.0
     if len(x) > 1 and np.ptp(x) > 0:
-        result = bootstrap(
-            (x,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _bootstrap_mean(x, confidence, n_resamples, seed)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     else:  # one clip, or all equal: no spread to resample
         low = high = mean
@@ -67,7 +72,7 @@ def paired_test(
     at ReedOnePeck/Mind-Animator@a5adbf3b), whose p-value falls with the number
     of resamples; the test here is on the clips.
     """
-    from scipy.stats import bootstrap, wilcoxon
+    from scipy.stats import wilcoxon
 
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
@@ -76,14 +81,7 @@ def paired_test(
         raise ValueError("paired scores contain NaN")
     d = x - y
     if np.ptp(d) > 0:
-        result = bootstrap(
-            (d,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _bootstrap_mean(d, confidence, n_resamples, seed)
         distribution = result.bootstrap_distribution
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     else:  # the same difference on every clip: every resample has it

@@ -92,8 +92,12 @@ def main_protocol(names: list[str], n_way: list[int]) -> str:
 
 def table1_columns(protocol: str, n_way: list[int]) -> list[str]:
     """A protocol's columns in Table 1's order: video N-way, CLIP-pcc, frame N-way, SSIM,
-    PSNR, then the rest."""
-    return [f"{protocol}.{m}" for m in PROTOCOLS[protocol].video_metrics(n_way)]
+    PSNR (those it has), then the rest."""
+    metrics = PROTOCOLS[protocol].video_metrics(n_way)
+    paper = [f"video_{n}way" for n in n_way] + ["clip_pcc_adjacent"]
+    paper += [f"frame_{n}way" for n in n_way] + ["ssim_rgb_uniform", "psnr"]
+    first = [m for m in paper if m in metrics]
+    return [f"{protocol}.{m}" for m in first + [m for m in metrics if m not in first]]
 
 
 def label(column: str) -> str:
