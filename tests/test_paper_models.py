@@ -159,6 +159,7 @@ def hub(tmp_path_factory):
     for role, patch in (("clip_vit_l14", 4), ("clip_vit_b32", 8)):
         folder = build / role
         write_tiny_openai_clip(folder, seed=1, patch_size=patch)
+        (folder / "metadata.json").unlink()  # ours, not the repository's
         model = CLIPModel.from_pretrained(folder)
         expected[role] = _state(model)
         files = tree(folder) | {"tf_model.h5": DECOY, "flax_model.msgpack": DECOY}
@@ -169,7 +170,6 @@ def hub(tmp_path_factory):
             (folder / "model.safetensors").unlink()
             torch.save(model.state_dict(), folder / "pytorch_model.bin")
             files = tree(folder) | {"tf_model.h5": DECOY, "flax_model.msgpack": DECOY}
-        (folder / "metadata.json").unlink(missing_ok=True)
         _cache(cache, CLASSIFIERS["paper"][role], files)
 
     # the video models, on the tiny VAE
