@@ -484,7 +484,9 @@ def evaluation(check: Check) -> None:
         generated = torch.randn(n * 16, 3, 224, 224, device=dev, dtype=dtype)
         clips = torch.randn(n, 16, 3, 224, 224, device=dev, dtype=dtype)
 
-        def evaluate():  # every protocol: CLIP-pcc of 16 frames (ours, Mind-Animator's), 6
+        # every protocol: CLIP-pcc of the 16 generated frames (ours, Mind-Animator's) and of
+        # the 6 compared ones (NEURONS')
+        def evaluate():
             frame(pixel_values=frames)
             video(pixel_values=clips)
             clip.encode_image(generated)

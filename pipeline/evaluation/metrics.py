@@ -122,7 +122,8 @@ def binomial_sd(accuracy: np.ndarray, trials: int) -> np.ndarray:
     Their mean is the ± every peer prints beside an N-way accuracy
     (MinD-Video ``src/MindVideo/utils/eval_metrics.py`` and the scripts that
     call it, at jqin4749/MindVideo@5097206d; NEURONS and Mind-Animator call
-    the same code): not sqrt(p̄(1−p̄)/trials), which is 1.2–3.3 times larger.
+    the same code): not sqrt(p̄(1−p̄)/trials), which is never smaller (the
+    square root is concave).
     """
     p = np.asarray(accuracy, dtype=np.float64)
     return np.sqrt(p * (1 - p) / trials)

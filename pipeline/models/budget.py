@@ -196,8 +196,8 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
         host=video_host | {"ViT-bigG/14 (built in float32)": n["clip"] * 4},
         gpu=video_gpu | {"ViT-bigG/14": n["clip"] * videos},
     )
-    # evaluation: both classifiers, ViT-bigG/14 (CLIP-pcc of the neuroclips protocol) and
-    # the peers' openai ViT-L/14 (NEURONS) and ViT-B/32 (Mind-Animator), every protocol on
+    # evaluation with every protocol on: both classifiers, ViT-bigG/14 (CLIP-pcc of the
+    # neuroclips protocol) and the peers' openai ViT-L/14 (NEURONS) and ViT-B/32 (Mind-Animator)
     evaluation = nbytes["evaluation"]
     classifiers = n["frame_classifier"] + n["video_classifier"]
     peers = n["clip_vit_l14"] + n["clip_vit_b32"]
