@@ -403,16 +403,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.from_numpy(logits).double().softmax(-1).numpy()
 
 
-def _pixel_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict[str, float]:
-    """A protocol's pixel-level metrics of one clip: means over its frame pairs (SSIM and hue
-    over the first ``first_frames`` of them where set), EPE over its flows at ``epe_size``."""
-    out = _frame_metrics(pred, gt, protocol)
-    if protocol.epe:
-        flows = (_flows(x, protocol) for x in (pred, gt))
-        out["epe"] = flow_epe(*flows)
-    return out
-
-
 def _frame_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict[str, float]:
     """The metrics of a protocol that compare frame pairs (all but EPE)."""
     pairs = list(zip(pred, gt, strict=True))
