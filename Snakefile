@@ -8,6 +8,7 @@ All logic lives in the ``pipeline`` package.
 
 import os
 import sys
+import time
 
 from snakemake.utils import min_version
 
@@ -17,7 +18,14 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 from pipeline.config import uses_demo, validate_config
-from pipeline.workflow import check_writable, prepare_job_environment
+from pipeline.workflow import (
+    check_writable,
+    export_rule_params,
+    mark_failed_outputs,
+    prepare_job_environment,
+)
+
+RUN_START = time.time()
 
 prepare_job_environment(workflow.basedir)
 
@@ -36,6 +44,12 @@ onstart:
     check_writable(["results", "logs", "benchmarks"])
 
 
+# after a failed job: make Snakemake's record of its missing outputs say so, so that the
+# next run remakes them and everything downstream (pipeline.workflow.mark_failed_outputs)
+onerror:
+    mark_failed_outputs(workflow, RUN_START)
+
+
 include: "rules/common.smk"
 
 
@@ -52,6 +66,10 @@ include: "rules/reconstructors.smk"
 include: "rules/generation.smk"
 include: "rules/fusion.smk"
 include: "rules/evaluation.smk"
+
+
+# every rule's params into the jobs' environment: a stage checks its input stores against them
+export_rule_params(workflow)
 
 
 # Everything: aligned fMRI of every subject, frames of every stimulus, the feature caches,

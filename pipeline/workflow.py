@@ -3,13 +3,26 @@ and folders it can write to."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from pipeline.errors import OutputError
 
-__all__ = ["check_writable", "prepare_job_environment"]
+__all__ = [
+    "ConfigValues",
+    "check_writable",
+    "current_rule_params",
+    "export_rule_params",
+    "mark_failed_outputs",
+    "prepare_job_environment",
+]
+
+#: Environment variable through which the Snakefile tells its jobs every rule's params
+#: under the run's config (:func:`export_rule_params`).
+RULE_PARAMS_ENV = "NEUROCLIPS_RULE_PARAMS"
 
 
 def prepare_job_environment(basedir: str) -> None:
@@ -64,3 +77,95 @@ def _folders(folder: str) -> Iterator[str]:
 
 def _read_only(path: str) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+#: the params Snakemake finds on record for an output whose job failed
+FAILED_PARAMS = "the last run of this job failed; it reruns (pipeline.workflow.mark_failed_outputs)"
+
+
+def mark_failed_outputs(workflow, since: float) -> list[str]:
+    """Make Snakemake rerun the jobs of this run that failed, and everything after them.
+
+    Snakemake records a job's params and input checksums when the job ends, also when it
+    failed: ``Job.postprocess`` (``snakemake/jobs.py``) calls ``persistence.finished``
+    before removing the failed job's outputs. A failed rerun after a change thus leaves
+    the *new* params and checksums on record for an output that no longer exists. Since
+    Snakemake does not remake a missing intermediate output whose consumers look up to
+    date, the next run says "Nothing to be done" over the consumers' stale results: a
+    changed config value or input file is forgotten once its job has failed.
+
+    Here each such record gets params that no job has, so that Snakemake's params
+    trigger remakes the output and, downstream of it, every result made from the old one.
+
+    Parameters
+    ----------
+    workflow : snakemake.workflow.Workflow
+        The running workflow (the Snakefile's ``workflow``), after its jobs ran.
+    since : float
+        When this run started (``time.time()``): older records are not this run's.
+
+    Returns
+    -------
+    list of str
+        The outputs marked.
+    """
+    persistence = workflow.persistence
+    marked = []
+    for job in workflow.dag.jobs:
+        for output in job.output:
+            if os.path.lexists(output):
+                continue
+            record = persistence.metadata(output)
+            if record is None or (record.starttime or 0) < since:
+                continue
+            record.params = [FAILED_PARAMS]
+            record.input_checksums = {}
+            persistence._write_record(persistence._get_key(output), record)
+            marked.append(str(output))
+    return marked
+
+
+class ConfigValues(dict):
+    """The values of some keys of one config section, as a rule's param
+    (``config_values`` in ``rules/common.smk``): a dict that knows its section, so that
+    a store can record and be checked against ``section.key`` names."""
+
+    def __init__(self, section: str, values: dict[str, Any]):
+        super().__init__(values)
+        self.section = section
+
+
+def rule_params(rule) -> dict[str, Any]:
+    """A rule's params that do not depend on wildcards, flat: ``section.key`` for config
+    values, the param's name for the others; as JSON would store them."""
+    flat: dict[str, Any] = {}
+    for name, value in rule.params.items():
+        if callable(value):
+            continue
+        if isinstance(value, ConfigValues):
+            flat.update({f"{value.section}.{key}": v for key, v in value.items()})
+        else:
+            flat[name] = value
+    return json.loads(json.dumps(flat, default=str))
+
+
+def export_rule_params(workflow) -> None:
+    """Put every rule's params (:func:`rule_params`) into the jobs' environment.
+
+    A stage records its rule's params in the store it writes, and a stage that opens an
+    input store compares the params recorded there with the current ones
+    (:func:`pipeline.stores.open_store`): a store made under other settings, which
+    Snakemake did not remake (copied in without its record, or reruns restricted with
+    ``--rerun-triggers``), stops the consumer instead of passing for current.
+    """
+    params = {rule.name: rule_params(rule) for rule in workflow.rules}
+    os.environ[RULE_PARAMS_ENV] = json.dumps(params, sort_keys=True)
+
+
+def current_rule_params(stage: str | None) -> dict[str, Any] | None:
+    """The params of rule ``stage`` under the running workflow's config (None outside
+    the workflow, or for a stage that is no rule)."""
+    text = os.environ.get(RULE_PARAMS_ENV)
+    if not text or stage is None:
+        return None
+    return json.loads(text).get(stage)
