@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import sys
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StoreError
+from pipeline.stores import WarningCollector
 
 __all__ = ["main"]
 
@@ -36,6 +39,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
         trailing_volumes=args.trailing_volumes,
         max_leading_volumes=args.max_leading_volumes,
         detrend_order=args.detrend_order,
+        max_dropped_fraction=args.max_dropped_fraction,
+        accept_tr_mismatch=args.accept_tr_mismatch == "true",
         threads=args.threads,
     )
 
@@ -393,6 +398,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         config=json.loads(args.config),
         n_clips=args.clips,
         figures=args.figures,
+        results=results,
     )
 
 
@@ -400,6 +406,25 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     from pipeline.stores import inspect_store
 
     print(inspect_store(args.path, show_provenance=args.provenance))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import find_stores, load_rule_params, verify_stores
+
+    if args.directory:
+        os.chdir(args.directory)
+    if not args.no_config:
+        load_rule_params(Path(args.snakefile), args.configfile)
+    paths = [Path(p) for p in args.paths] if args.paths else list(find_stores())
+    failed = 0
+    for path, problems in verify_stores(paths).items():
+        if problems:
+            failed += 1
+            print(f"FAILED  {path}: " + "; ".join(p.removeprefix(f"{path}: ") for p in problems))
+        else:
+            print(f"ok      {path}")
+    print(f"{len(paths) - failed} of {len(paths)} stores verified", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_versions(args: argparse.Namespace) -> None:
@@ -492,6 +517,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trailing-volumes", type=int, required=True)
     p.add_argument("--max-leading-volumes", type=int, required=True)
     p.add_argument("--detrend-order", type=int, required=True)
+    p.add_argument(
+        "--max-dropped-fraction",
+        type=float,
+        default=0.05,
+        help="largest share of a run's vertices dropped as non-finite or constant",
+    )
+    p.add_argument(
+        "--accept-tr-mismatch",
+        type=str.lower,
+        choices=["true", "false"],
+        default="false",
+        help="true: a CIFTI time step other than --tr-s is a warning, not an error",
+    )
     p.add_argument("--threads", type=int, default=1, help="> 1: read runs in parallel")
     p.set_defaults(func=_cmd_preprocess)
 
@@ -767,6 +805,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_sync_envs)
 
+    p = sub.add_parser(
+        "verify",
+        help="read every chunk of the stores and check them against their records and "
+        "the current config; one line per store",
+    )
+    p.add_argument("paths", nargs="*", help="stores (default: all under results/, resources/)")
+    p.add_argument("--directory", "-d", help="the workflow's working directory (default: here)")
+    p.add_argument("--snakefile", default=str(Path(__file__).parents[1] / "Snakefile"))
+    p.add_argument(
+        "--configfile", nargs="*", default=[], help="config files of the run, as given to Snakemake"
+    )
+    p.add_argument(
+        "--no-config", action="store_true", help="skip the comparison with the current config"
+    )
+    p.set_defaults(func=_cmd_verify)
+
     p = sub.add_parser("rerun-table", help="config key -> rules that rerun, from the workflow")
     p.add_argument("--snakefile", default="Snakefile")
     p.add_argument("--readme", help="write the table between the README's markers")
@@ -774,18 +828,86 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """Whether nobody reads standard output any more (the reader of its pipe has exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or no descriptor behind stdout
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that the flush at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _collect_warnings() -> None:
+    """Keep this command's warnings for the stores it writes (one collector, emptied: a
+    process may run several commands, e.g. the tests)."""
+    from pipeline.stores import WARNINGS
+
+    WARNINGS.clear()
+    root = logging.getLogger()
+    if not any(isinstance(h, WarningCollector) for h in root.handlers):
+        root.addHandler(WarningCollector())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (1 with a one-line message for bad input)."""
+    """Entry point; returns the exit status.
+
+    Returns
+    -------
+    int
+        0 on success, also when the reader of standard output stopped reading early
+        (``pipeline inspect STORE | head -1``); 1 with a one-line ``error:`` message
+        for bad input.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    _collect_warnings()
     try:
-        args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+    except BrokenPipeError:
+        if not _stdout_closed():  # a pipe of the stage's own, not standard output
+            raise
+        # the reader has what it wanted, as with `head`: stop quietly
+        _silence_stdout()
+        return 0
     except (PipelineError, ValueError) as exc:
+        exc = _name_corrupt_store(exc)
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
+
+
+def _name_corrupt_store(exc: Exception) -> Exception:
+    """A chunk that failed its checksum (zarr's crc32c codec raises a ValueError that
+    names no file) as a :class:`StoreError` naming the store and the chunk."""
+    if not isinstance(exc, ValueError) or "checksum" not in str(exc):
+        return exc
+    from pipeline.stores import OPENED, corrupt_chunk
+
+    for path in dict.fromkeys(OPENED):
+        problem = corrupt_chunk(path)
+        if problem:
+            return StoreError(
+                f"{path}: {problem}; the store was damaged after it was written. Delete it "
+                "and rerun the stage that wrote it"
+            )
+    return exc

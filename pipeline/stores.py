@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from pipeline.environment import KEY_PACKAGES, installed_versions
 from pipeline.errors import OutputError, StoreError
+from pipeline.workflow import current_rule_params
 
 __all__ = [
     "atomic_output",
@@ -35,6 +39,7 @@ __all__ = [
     "open_store",
     "provenance",
     "StoreError",
+    "verify_store",
 ]
 
 # Snakemake marks every directory output with a `.snakemake_timestamp` file, which
@@ -45,11 +50,18 @@ warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is n
 #: What the model download writes into each role's folder (repository, revision, commit).
 MODEL_SOURCE = "source.json"
 
+#: Every chunk ends with a CRC-32C of its bytes (zarr v3's ``crc32c`` codec), so a chunk
+#: changed on disk raises on read instead of returning garbage. ``default`` is Zarr's own
+#: default compressor (zstd level 0).
 _COMPRESSORS = {
-    "default": "auto",
-    "fast": [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
-    None: None,
+    "default": [ZstdCodec(level=0), Crc32cCodec()],
+    "fast": [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"), Crc32cCodec()],
+    None: [Crc32cCodec()],
 }
+
+#: Root attribute with what :func:`open_store` checks: a digest of the store's metadata
+#: documents (attributes and array definitions) and the chunk count of every array.
+INTEGRITY = "integrity"
 
 
 @contextlib.contextmanager
@@ -71,6 +83,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         except BaseException:
             _discard(tmp)
             raise
+        for store in _stores_in(tmp):
+            seal_store(store)
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
@@ -157,16 +171,13 @@ def create_array(
         raise ValueError(f"array {name!r}: {len(dims)} dimension names for shape {shape}")
     if compression not in _COMPRESSORS:
         raise ValueError(f"array {name!r}: unknown compression {compression!r}")
-    kwargs: dict[str, Any] = {}
-    if compression != "default":
-        kwargs["compressors"] = _COMPRESSORS[compression]
     array = group.create_array(
         name,
         shape=tuple(shape),
         dtype=dtype,
         chunks=tuple(chunks) if chunks is not None else "auto",
         dimension_names=list(dims),
-        **kwargs,
+        compressors=_COMPRESSORS[compression],
     )
     if data is not None and data.size:
         array[...] = data
@@ -187,6 +198,9 @@ def _file_record(path: str | os.PathLike) -> dict[str, Any]:
         "size": size,
         "mtime": _dt.datetime.fromtimestamp(stat.st_mtime, _dt.UTC).isoformat(timespec="seconds"),
     }
+    store_id = _store_id(p)
+    if store_id is not None:  # another store: which one, so that a remade one shows
+        record["store_id"] = store_id
     if p.is_dir():  # a downloaded model (or a set of them): where each came from
         sources = {
             str(m.parent.relative_to(p)): json.loads(m.read_text())
@@ -219,12 +233,17 @@ def provenance(
     params : dict
         Every configuration value the stage depends on.
     inputs : sequence of path
-        Input files, recorded with size and modification time.
+        Input files, recorded with size and modification time (stores with their id).
+
+    Under the workflow the record also holds ``rule_params``: the params of the stage's
+    rule under the config of the run (:func:`pipeline.workflow.rule_params`), which
+    :func:`open_store` compares with the current config's.
     """
     from pipeline import __version__
 
-    return {
+    record = {
         "stage": stage,
+        "id": uuid.uuid4().hex,
         "params": params,
         "inputs": [_file_record(p) for p in inputs],
         "pipeline_version": __version__,
@@ -235,6 +254,10 @@ def provenance(
         "command": sys.argv,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+    rule = current_rule_params(stage)
+    if rule is not None:
+        record["rule_params"] = rule
+    return record
 
 
 def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
@@ -245,12 +268,23 @@ def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # zarr raises several types for a broken store
-        raise StoreError(f"{path}: not a readable Zarr store ({exc})") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        metadata = next((path / n for n in ("zarr.json", ".zgroup") if (path / n).is_file()), None)
+        if metadata is None:
+            raise StoreError(f"{path}: not a readable Zarr store ({reason})") from exc
+        raise StoreError(
+            f"{metadata}: unreadable Zarr metadata ({reason}); "
+            f"the store {path} is damaged, delete it and rerun the stage that wrote it"
+        ) from exc
     prov = group.attrs.get("provenance")
     if prov is None:
         raise StoreError(f"{path}: no provenance attribute; not written by this pipeline")
     if stage is not None and prov.get("stage") != stage:
         raise StoreError(f"{path}: written by stage {prov.get('stage')!r}, expected {stage!r}")
+    problem = _integrity_problem(path, group) or _params_problem(path, prov)
+    if problem:
+        raise StoreError(problem)
+    OPENED.append(path)
     return group
 
 
@@ -265,8 +299,55 @@ def _format_attrs(attrs: dict[str, Any], indent: str, width: int = 100) -> list[
 
 
 def inspect_store(path: str | os.PathLike, show_provenance: bool = False) -> str:
-    """Describe a store: its tree, array shapes, dtypes, chunks, dimensions and attributes."""
-    group = open_store(path)
+    """Describe a store: its tree, array shapes, dtypes, chunks, dimensions and attributes.
+
+    Parameters
+    ----------
+    path : path
+        The store's directory.
+    show_provenance : bool
+        Show every field of the provenance record rather than a one-line summary.
+
+    Returns
+    -------
+    str
+        One line per group, array and attribute.
+
+    Raises
+    ------
+    StoreError
+        The store is missing, damaged or not this pipeline's. Where the metadata of one
+        of its groups or arrays cannot be read, the message names that ``zarr.json``.
+    """
+    root = Path(path)
+
+    def reason(exc: BaseException) -> str:
+        text = " ".join(str(exc).split())
+        if isinstance(exc, KeyError):
+            return f"missing key {text}"
+        return text or type(exc).__name__
+
+    def broken_metadata() -> StoreError | None:
+        # zarr's errors name neither the node nor its file: open each node on its own
+        if not root.is_dir():
+            return None
+        for metadata in sorted(root.rglob("zarr.json")):
+            try:
+                zarr.open(metadata.parent, mode="r")
+            except Exception as exc:  # zarr raises several types for broken metadata
+                return StoreError(
+                    f"{metadata}: unreadable Zarr metadata ({reason(exc)}); "
+                    f"the store {path} is damaged, delete it and rerun the stage that wrote it"
+                )
+        return None
+
+    try:
+        group = open_store(root)
+    except StoreError as exc:
+        broken = broken_metadata()
+        if broken is None:
+            raise
+        raise broken from exc
     lines = [f"{path} (zarr v{group.metadata.zarr_format})"]
 
     def walk(g: zarr.Group, indent: str) -> None:
@@ -281,7 +362,17 @@ def inspect_store(path: str | os.PathLike, show_provenance: bool = False) -> str
                     f"{indent}@provenance: stage={prov.get('stage')} created={prov.get('created')} "
                     f"params={prov.get('params')}"
                 )
-        for name, member in sorted(g.members(), key=lambda kv: kv[0]):
+        try:
+            members = sorted(g.members(), key=lambda kv: kv[0])
+        except Exception as exc:  # zarr raises several types for broken metadata
+            raise broken_metadata() or StoreError(f"{root / g.path}: {reason(exc)}") from exc
+        # zarr leaves out, with only a warning, a member whose metadata lacks a key
+        listed = {name for name, _ in members}
+        folder = root / g.path
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if child.name not in listed and (child / "zarr.json").is_file():
+                raise broken_metadata() or StoreError(f"{child}: not readable as a Zarr node")
+        for name, member in members:
             if isinstance(member, zarr.Array):
                 dims = member.metadata.dimension_names or ()
                 lines.append(
@@ -295,3 +386,211 @@ def inspect_store(path: str | os.PathLike, show_provenance: bool = False) -> str
 
     walk(group, "  ")
     return "\n".join(lines)
+
+
+# -- integrity: what a store was when it was written, and whether it still is ------------
+
+#: Stores opened by this process (:func:`open_store`), to name the one whose chunk fails
+#: its checksum when an array read raises.
+OPENED: list[Path] = []
+
+#: Root attribute with the warnings the stage logged while it wrote the store.
+WARNINGS_ATTR = "warnings"
+
+#: The warnings this process logged (:class:`WarningCollector`), recorded in the stores
+#: it seals.
+WARNINGS: list[str] = []
+
+
+class WarningCollector(logging.Handler):
+    """Logging handler that keeps every warning (and ``warnings.warn``, once captured by
+    logging) in :data:`WARNINGS`, so that the store a stage writes records them."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(record.getMessage().split())
+        if message not in WARNINGS:
+            WARNINGS.append(message)
+
+
+def _stores_in(path: Path) -> list[Path]:
+    """``path`` if it is a Zarr store, else the stores directly inside it (a stage's
+    output folder, e.g. the videos' ``frames.zarr``)."""
+    if (path / "zarr.json").is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if (p / "zarr.json").is_file())
+
+
+def _store_id(path: Path) -> str | None:
+    """The provenance id of the store at ``path`` (None: not a store of this pipeline)."""
+    try:
+        root = json.loads((path / "zarr.json").read_text())
+        return root["attributes"]["provenance"]["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _members(group: zarr.Group) -> list[tuple[str, Any]]:
+    return sorted(group.members(max_depth=None), key=lambda kv: kv[0])
+
+
+def _metadata_digest(path: Path, group: zarr.Group) -> str:
+    """SHA-256 of every metadata document of the store (the root's without its
+    integrity record), in canonical JSON: attributes, shapes, dtypes, codecs."""
+    digest = hashlib.sha256()
+    for name in ["", *(name for name, _ in _members(group))]:
+        metadata = path / name / "zarr.json"
+        try:
+            document = json.loads(metadata.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{metadata}: {exc}") from exc
+        if not name:
+            document.get("attributes", {}).pop(INTEGRITY, None)
+        digest.update(f"{name}\0{json.dumps(document, sort_keys=True)}\n".encode())
+    return digest.hexdigest()
+
+
+def _chunk_counts(group: zarr.Group) -> dict[str, int]:
+    """Array path → number of chunks present in the store."""
+    return {
+        name: member.nchunks_initialized
+        for name, member in _members(group)
+        if isinstance(member, zarr.Array)
+    }
+
+
+def seal_store(path: str | os.PathLike) -> None:
+    """Record the stage's warnings and the store's metadata digest and chunk counts.
+
+    :func:`atomic_output` seals every store it moves into place; :func:`open_store`
+    then refuses a store whose attributes or array definitions were edited, or whose
+    chunks were deleted, since. A chunk's content is checked by its CRC-32C on read.
+    """
+    path = Path(path)
+    group = zarr.open_group(path, mode="r+")
+    group.attrs[WARNINGS_ATTR] = list(WARNINGS)
+    group.attrs[INTEGRITY] = {
+        "metadata_sha256": _metadata_digest(path, group),
+        "chunks": _chunk_counts(group),
+    }
+
+
+def _integrity_problem(path: Path, group: zarr.Group) -> str | None:
+    """What is wrong with a sealed store's metadata or chunk set (None: nothing, or the
+    store was not sealed)."""
+    record = group.attrs.get(INTEGRITY)
+    if record is None:
+        return None
+    try:
+        digest = _metadata_digest(path, group)
+        counts = _chunk_counts(group)
+    except (OSError, ValueError) as exc:
+        return f"{path}: damaged metadata ({exc}); delete the store and rerun its stage"
+    if digest != record.get("metadata_sha256"):
+        return (
+            f"{path}: its attributes or array definitions were changed after it was written "
+            "(metadata digest differs); delete the store and rerun its stage"
+        )
+    for name, expected in record.get("chunks", {}).items():
+        found = counts.get(name)
+        if found != expected:
+            return (
+                f"{path}: array {name!r} has {found or 0} of its {expected} chunks; chunks "
+                "were deleted after it was written. Delete the store and rerun its stage"
+            )
+    return None
+
+
+def _params_problem(path: Path, prov: dict[str, Any]) -> str | None:
+    """Where the store's recorded rule params differ from the current config's (under
+    the workflow only: outside it there is no current config to compare with)."""
+    stage = prov.get("stage")
+    current = current_rule_params(stage)
+    recorded = prov.get("rule_params")
+    if current is None or recorded is None:
+        return None
+    changed = [key for key in current if key in recorded and recorded[key] != current[key]]
+    if not changed:
+        return None
+    differences = "; ".join(
+        f"{key} = {recorded[key]!r} there, {current[key]!r} in the config" for key in changed
+    )
+    return (
+        f"{path} was made under other settings than the current config ({differences}), "
+        "and Snakemake did not remake it (its record in .snakemake/ is missing, e.g. the "
+        f"store was copied in, or reruns were restricted). Remake it: snakemake TARGET "
+        f"--forcerun {stage}"
+    )
+
+
+def _chunk_problems(array: zarr.Array) -> Iterator[str]:
+    """Read every chunk of ``array``; yield the chunks that fail their checksum."""
+    grid = [range(0, size, chunk) for size, chunk in zip(array.shape, array.chunks, strict=True)]
+    for starts in np.ndindex(*(len(axis) for axis in grid)):
+        region = tuple(
+            slice(axis[i], axis[i] + chunk)
+            for axis, i, chunk in zip(grid, starts, array.chunks, strict=True)
+        )
+        try:
+            array[region]
+        except ValueError as exc:  # the crc32c codec: stored and computed checksums differ
+            yield f"chunk {starts} of array {array.path!r} fails its checksum ({exc})"
+
+
+def corrupt_chunk(path: str | os.PathLike) -> str | None:
+    """The first chunk of the store at ``path`` that fails its checksum (None: none)."""
+    group = zarr.open_group(path, mode="r")
+    for _, member in _members(group):
+        if isinstance(member, zarr.Array):
+            for problem in _chunk_problems(member):
+                return problem
+    return None
+
+
+def _input_problems(prov: dict[str, Any]) -> Iterator[str]:
+    """Inputs that are gone, or changed since the store was made from them."""
+    for record in prov.get("inputs", []):
+        if not isinstance(record, dict) or "path" not in record:
+            continue
+        input_path = Path(record["path"])
+        if not input_path.exists():
+            yield f"its input {input_path} is missing"
+            continue
+        if "store_id" in record:
+            if _store_id(input_path) != record["store_id"]:
+                yield f"its input {input_path} was remade after it"
+            continue
+        if record.get("size") is None:  # a folder (models): its content is not recorded
+            continue
+        now = _file_record(input_path)
+        if (now.get("size"), now.get("mtime")) != (record["size"], record.get("mtime")):
+            yield (
+                f"its input {input_path} changed (size {record['size']} → {now.get('size')}, "
+                f"modified {record.get('mtime')} → {now.get('mtime')})"
+            )
+
+
+def verify_store(path: str | os.PathLike) -> list[str]:
+    """Everything wrong with the store at ``path``: unreadable, edited or incomplete
+    metadata, chunks missing or failing their checksums, settings other than the
+    current config's (under the workflow), inputs gone or changed. Empty: all is well.
+
+    Every chunk is read, so this costs a full read of the store.
+    """
+    path = Path(path)
+    try:
+        group = open_store(path)
+    except StoreError as exc:
+        return [str(exc)]
+    problems = []
+    if group.attrs.get(INTEGRITY) is None:
+        problems.append(f"{path}: no integrity record (written by an older version)")
+    for _, member in _members(group):
+        if isinstance(member, zarr.Array):
+            problems += [f"{path}: {p}" for p in _chunk_problems(member)]
+    problems += [f"{path}: {p}" for p in _input_problems(group.attrs["provenance"])]
+    return problems

@@ -6,7 +6,9 @@ from snakemake.logging import logger
 
 from pipeline.cc2017 import discover_dataset, stimulus_path
 from pipeline.demo import DemoSettings, expected_dataset
+from pipeline.frames import check_frame_rate
 from pipeline.errors import ConfigError
+from pipeline.workflow import ConfigValues
 from pipeline.models.presets import model_device
 
 DATASET_CONFIG = config["dataset"]
@@ -31,6 +33,12 @@ else:
         test_prefix=DATASET_CONFIG["test_prefix"],
         train_repetitions=DATASET_CONFIG["train_repetitions"],
         test_repetitions=DATASET_CONFIG["test_repetitions"],
+        unmatched=DATASET_CONFIG["unmatched"],
+    )
+    # frames.fps against the stimuli's frame rate (the demo's is checked with the config);
+    # one header read, so a bad rate stops the run here rather than in every frames job
+    check_frame_rate(
+        DATASET.stimulus_files()[0], config["frames"]["fps"], DATASET_CONFIG["tr_s"]
     )
 
 for message in DATASET.warnings:
@@ -50,9 +58,10 @@ def config_values(section, *keys):
 
     Snakemake compares a job's params with the recorded ones as a *set of values*, so
     two scalar params swapping equal values would go unnoticed; a dict per config
-    section keeps the key names in the record and makes every change visible.
+    section keeps the key names in the record and makes every change visible. The stores
+    record them too, as ``section.key`` (pipeline.workflow.ConfigValues).
     """
-    return {key: config[section][key] for key in keys}
+    return ConfigValues(section, {key: config[section][key] for key in keys})
 
 
 def fmri_runs(wildcards):

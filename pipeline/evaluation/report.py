@@ -17,6 +17,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -224,6 +225,41 @@ def _grids(subject: str, paths: dict, frames_dir: Path, n_clips: int) -> list[tu
     return out
 
 
+def qc_section(results: Path, subjects: Iterable[str]) -> str:
+    """Per subject (and for the stores all subjects share), every store whose stage
+    warned, with its warnings (:data:`pipeline.stores.WARNINGS_ATTR`)."""
+    from pipeline.stores import WARNINGS_ATTR
+    from pipeline.verify import find_stores
+
+    subjects = list(subjects)
+    groups: dict[str, list[Path]] = {s: [] for s in [*subjects, "all subjects"]}
+    for store in find_stores([results]) if results.is_dir() else []:
+        subject = store.relative_to(results).parts[0]
+        groups[subject if subject in groups else "all subjects"].append(store)
+    parts = []
+    for group, stores in groups.items():
+        rows = []
+        for store in stores:
+            attrs = zarr.open_group(store, mode="r").attrs
+            warned = attrs.get(WARNINGS_ATTR) or []
+            if warned:
+                stage = attrs.get("provenance", {}).get("stage", "?")
+                items = "".join(f"<li>{html.escape(w)}</li>" for w in warned)
+                rows.append(
+                    f"<tr><td>{html.escape(str(store.relative_to(results)))}</td>"
+                    f"<td>{html.escape(stage)}</td><td><ul>{items}</ul></td></tr>"
+                )
+        body = (
+            '<table class="qc"><tr><th>store</th><th>stage</th><th>warnings</th></tr>'
+            + "".join(rows)
+            + "</table>"
+            if rows
+            else f"<p>No stage warned ({len(stores)} stores).</p>"
+        )
+        parts.append(f'<div class="qc-group"><h3>{html.escape(group)}</h3>{body}</div>')
+    return '<div class="qc">' + "".join(parts) + "</div>"
+
+
 def _provenance(paths: list[str]) -> str:
     items = []
     for path in paths:
@@ -251,6 +287,9 @@ tr.published { color: #666; font-style: italic; }
 .note { background: #fff6d6; padding: 0.6em 1em; border-left: 4px solid #e0b400; }
 figure.grid { display: inline-block; margin: 0.4em; }
 figure.grid img { image-rendering: pixelated; }
+table.qc td, table.qc th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; }
+table.qc { border-collapse: collapse; font-size: 13px; }
+div.qc { display: flex; flex-wrap: wrap; gap: 1.5em; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 """
 
@@ -265,12 +304,14 @@ def write_report(
     config: dict,
     n_clips: int = 6,
     figures: str | os.PathLike | None = None,
+    results: str | os.PathLike = "results",
 ) -> Path:
     """Write ``output`` (index.html) and, in ``figures``, the figures as separate files.
 
     ``subjects`` maps each subject to its paths: ``selection``, ``perception``,
     ``semantic`` (model directories), ``blurry``, ``keyframes``, ``videos``
-    and ``evaluation`` (its videos' evaluation directory).
+    and ``evaluation`` (its videos' evaluation directory). The quality-control section
+    lists the warnings every stage recorded in its store under ``results``.
     """
     output, tables = Path(output), Path(tables)
     n_way = config["evaluation"]["n_way"]
@@ -302,6 +343,7 @@ def write_report(
         "models on cc2017.</p>"
         if tiny
         else "",
+        "<h2>Quality control: the stages' warnings</h2>" + qc_section(Path(results), subjects),
         f"<h2>Table 1: video reconstruction ({html.escape(main)} protocol)</h2>"
         f"<p>{html.escape(PM_NOTE)} Hover a cell for its bootstrap 95 % CI and the "
         "shuffled-pairing control. Every protocol's columns: protocols.md beside the tables.</p>",
