@@ -5,7 +5,9 @@
     {root}/video_fmri_dataset/stimuli/{seg1..}.mp4, {test1..}.mp4
     {root}/video_fmri_dataset/{subject}/fmri/{segment}/cifti/{segment}_{rep}_Atlas.dtseries.nii
 
-Subjects, segments and repetitions are discovered from the files; cortical
+Subjects (``subjectN`` or BIDS-style ``sub-<label>`` folders), segments and
+repetitions are discovered from the files, and every stimulus must have fMRI
+runs in every subject and vice versa (``dataset.unmatched``); cortical
 vertices come from the CIFTI brain-model axis (CORTEX_LEFT + CORTEX_RIGHT).
 The number of clips of a run is the stimulus duration over the TR; the
 leading volumes are ``n_volumes - n_clips - trailing``.
@@ -33,6 +35,8 @@ __all__ = [
     "CORTEX_STRUCTURES",
     "DataError",
     "Dataset",
+    "SUBJECT_RE",
+    "UNMATCHED_MODES",
     "RunTiming",
     "StimulusInfo",
     "clip_count",
@@ -54,6 +58,12 @@ CORTEX_STRUCTURES = ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGH
 DATASET_DIR = "video_fmri_dataset"
 _RUN_RE = re.compile(r"^(?P<segment>[A-Za-z]+\d+)_(?P<rep>\d+)_Atlas\.dtseries\.nii$")
 _SEGMENT_RE = re.compile(r"^(?P<prefix>[A-Za-z]+)(?P<index>\d+)$")
+#: Subject folder names: cc2017's ``subjectN`` and BIDS-style ``sub-<label>``.
+SUBJECT_RE = re.compile(r"^(subject[0-9]+|sub-[A-Za-z0-9]+)$")
+#: What :func:`discover_dataset` does with unmatched stimuli and fMRI (``dataset.unmatched``).
+UNMATCHED_MODES = ("error", "drop")
+#: File suffixes taken for videos in the stimulus folder (only ``.mp4`` names a segment).
+_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 
 
 def stimulus_path(root: str | os.PathLike, segment: str) -> Path:
@@ -89,6 +99,12 @@ def _segment_key(name: str) -> tuple[str, int]:
     return (match["prefix"], int(match["index"])) if match else (name, 0)
 
 
+def _subject_key(name: str) -> tuple[str, int]:
+    """Natural order of subject names: subject2 before subject10, sub-2 before sub-10."""
+    match = re.match(r"^(?P<prefix>\D*)(?P<index>\d+)$", name)
+    return (match["prefix"], int(match["index"])) if match else (name, 0)
+
+
 @dataclass
 class Dataset:
     """What a dataset root holds: segments, subjects and the repetitions of every run.
@@ -101,7 +117,8 @@ class Dataset:
     runs : dict
         ``runs[subject][segment]`` is the sorted list of repetitions present.
     warnings : list of str
-        Missing repetitions, reported but not fatal.
+        Missing repetitions and (``dataset.unmatched: drop``) the stimuli and
+        fMRI left out, reported but not fatal.
     """
 
     root: Path
@@ -137,25 +154,39 @@ def discover_dataset(
     test_prefix: str = "test",
     train_repetitions: int = 2,
     test_repetitions: int = 10,
+    unmatched: str = "error",
 ) -> Dataset:
     """Find the segments, subjects and runs of a cc2017-layout dataset on disk.
+
+    A segment is a stimulus ``{prefix}<k>.mp4`` together with the fMRI runs of
+    every subject. A stimulus without fMRI in some subject, fMRI of a segment
+    without a stimulus, and a video in the stimulus folder named otherwise are
+    *unmatched*: an error by default, since each of them would silently take a
+    whole segment (or a subject's runs of it) out of the data.
 
     Parameters
     ----------
     root : path
         Directory containing ``video_fmri_dataset/``.
     subjects : list of str, optional
-        Subjects to use; default every ``subject*`` folder.
+        Subjects to use; default every ``subjectN`` or ``sub-<label>`` folder.
     train_prefix, test_prefix : str
         Stimulus name prefixes of training and test segments.
     train_repetitions, test_repetitions : int
         Repetitions expected per run; fewer found is a warning, none an error.
+    unmatched : {"error", "drop"}
+        What unmatched stimuli and fMRI do (config key ``dataset.unmatched``):
+        ``error`` raises naming every one, ``drop`` leaves their segments out of
+        the dataset for every subject and names them in :attr:`Dataset.warnings`.
 
     Raises
     ------
     DataError
-        If the root, the stimuli or a subject's runs of a segment are missing.
+        If the root or the stimuli are missing, a subject folder holds no fMRI
+        run, or (``unmatched="error"``) stimuli and fMRI do not match.
     """
+    if unmatched not in UNMATCHED_MODES:
+        raise ValueError(f"unmatched must be one of {UNMATCHED_MODES}, not {unmatched!r}")
     root = Path(root)
     base = root / DATASET_DIR
     stimuli_dir = base / "stimuli"
@@ -164,46 +195,102 @@ def discover_dataset(
             f"{stimuli_dir}: no stimulus folder; dataset.root must contain {DATASET_DIR}/stimuli "
             "(the cc2017 raw layout)"
         )
-    segments = {"train": [], "test": []}
-    for mp4 in stimuli_dir.glob("*.mp4"):
-        match = _SEGMENT_RE.match(mp4.stem)
-        if match is None:
+    segments: dict[str, list[str]] = {"train": [], "test": []}
+    unnamed: list[Path] = []  # videos whose name is no segment's: their segment is lost
+    for video in sorted(stimuli_dir.iterdir()):
+        if not video.is_file() or video.suffix.lower() not in _VIDEO_SUFFIXES:
             continue
-        if match["prefix"] == train_prefix:
-            segments["train"].append(mp4.stem)
-        elif match["prefix"] == test_prefix:
-            segments["test"].append(mp4.stem)
+        match = _SEGMENT_RE.match(video.stem)
+        if video.suffix == ".mp4" and match and match["prefix"] == train_prefix:
+            segments["train"].append(video.stem)
+        elif video.suffix == ".mp4" and match and match["prefix"] == test_prefix:
+            segments["test"].append(video.stem)
+        else:
+            unnamed.append(video)
     for kind, prefix in (("train", train_prefix), ("test", test_prefix)):
         if not segments[kind]:
-            raise DataError(f"{stimuli_dir}: no {kind} stimuli named {prefix}<k>.mp4")
+            others = f" (other videos there: {_names(unnamed)})" if unnamed else ""
+            raise DataError(f"{stimuli_dir}: no {kind} stimuli named {prefix}<k>.mp4{others}")
         segments[kind].sort(key=_segment_key)
 
-    if subjects:
-        missing = [s for s in subjects if not (base / s).is_dir()]
-        if missing:
-            raise DataError(f"{base}: subject folder(s) not found: {', '.join(missing)}")
-    else:
-        subjects = sorted((p.name for p in base.glob("subject*") if p.is_dir()), key=_segment_key)
-        if not subjects:
-            raise DataError(f"{base}: no subject* folders")
+    subjects = _subject_folders(base, subjects)
+    found = {subject: _fmri_runs(base / subject) for subject in subjects}
+    empty = [subject for subject, runs in found.items() if not runs]
+    if empty:
+        others = [s for s in subjects if s not in empty]
+        hint = f", e.g. [{', '.join(others)}]" if others else ""
+        raise DataError(
+            f"{', '.join(str(base / s) for s in empty)}: no fMRI run in "
+            f"{'this subject folder' if len(empty) == 1 else 'these subject folders'} "
+            f"(expected {run_path(root, empty[0], segments['train'][0], 1)}); list the "
+            f"subjects to process in dataset.subjects{hint}"
+        )
+
+    # unmatched stimuli and fMRI, in the order a user would fix them
+    stimulus_segments = segments["train"] + segments["test"]
+    problems: list[str] = []
+    drop: set[str] = set()
+    orphans: dict[str, list[Path]] = {}  # segment -> its fMRI folders
+    for subject, runs in found.items():
+        for seg in runs:
+            if seg not in stimulus_segments:
+                orphans.setdefault(seg, []).append(base / subject / "fmri" / seg)
+    for seg in sorted(orphans, key=_segment_key):
+        problems.append(
+            f"fMRI without a stimulus: no {stimulus_path(root, seg)} for {_names(orphans[seg])}"
+        )
+    for subject, runs in found.items():
+        absent = [seg for seg in stimulus_segments if seg not in runs]
+        drop.update(absent)
+        if len(absent) == 1:
+            folder = run_path(root, subject, absent[0], 1).parent
+            problems.append(
+                f"stimulus without fMRI: {folder}: no fMRI run of {subject} for segment "
+                f"{absent[0]} (no {absent[0]}_<rep>_Atlas.dtseries.nii there for the stimulus "
+                f"{stimulus_path(root, absent[0])})"
+            )
+        elif absent:
+            problems.append(
+                f"stimuli without fMRI: {base / subject / 'fmri'}: no fMRI run of {subject} for "
+                f"segments {_names(absent)} (no {{segment}}/cifti/"
+                f"{{segment}}_<rep>_Atlas.dtseries.nii there for the stimuli "
+                f"{_names([stimulus_path(root, s).name for s in absent])})"
+            )
+    if unnamed:
+        problems.append(
+            f"videos not named {train_prefix}<k>.mp4 or {test_prefix}<k>.mp4: {_names(unnamed)}"
+        )
+    warnings: list[str] = []
+    if problems:
+        if unmatched == "error":
+            raise DataError(
+                f"{base}: stimuli and fMRI do not match; every segment needs its stimulus and "
+                "fMRI runs in every subject:\n  "
+                + "\n  ".join(problems)
+                + "\nRestore or rename the files, or set dataset.unmatched: drop to leave these "
+                "segments out"
+            )
+        warnings += [f"dataset.unmatched: drop: {p}" for p in problems]
+        if drop:
+            warnings.append(
+                f"dataset.unmatched: drop: segments {_names(sorted(drop, key=_segment_key))} "
+                "left out for every subject"
+            )
+        for kind in segments:
+            segments[kind] = [s for s in segments[kind] if s not in drop]
+            if not segments[kind]:
+                raise DataError(
+                    f"{base}: no {kind} segment has both its stimulus and fMRI in every "
+                    "subject (dataset.unmatched: drop left out all of them)"
+                )
 
     expected = {seg: train_repetitions for seg in segments["train"]}
     expected |= {seg: test_repetitions for seg in segments["test"]}
     runs: dict[str, dict[str, list[int]]] = {}
-    warnings: list[str] = []
     for subject in subjects:
         runs[subject] = {}
         for segment, n_expected in expected.items():
-            folder = run_path(root, subject, segment, 1).parent
-            reps = sorted(
-                parse_run_path(p)[1] for p in folder.glob(f"{segment}_*_Atlas.dtseries.nii")
-            )
-            if not reps:
-                raise DataError(
-                    f"{folder}: no fMRI run of {subject} for segment {segment} "
-                    f"(expected {segment}_<rep>_Atlas.dtseries.nii, e.g. "
-                    f"{run_path(root, subject, segment, 1)})"
-                )
+            reps = found[subject][segment]
             if len(reps) < n_expected:
                 absent = sorted(set(range(1, n_expected + 1)) - set(reps))
                 warnings.append(
@@ -214,6 +301,44 @@ def discover_dataset(
     for message in warnings:
         log.warning(message)
     return Dataset(root, segments["train"], segments["test"], runs, warnings)
+
+
+def _names(items: list, limit: int = 8) -> str:
+    """``items`` as a comma-separated list, the middle left out past ``limit``."""
+    names = [str(i) for i in items]
+    if len(names) > limit:
+        names = [*names[: limit - 2], f"... ({len(names) - limit + 1} more)", names[-1]]
+    return ", ".join(names)
+
+
+def _subject_folders(base: Path, subjects: list[str] | None) -> list[str]:
+    """The configured subjects (which must exist), else every subject folder of ``base``."""
+    if subjects:
+        missing = [s for s in subjects if not (base / s).is_dir()]
+        if missing:
+            raise DataError(
+                f"{base}: subject folder(s) not found: {', '.join(missing)} (dataset.subjects)"
+            )
+        return list(subjects)
+    found = sorted(
+        (p.name for p in base.iterdir() if p.is_dir() and SUBJECT_RE.match(p.name)),
+        key=_subject_key,
+    )
+    if not found:
+        raise DataError(f"{base}: no subject folders (subjectN or sub-<label>)")
+    return found
+
+
+def _fmri_runs(subject_dir: Path) -> dict[str, list[int]]:
+    """``{segment: sorted repetitions}`` of the CIFTI runs found under ``subject_dir/fmri``."""
+    runs = {}
+    fmri = subject_dir / "fmri"
+    folders = sorted(fmri.iterdir(), key=lambda p: _segment_key(p.name)) if fmri.is_dir() else []
+    for folder in folders:
+        files = sorted((folder / "cifti").glob(f"{folder.name}_*_Atlas.dtseries.nii"))
+        if files:
+            runs[folder.name] = sorted(parse_run_path(p)[1] for p in files)
+    return runs
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,10 @@ def _check_evaluation(config: dict[str, Any], frames_per_clip: int) -> None:
     if evaluation["frame_sampling"] == "neurons" and n_frames < 2 * frames_per_clip:
         raise ConfigError(
             f"config key 'evaluation.frame_sampling': 'neurons' takes every 2nd of the last "
-            f"{2 * frames_per_clip} generated frames, but video.n_frames is {n_frames}"
+            f"{2 * frames_per_clip} generated frames (twice the {frames_per_clip} frames per "
+            f"clip of frames.fps = {config['frames']['fps']}), but video.n_frames is "
+            f"{n_frames}; lower frames.fps (it must also divide the stimulus frame rate), "
+            "raise video.n_frames or choose evaluation.frame_sampling: uniform"
         )
     ablations = {k for k, v in evaluation["ablations"].items() if v is not None}
     reserved = {"videos", "fused", "retrieval"} & ablations

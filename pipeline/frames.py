@@ -21,14 +21,64 @@ from av.video.reformatter import VideoReformatter
 from tqdm.auto import tqdm
 
 from pipeline.cc2017 import read_stimulus_info
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.stores import atomic_output, create_array, provenance
 
-__all__ = ["extract_frames", "frame_schedule"]
+__all__ = ["check_frame_rate", "extract_frames", "frame_schedule", "valid_fps"]
 
 log = logging.getLogger(__name__)
 
 _BATCH = 16  # clips per write
+
+
+def valid_fps(source_fps: Fraction, tr_s: float) -> list[int]:
+    """Every ``frames.fps`` the frame schedule accepts for a stimulus at ``source_fps``.
+
+    A kept frame is every ``source_fps / fps``-th source frame, so ``fps`` must
+    divide the source rate, and a TR must hold a whole number of kept frames.
+    """
+    tr = Fraction(str(tr_s))
+    return [
+        fps
+        for fps in range(1, int(source_fps) + 1)
+        if (Fraction(source_fps) / fps).denominator == 1 and (tr * fps).denominator == 1
+    ]
+
+
+def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fraction:
+    """Check ``frames.fps`` against the frame rate of one stimulus (its header only).
+
+    Cheap enough for DAG time: no frame is decoded and nothing heavier than
+    PyAV is imported.
+
+    Returns
+    -------
+    Fraction
+        The stimulus frame rate.
+
+    Raises
+    ------
+    ConfigError
+        If ``fps`` does not divide the stimulus rate (or a TR is not a whole
+        number of frames at ``fps``), naming ``frames.fps``, the stimulus file
+        and the rates that would work.
+    DataError
+        If the stimulus cannot be read.
+    """
+    source_fps = read_stimulus_info(video).fps
+    choices = valid_fps(source_fps, tr_s)
+    if fps not in choices:
+        hint = (
+            f"choose one of {choices}"
+            if choices
+            else "no whole frame rate does; re-encode the stimuli at a whole frame rate"
+        )
+        raise ConfigError(
+            f"config key 'frames.fps': {fps} frames/s does not divide the frame rate "
+            f"{float(source_fps):g} of the stimulus {video} (every source_fps / fps-th frame "
+            f"is kept, a whole number of them per TR of {tr_s:g} s); {hint}"
+        )
+    return source_fps
 
 
 def frame_schedule(

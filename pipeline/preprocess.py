@@ -40,6 +40,7 @@ __all__ = ["detrend_zscore", "polynomial_basis", "preprocess_subject"]
 log = logging.getLogger(__name__)
 
 _BLOCK = 2048  # vertices per float64 block: (n_volumes, 2048) stays in the CPU cache
+_TR_TOLERANCE_S = 1e-3  # CIFTI steps are written with a few decimals (HCP: 0.72, cc2017: 2)
 
 
 def polynomial_basis(n_volumes: int, order: int) -> np.ndarray:
@@ -78,7 +79,8 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
     clean = np.empty(bold.shape, np.float32)
     for start in range(0, bold.shape[1], _BLOCK):
         block = slice(start, start + _BLOCK)
-        y = bold[:, block].astype(np.float64)
+        with np.errstate(invalid="ignore"):  # signalling NaNs (corrupt files) are set to 0 next
+            y = bold[:, block].astype(np.float64)
         y[:, ~valid[block]] = 0.0
         level = np.abs(y).max(axis=0)
         y -= q @ (q.T @ y)
@@ -136,6 +138,8 @@ def preprocess_subject(
     trailing_volumes: int,
     max_leading_volumes: int,
     detrend_order: int,
+    max_dropped_fraction: float = 0.05,
+    accept_tr_mismatch: bool = False,
     threads: int = 1,
 ) -> None:
     """Preprocess every run of one subject into ``output`` (a Zarr store).
@@ -152,11 +156,23 @@ def preprocess_subject(
     parsing the XML header, which holds the GIL, so threads would not help);
     each holds one run in memory at a time.
 
+    Parameters
+    ----------
+    max_dropped_fraction : float
+        Largest share of a run's cortical vertices that may be dropped as
+        non-finite or constant (``preprocess.max_dropped_fraction``). A few
+        such vertices give a warning; many mean a corrupt data block.
+    accept_tr_mismatch : bool
+        Whether a run whose CIFTI time step differs from ``tr_s`` is only
+        warned about (``preprocess.accept_tr_mismatch``) instead of refused.
+
     Raises
     ------
     DataError
         A run is missing or unreadable, its length disagrees with its stimulus,
-        or its brain model differs from the other runs.
+        its brain model differs from the other runs, its time step differs
+        from ``tr_s`` (unless accepted), or it drops more than
+        ``max_dropped_fraction`` of the vertices.
     """
     stimuli = {Path(p).stem: Path(p) for p in stimulus_files}
     by_segment: dict[str, list[tuple[int, Path]]] = defaultdict(list)
@@ -178,6 +194,10 @@ def preprocess_subject(
         "trailing_volumes": trailing_volumes,
         "max_leading_volumes": max_leading_volumes,
         "detrend_order": detrend_order,
+    }
+    checks = {
+        "max_dropped_fraction": max_dropped_fraction,
+        "accept_tr_mismatch": accept_tr_mismatch,
     }
     first_run = next(iter(by_segment.values()))[0][1]
     columns = read_cortex_bold(first_run)[1]
@@ -215,14 +235,28 @@ def preprocess_subject(
         for (segment, path, _), result in zip(
             tasks, _map_runs(tasks, settings, threads, subject), strict=True
         ):
-            if abs(result.file_tr - tr_s) > 1e-3:
-                log.warning(
-                    "%s: time axis step %.3f s differs from dataset.tr_s %.3f s",
-                    path,
-                    result.file_tr,
-                    tr_s,
+            if abs(result.file_tr - tr_s) > _TR_TOLERANCE_S:
+                message = (
+                    f"{path}: the CIFTI time axis step is {result.file_tr:g} s but "
+                    f"dataset.tr_s is {tr_s:g} s"
                 )
+                if not accept_tr_mismatch:
+                    raise DataError(
+                        f"{message}; the file is from another acquisition or its header is "
+                        "wrong (set preprocess.accept_tr_mismatch: true to use it with "
+                        "dataset.tr_s)"
+                    )
+                log.warning("%s (accepted: preprocess.accept_tr_mismatch)", message)
             dropped = ~result.valid
+            share = float(dropped.mean())
+            if share > max_dropped_fraction:
+                raise DataError(
+                    f"{path}: {int(dropped.sum())} of {dropped.size} cortical vertices "
+                    f"({share:.1%}) are non-finite or constant ({result.n_all_nan} all-NaN), "
+                    f"more than preprocess.max_dropped_fraction = {max_dropped_fraction:g}; "
+                    "the data block looks corrupt (raise preprocess.max_dropped_fraction "
+                    "to keep the run)"
+                )
             if dropped.any():
                 log.warning(
                     "%s: %d vertices dropped (%d all-NaN, the rest non-finite or constant)",
@@ -253,7 +287,9 @@ def preprocess_subject(
                 "subject": subject,
                 "segments": list(by_segment),
                 "provenance": provenance(
-                    "preprocess", settings, [*map(str, run_files), *map(str, stimulus_files)]
+                    "preprocess",
+                    settings | checks,
+                    [*map(str, run_files), *map(str, stimulus_files)],
                 ),
             }
         )

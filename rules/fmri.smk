@@ -19,13 +19,17 @@ rule preprocess:
         dataset=config_values(
             "dataset", "tr_s", "trailing_volumes", "max_leading_volumes"
         ),
-        preprocess=config_values("preprocess", "detrend_order"),
+        preprocess=config_values(
+            "preprocess", "detrend_order", "max_dropped_fraction", "accept_tr_mismatch"
+        ),
     shell:
         "python -m pipeline preprocess --subject {wildcards.subject} --runs {input.runs:q}"
         " --stimuli {input.stimuli:q} --output {output:q} --tr-s {params.dataset[tr_s]}"
         " --trailing-volumes {params.dataset[trailing_volumes]}"
         " --max-leading-volumes {params.dataset[max_leading_volumes]}"
-        " --detrend-order {params.preprocess[detrend_order]} --threads {threads}"
+        " --detrend-order {params.preprocess[detrend_order]}"
+        " --max-dropped-fraction {params.preprocess[max_dropped_fraction]}"
+        " --accept-tr-mismatch {params.preprocess[accept_tr_mismatch]} --threads {threads}"
         " > {log:q} 2>&1"
 
 

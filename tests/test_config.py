@@ -41,7 +41,7 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"demo": {"scale": "huge"}}, "demo.scale"),
         ({"demo": {"luminance_grid": 200}}, "demo.luminance_grid"),
         ({"demo": {"object_speed": -1}}, "demo.object_speed"),
-        ({"dataset": {"subjects": ["sub-01"]}}, "dataset.subjects.0"),
+        ({"dataset": {"subjects": ["sub_01"]}}, "dataset.subjects.0"),  # sub-01 is valid
         ({"keyframes": {"generator": "sd21_unclip"}}, "keyframes.generator"),  # tiny preset
         (
             {"models": {"preset": "paper"}, "keyframes": {"generator": "tiny"}},
