@@ -34,7 +34,7 @@ lock:
 	$(PYTHON) -m pipeline sync-envs
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --show-failed-logs
+	$(BIN)/snakemake --cores $(CORES)
 
 # Debian's chromium, for the test that opens the HTML report headless
 browser:

@@ -51,11 +51,6 @@ def test_provenance_records_the_key_packages_at_their_installed_versions():
         assert installed == version(name), name
 
 
-def test_inspect_missing_store_is_an_error(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope.zarr")]) == 1
-    assert "nope.zarr: store does not exist" in capsys.readouterr().err
-
-
 def test_every_public_name_resolves():
     import pipeline
 

@@ -1,18 +1,14 @@
 """Snakemake end to end: outputs, staleness (only stale stages rerun), real-data mode."""
 
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from pipeline.cc2017 import run_path
 from pipeline.stores import open_store
-from tests.conftest import FRAME_SIZE, SMALL_DEMO, planned_jobs, snakemake, snakemake_command
+from tests.conftest import FRAME_SIZE, SMALL_DEMO, planned_jobs, snakemake
 
 N_TRAIN, N_TEST = SMALL_DEMO["n_train_segments"], SMALL_DEMO["n_test_segments"]
 N_CLIPS = SMALL_DEMO["segment_duration_s"] // 2
@@ -198,65 +194,6 @@ def test_real_dataset_mode_plans_from_the_files(real_root, tmp_path):
     assert "demo_dataset" not in jobs and jobs["preprocess"] == 1
     log = snakemake(tmp_path, "-n", overlay=overlay)
     assert "subject1 test2: 2 of 3 repetitions present" in log.stdout + log.stderr
-
-
-def test_real_dataset_with_a_missing_segment_fails_at_dag_time(real_root, tmp_path):
-    shutil.rmtree(run_path(real_root, "subject1", "seg2", 1).parent.parent)
-    result = snakemake(tmp_path, "-n", overlay={"dataset": {"root": str(real_root)}}, check=False)
-    assert result.returncode != 0
-    assert "no fMRI run of subject1 for segment seg2" in result.stdout + result.stderr
-
-
-def test_killed_cache_stage_is_not_taken_as_complete(workspace):
-    """kill -9 of Snakemake and its job mid-stage: nothing passes for complete; the rerun ends
-    with the store of the uninterrupted run."""
-    cache = workspace / "results/cache"
-    target = "results/cache/vae_latents.zarr"
-    before = open_store(cache / "vae_latents.zarr")["latents"][:]
-    cmd = snakemake_command(workspace, target, "--forcerun", "cache_vae")
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 120
-    while not list(cache.glob(".vae_latents.zarr.tmp-*")):
-        assert proc.poll() is None and time.monotonic() < deadline, "stage never started"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (cache / "vae_latents.zarr").exists()
-    snakemake(workspace, "--unlock")
-    assert planned_jobs(workspace).get("cache_vae") == 1
-    snakemake(workspace, target)
-    assert not list(cache.glob(".vae_latents.zarr.tmp-*"))  # the orphan was cleaned up
-    assert np.array_equal(open_store(cache / "vae_latents.zarr")["latents"][:], before)
-    # the same bytes as before: what was made from them stays valid, mark it so
-    snakemake(workspace, "--touch")
-    assert planned_jobs(workspace) == {}
-
-
-def test_a_second_run_on_the_same_workdir_is_refused_by_the_lock(workspace):
-    """Two runs on one workdir: while the first holds Snakemake's lock the second stops with
-    Snakemake's message, touching nothing; the first completes."""
-    target = "results/report/index.html"
-    first = subprocess.Popen(
-        snakemake_command(workspace, target, "--forcerun", "report"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    locks = workspace / ".snakemake/locks"
-    deadline = time.monotonic() + 120
-    while not (locks.is_dir() and any(locks.iterdir())):
-        assert first.poll() is None and time.monotonic() < deadline, "the first run never locked"
-        time.sleep(0.02)
-    second = snakemake(workspace, target, "--forcerun", "report", check=False)
-    _, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr[-2000:]
-    output = second.stdout + second.stderr
-    assert second.returncode != 0
-    assert "Directory cannot be locked" in output
-    assert "rule report:" not in output  # no job started
-    assert planned_jobs(workspace) == {}
 
 
 def test_forcerun_and_until_rerun_one_stage_on_demand(workspace):
