@@ -261,7 +261,13 @@ def provenance(
 
 
 def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
-    """Open a store read-only; check it is complete and, optionally, which stage wrote it."""
+    """Open a store read-only and check it before anything reads it.
+
+    Checked: it is complete and this pipeline's (its provenance), optionally which stage
+    wrote it, that its metadata and chunk set are as sealed when it was written
+    (:func:`seal_store`), and, under the workflow, that it was made with the current
+    config's params of its rule. Each chunk's CRC-32C is checked when it is read.
+    """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: store does not exist")
