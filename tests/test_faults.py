@@ -52,6 +52,7 @@ from pipeline.selection import select_vertices
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 from pipeline.workflow import check_writable
 from tests.conftest import REPO, SMALL_OVERLAY, planned_jobs, snakemake, snakemake_command
+from tests.test_cc2017 import _preprocess as _preprocess_demo
 from tests.test_video_io import _frames, _mp4, _pillow_gif
 
 # -- raw input ---------------------------------------------------------------------------
@@ -370,23 +371,6 @@ def test_dag_stops_on_a_deleted_stimulus_unless_unmatched_drop(raw, tmp_path):
 
 
 # -- damaged raw files: CIFTI runs, stimuli, evaluated GIFs -----------------------------
-
-
-def _preprocess_demo(root, out, **kwargs):
-    """Preprocess subject1 of the conftest demo (three test repetitions)."""
-    dataset = discover_dataset(root, test_repetitions=3)
-    preprocess_subject(
-        dataset.run_files("subject1"),
-        dataset.stimulus_files(),
-        out,
-        subject="subject1",
-        tr_s=2.0,
-        trailing_volumes=4,
-        max_leading_volumes=3,
-        detrend_order=4,
-        **kwargs,
-    )
-    return dataset
 
 
 def test_missing_segment_runs_are_an_error_naming_the_folder(dataset_copy):
