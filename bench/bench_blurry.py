@@ -1,6 +1,6 @@
 """Where the blurry video's SSIM goes: baselines, ceilings and linear decoders on one workspace.
 
-Issue 4 asks the Perception Reconstructor's blurry test frames to beat the
+The Perception Reconstructor's blurry test frames must beat the
 mean training frame on SSIM (skimage, RGB, 7x7). This script puts the PR's
 score between references computed on the same test frames:
 

@@ -3,7 +3,7 @@
 Runs the workflow on the default demo (tiny preset) in bench/output/caches/,
 forcing the four cache stages (one at a time: each takes both cores), and
 reads the `timing` attribute each cache store records (model load, batch loop,
-time inside model calls). Goal (issue 3): at most 15 % of the loop outside
+time inside model calls). Goal: at most 15 % of the loop outside
 the model. Then runs the two frame-reading stages of small models in-process
 with and without the background reader (``prefetch=0``), to show what the
 overlap does to the loop's wall time on this machine.

@@ -1,7 +1,7 @@
 """Preprocessing + voxel selection + alignment of a cc2017-sized subject.
 
 Compared with reading the subject's CIFTI files once (nibabel, all grayordinates,
-page cache warm for both). Goals (issue 2): wall time within 2x of the read,
+page cache warm for both). Goals: wall time within 2x of the read,
 peak memory of every stage <= 4 GB.
 
     python bench/bench_fmri.py        # writes bench/output/fmri.json

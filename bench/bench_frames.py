@@ -6,7 +6,7 @@ decoding costs what a real movie of that size costs (the demo's own 160 px
 stimuli decode so fast that writing the 224 px output frames would dominate).
 The baseline decodes every frame of every video in one process, converting
 nothing; the pipeline runs the `frames` command once per video, as Snakemake
-does, with the same decoder settings (one thread). Goal (issue 2): within
+does, with the same decoder settings (one thread). Goal: within
 1.3x of the baseline.
 
     python bench/bench_frames.py      # writes bench/output/frames.json

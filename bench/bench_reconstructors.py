@@ -7,7 +7,7 @@
 2. Builds the Perception and Semantic Reconstructors at the paper preset on
    PyTorch's meta device (no memory) for cc2017 subject 1's voxel count in the
    official code (13,784) and the ViT-bigG/14 shapes, and counts parameters
-   against the official architecture's main layers (SPEC §3).
+   against the official architecture's main layers (gongzix/NeuroClips).
 
     python bench/bench_reconstructors.py      # writes bench/output/reconstructors.json
 """
@@ -79,7 +79,7 @@ def paper_parameters() -> dict:
             SemanticConfig(n_voxels=VOXELS, n_tokens=TOKENS, width=WIDTH, text_dim=TEXT, **sr_arch)
         )
     h = pr_arch["hidden"]
-    # the official main layers (SPEC §3), biases included
+    # the official main layers, biases included
     official_pr = {
         "inception extension": VOXELS * 256 + 256 + 256 * 256 + 256 + 256 * 6 * VOXELS + 6 * VOXELS,
         "ridge": VOXELS * h + h,

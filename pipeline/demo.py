@@ -50,7 +50,7 @@ __all__ = [
 #: Object classes of the demo scenes (their area per clip is the semantic ground truth).
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
 
-#: Sizes of one cc2017 subject (SPEC §2), used by ``demo.scale: full``.
+#: Sizes of one cc2017 subject (Wen et al. 2018's release), used by ``demo.scale: full``.
 FULL_SCALE = {
     "n_train_segments": 18,
     "n_test_segments": 5,

@@ -1,1 +1,1 @@
-"""Evaluation (issue 6): the field's metrics, computed the same way for any system's videos."""
+"""Evaluation: the field's metrics, computed the same way for any system's videos."""

@@ -15,7 +15,8 @@ __all__ = [
 ]
 
 
-#: DDIM as AnimateDiff's inference configs set it (SPEC §3: linear betas 0.00085–0.012)
+#: DDIM as AnimateDiff's inference configs set it (the official code uses the same:
+#: linear betas 0.00085–0.012)
 ANIMATEDIFF_DDIM = {
     "beta_start": 0.00085,
     "beta_end": 0.012,

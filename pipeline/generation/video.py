@@ -6,8 +6,8 @@
   to the timestep of ϑ·T and run only the last round(ϑ·steps) DDIM steps
   (img2img ``strength`` ϑ). ``alpha_mode: official`` reproduces the official
   code: noise to the *first* timestep of the schedule and run all steps
-  (SPEC §3), so both can be compared. Without the blurry video (the Table 2
-  ablation) the latents start from pure noise.
+  (github gongzix/NeuroClips), so both can be compared. Without the blurry
+  video (the Table 2 ablation) the latents start from pure noise.
 * **β** — the keyframe, VAE-encoded, is SparseCtrl's condition at frame 0
   only (mask 1 there, 0 elsewhere).
 * **γ** — the keyframe's caption + the paper's suffix is the prompt;
@@ -15,7 +15,7 @@
 
 The diffusers ``AnimateDiffSparseControlNetPipeline`` supplies the components
 and the prompt/condition preparation; the denoising loop is ours because the
-pipeline has no ``strength`` (SPEC §3).
+pipeline has no ``strength``.
 """
 
 from __future__ import annotations

@@ -399,7 +399,7 @@ def model_dir(root: str | os.PathLike, preset: str, role: str) -> Path:
     return Path(root) / preset / role
 
 
-#: Sizes of the trainable reconstructors per preset (SPEC §3 for ``paper``); the
+#: Sizes of the trainable reconstructors per preset (``paper``: the official code's); the
 #: ``perception`` / ``semantic`` config sections override any of them.
 RECONSTRUCTORS: dict[str, dict[str, dict]] = {
     "paper": {

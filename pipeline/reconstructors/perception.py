@@ -1,7 +1,7 @@
 """Perception Reconstructor: fMRI → the VAE latents of a clip's N_f frames (a blurry video).
 
-Paper §3.1 and the official architecture (SPEC §3): an *Inception Extension*
-turns one fMRI vector into N_f vectors; each goes through a ridge layer and
+Paper §3.1 and the official architecture (github gongzix/NeuroClips): an
+*Inception Extension* turns one fMRI vector into N_f vectors; each goes through a ridge layer and
 residual MLP blocks to a small feature map; *Temporal Upsampling* grows it to
 the VAE latent size in stages that each mix a spatial layer (convolution and
 spatial self-attention) with temporal self-attention across the N_f frames of

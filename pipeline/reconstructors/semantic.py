@@ -1,4 +1,4 @@
-"""Semantic Reconstructor: fMRI → CLIP image tokens of the keyframe (paper §3.2, SPEC §3).
+"""Semantic Reconstructor: fMRI → CLIP image tokens of the keyframe (paper §3.2).
 
 * **Backbone**: a ridge layer (voxels → hidden), residual MLP blocks and a
   linear map to ``n_tokens × width`` CLIP tokens; a **projector head** (per
