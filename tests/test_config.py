@@ -205,3 +205,11 @@ def test_the_two_reproductions_and_the_readme_table_of_their_differences():
     # the switches they set are in effect: the paper's alpha guidance, the official one's
     assert (official["video.alpha_mode"], paper["video.alpha_mode"]) == ("official", "paper")
     assert paper["evaluation.ablations.no_keyframe.uncaptioned_prompt"] == "a smooth video"
+
+
+def test_the_schema_accepts_exactly_the_subject_folders_discovery_finds():
+    """One subject pattern: the schema's for dataset.subjects is discovery's."""
+    from pipeline.cc2017 import SUBJECT_RE
+
+    items = load_schema()["properties"]["dataset"]["properties"]["subjects"]["items"]
+    assert items["pattern"] == SUBJECT_RE.pattern
