@@ -1038,4 +1038,5 @@ def test_a_stage_warning_is_recorded_in_its_store_and_the_report(tmp_path, monke
     html = qc_section(tmp_path / "results", ["subject1", "subject2"])
     subject1, subject2 = html.split("<h3>")[1:3]
     assert "12 vertices dropped (constant)" in subject1 and "preprocess" in subject1
+    assert "<summary>1 warning from 1 of 1 stores</summary>" in subject1
     assert "No stage warned (0 stores)" in subject2

@@ -238,24 +238,32 @@ def qc_section(results: Path, subjects: Iterable[str]) -> str:
         groups[subject if subject in groups else "all subjects"].append(store)
     parts = []
     for group, stores in groups.items():
-        rows = []
+        rows, count = [], 0
         for store in stores:
             attrs = zarr.open_group(store, mode="r").attrs
             warned = attrs.get(WARNINGS_ATTR) or []
             if warned:
+                count += len(warned)
                 stage = attrs.get("provenance", {}).get("stage", "?")
                 items = "".join(f"<li>{html.escape(w)}</li>" for w in warned)
                 rows.append(
                     f"<tr><td>{html.escape(str(store.relative_to(results)))}</td>"
                     f"<td>{html.escape(stage)}</td><td><ul>{items}</ul></td></tr>"
                 )
-        body = (
-            '<table class="qc"><tr><th>store</th><th>stage</th><th>warnings</th></tr>'
-            + "".join(rows)
-            + "</table>"
-            if rows
-            else f"<p>No stage warned ({len(stores)} stores).</p>"
-        )
+        if rows:
+            # folded, with the count in view: the warnings are one click away and the
+            # results stay on the first screen however many there are
+            summary = (
+                f"{count} warning{'s' * (count != 1)} from {len(rows)} of {len(stores)} stores"
+            )
+            body = (
+                f"<details><summary>{summary}</summary>"
+                '<table class="qc"><tr><th>store</th><th>stage</th><th>warnings</th></tr>'
+                + "".join(rows)
+                + "</table></details>"
+            )
+        else:
+            body = f"<p>No stage warned ({len(stores)} stores).</p>"
         parts.append(f'<div class="qc-group"><h3>{html.escape(group)}</h3>{body}</div>')
     return '<div class="qc">' + "".join(parts) + "</div>"
 
