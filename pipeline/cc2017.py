@@ -23,7 +23,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
 from pipeline.errors import DataError
@@ -365,6 +364,8 @@ def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
         If the file is missing, is not a readable video (e.g. truncated) or
         declares no frame count or rate.
     """
+    import av  # here: the Snakefile imports this module, and reads videos only with real data
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: stimulus video not found")

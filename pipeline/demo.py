@@ -25,16 +25,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import av
 import numpy as np
-import zarr
-from nibabel import cifti2
-from tqdm.auto import tqdm
 
 from pipeline.cc2017 import Dataset, run_path, stimulus_path
-from pipeline.stores import atomic_output, create_array, provenance
+
+# The Snakefile imports this module for DemoSettings and expected_dataset while it builds
+# the DAG: the video, CIFTI and store libraries are imported where the files are written.
+if TYPE_CHECKING:
+    from nibabel import cifti2
 
 __all__ = [
     "CLASSES",
@@ -338,6 +338,8 @@ def render_segment(
 
 
 def _write_video(path: Path, frames, fps: int, size: int) -> None:
+    import av
+
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width = stream.height = size
@@ -353,6 +355,8 @@ def _write_video(path: Path, frames, fps: int, size: int) -> None:
 
 
 def _brain_model(settings: DemoSettings) -> cifti2.BrainModelAxis:
+    from nibabel import cifti2
+
     left, right = settings.cortex_vertices
     # surface vertices of a 32k-like mesh with a "medial wall" left out, as in fs_LR
     n_mesh = max(left, right) + max(left, right) // 10 + 1
@@ -413,6 +417,8 @@ def _run_bold(
 
 
 def _write_cifti(path: Path, bold: np.ndarray, axis: cifti2.BrainModelAxis, tr_s: float) -> None:
+    from nibabel import cifti2
+
     series = cifti2.SeriesAxis(start=0.0, step=tr_s, size=bold.shape[0], unit="SECOND")
     path.parent.mkdir(parents=True, exist_ok=True)
     cifti2.Cifti2Image(bold.astype(np.float32), header=(series, axis)).to_filename(str(path))
@@ -424,7 +430,11 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
     The whole root is written to a temporary directory first and renamed into
     place at the end, so an interrupted generation leaves nothing behind.
     """
+    import zarr
     from scipy import signal
+    from tqdm.auto import tqdm
+
+    from pipeline.stores import atomic_output, create_array, provenance
 
     root = Path(root)
     dataset = expected_dataset(settings, root)

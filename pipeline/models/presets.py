@@ -6,6 +6,10 @@ library (:mod:`pipeline.models.loading`). The ``paper`` preset's directories
 are filled by the ``download_models`` rule (the only one that touches the
 network); the ``tiny`` preset's are written by the ``tiny_models`` rule with
 small, seeded, random configurations of the same classes.
+
+Only the standard library is imported here: the rules read the presets while Snakemake
+builds the DAG, in every Snakemake process, and must not import torch or a model
+library (``tests/test_dag_imports.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ __all__ = [
     "CLASSIFIER_CLASSES",
     "CLASSIFIERS",
     "GENERATION",
-    "GENERATOR_ROLES",
     "PRESETS",
     "ROLES",
     "PRECISION",
@@ -270,18 +273,19 @@ CLASSIFIERS: dict[str, dict[str, ModelSource]] = {
 #: preset's come from ``models.tiny_classifier_classes``.
 CLASSIFIER_CLASSES: dict[str, dict[str, int]] = {"paper": {"frame": 1000, "video": 400}}
 
-#: Keyframe generator → the generation role holding its model.
-GENERATOR_ROLES = {"mindeye2_sdxl_unclip": "sdxl_unclip", "sd21_unclip": "unclip", "tiny": "unclip"}
-
 
 def generation_roles(preset: str, generator: str) -> list[str]:
     """The generation roles a run with keyframe ``generator`` reads: the generator's own
-    and every role that is no generator's (the video models)."""
+    (its :data:`~pipeline.generation.registry.KEYFRAME_GENERATORS` entry's role) and every
+    role that is no generator's (the video models)."""
+    from pipeline.generation.registry import KEYFRAME_GENERATORS, keyframe_generator
+
     roles = GENERATION[preset]
-    keyframe_roles = set(GENERATOR_ROLES.values())
-    if GENERATOR_ROLES.get(generator) not in roles:
+    keyframe_roles = {entry.role for entry in KEYFRAME_GENERATORS.values()}
+    own = keyframe_generator(generator).role
+    if own not in roles:
         raise ValueError(f"preset {preset!r} has no model for keyframe generator {generator!r}")
-    return [r for r in roles if r not in keyframe_roles or r == GENERATOR_ROLES[generator]]
+    return [r for r in roles if r not in keyframe_roles or r == own]
 
 
 #: Per-preset defaults of the generation settings (config keys set to null take these).
