@@ -19,7 +19,8 @@ models' (BLIP-2 may stop its captions at other lengths: it is run to
     make gpu-check                   # python bench/gpu_check.py
     python bench/gpu_check.py --clips 4 --steps 3
 
-Writes ``bench/output/gpu_check.json`` and ``gpu_check.md`` (the README's table).
+Writes ``bench/output/gpu_check.json`` and ``gpu_check.md`` (the GPU-hours table of
+docs/performance.md).
 Without CUDA it says so and exits 0. ``--smoke`` runs the same code on the CPU
 with small configurations of the same classes: a test of this script, not a
 measurement.
@@ -307,8 +308,8 @@ def _train_steps(check: Check, model, step: Callable[[], torch.Tensor]) -> float
 
 def reconstructors(check: Check) -> None:
     from pipeline.models.loading import autocast
-    from pipeline.reconstructors.layers import info_nce, soft_clip_loss
-    from pipeline.reconstructors.perception import perception_loss
+    from pipeline.reconstructors.layers import soft_clip_loss
+    from pipeline.reconstructors.perception import pr_loss
 
     d, paper = CC2017, RECONSTRUCTORS["paper"]
     dev = check.device
@@ -318,9 +319,7 @@ def reconstructors(check: Check) -> None:
         c, batch = model.config, paper["perception"]["batch_size"]
         x = torch.randn(batch, c.n_voxels, device=dev)
         target = torch.randn(batch, c.n_frames, *c.latent_shape, device=dev)
-        return _train_steps(
-            check, model, lambda: perception_loss(model(x), target, 0.2, 0.01)["loss"]
-        )
+        return _train_steps(check, model, lambda: pr_loss(model(x), target, 0.2, 0.01)["loss"])
 
     epochs, batch = paper["perception"]["epochs"], paper["perception"]["batch_size"]
     steps = epochs * (d["train_samples"] // batch)
@@ -339,15 +338,15 @@ def reconstructors(check: Check) -> None:
 
             def align():
                 _, embedding = model.backbone(x)
-                return soft_clip_loss(embedding, target, 0.006) + info_nce(
-                    model.to_text(embedding), text, 0.1
+                return soft_clip_loss(embedding, target, 0.006) + model.reftm_loss(
+                    embedding, text, 0.1
                 )
 
             def prior():
                 with torch.no_grad():
                     _, embedding = model.backbone(x)
                 loss, pred = model.prior_loss(embedding, target)
-                return 30 * loss + info_nce(model.to_text(pred), text, 0.1)
+                return 30 * loss + model.reftm_loss(pred, text, 0.1)
 
             return _train_steps(check, model, align if phase == "align" else prior)
 

@@ -22,9 +22,11 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "DEMO_ROOT",
+    "REGISTRY_KEY",
     "ConfigError",
     "default_config",
     "load_schema",
+    "registries",
     "uses_demo",
     "validate_config",
 ]
@@ -38,10 +40,51 @@ def load_schema() -> dict:
     return copy.deepcopy(_schema())
 
 
+#: Schema key naming the registry a node's ``enum`` is taken from.
+REGISTRY_KEY = "x-registry"
+
+
+def registries() -> dict[str, list[str]]:
+    """Every registry a schema enum derives from: name → its entries' names.
+
+    Returns
+    -------
+    dict of str to list of str
+        ``keyframe_generators`` (:data:`pipeline.generation.registry.KEYFRAME_GENERATORS`),
+        ``model_presets`` (:data:`pipeline.models.presets.PRESETS`) and
+        ``evaluation_protocols`` (:data:`pipeline.evaluation.protocols.PROTOCOLS`).
+    """
+    from pipeline.evaluation.protocols import PROTOCOLS
+    from pipeline.generation.registry import KEYFRAME_GENERATORS
+    from pipeline.models.presets import PRESETS
+
+    return {
+        "keyframe_generators": list(KEYFRAME_GENERATORS),
+        "model_presets": list(PRESETS),
+        "evaluation_protocols": list(PROTOCOLS),
+    }
+
+
+def _fill_registry_enums(node: Any, names: dict[str, list[str]]) -> None:
+    """Set the ``enum`` of every node marked ``x-registry`` (null too where its type allows)."""
+    if isinstance(node, dict):
+        if REGISTRY_KEY in node:
+            types = node.get("type", [])
+            nullable = "null" in (types if isinstance(types, list) else [types])
+            node["enum"] = [*names[node[REGISTRY_KEY]], *([None] if nullable else [])]
+        for value in node.values():
+            _fill_registry_enums(value, names)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_registry_enums(value, names)
+
+
 @functools.cache
 def _schema() -> dict:
     text = resources.files("pipeline").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    schema = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    _fill_registry_enums(schema, registries())
+    return schema
 
 
 def _with_defaults(validator_class):
@@ -167,13 +210,13 @@ def _check_consistency(config: dict[str, Any]) -> None:
 
 
 def _check_generation(config: dict[str, Any]) -> None:
-    from pipeline.models.presets import GENERATION, GENERATOR_ROLES, generation_settings
+    from pipeline.generation.registry import keyframe_generator
+    from pipeline.models.presets import GENERATION, generation_settings
 
     preset = config["models"]["preset"]
     generator = generation_settings(config, "keyframes")["generator"]
-    if GENERATOR_ROLES[generator] not in GENERATION[preset] or (generator == "tiny") != (
-        preset == "tiny"
-    ):
+    entry = keyframe_generator(generator)
+    if preset not in entry.presets or entry.role not in GENERATION[preset]:
         raise ConfigError(
             f"config key 'keyframes.generator': {generator!r} is not available in the "
             f"{preset!r} model preset (models.preset)"

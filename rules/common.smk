@@ -6,7 +6,6 @@ from snakemake.logging import logger
 
 from pipeline.cc2017 import discover_dataset, stimulus_path
 from pipeline.demo import DemoSettings, expected_dataset
-from pipeline.frames import check_frame_rate
 from pipeline.errors import ConfigError
 from pipeline.workflow import ConfigValues
 from pipeline.models.presets import model_device
@@ -26,6 +25,8 @@ if uses_demo(config):
             )
         DATASET.runs = {s: DATASET.runs[s] for s in DATASET_CONFIG["subjects"]}
 else:
+    from pipeline.frames import check_frame_rate
+
     DATASET = discover_dataset(
         DATASET_CONFIG["root"],
         subjects=DATASET_CONFIG["subjects"] or None,
@@ -191,22 +192,28 @@ def keyframe_generator():
     return generation_settings(config, "keyframes")["generator"]
 
 
+#: every input a keyframe generator can be conditioned on (registry's CONDITIONING_INPUTS)
+CONDITION_PATHS = {
+    "embedder": "results/{subject}/keyframes/embedder",
+    "aligned": "results/{subject}/aligned.zarr",
+    "semantic": "results/{subject}/semantic/embeddings.zarr",
+}
+
+
 def keyframe_conditions(wildcards):
-    """What the configured generator is conditioned on: the fitted embedder + the aligned
-    fMRI (diffusers unCLIP generators) or the SR's prior embeddings (SDXL unCLIP)."""
-    if keyframe_generator() == "mindeye2_sdxl_unclip":
-        return {"semantic": f"results/{wildcards.subject}/semantic/embeddings.zarr"}
-    return {
-        "embedder": f"results/{wildcards.subject}/keyframes/embedder",
-        "aligned": f"results/{wildcards.subject}/aligned.zarr",
-    }
+    """What the configured generator is conditioned on, by its registry entry: the
+    fitted embedder + the aligned fMRI, or the SR's prior output."""
+    from pipeline.generation.registry import keyframe_generator as generator_entry
+
+    inputs = generator_entry(keyframe_generator()).inputs
+    return {k: CONDITION_PATHS[k].format(subject=wildcards.subject) for k in inputs}
 
 
 def condition_arguments(wildcards, input):
     """The generate-keyframes options naming the inputs of :func:`keyframe_conditions`."""
     import shlex
 
-    keys = [k for k in ("embedder", "aligned", "semantic") if k in input.keys()]
+    keys = [k for k in CONDITION_PATHS if k in input.keys()]
     return " ".join(f"--{k} {shlex.quote(str(input[k]))}" for k in keys)
 
 
@@ -278,6 +285,11 @@ if unknown:
         f"subjects {SUBJECTS}"
     )
 EXTERNAL = EVALUATION_CONFIG["external"]
+
+
+def external_folder(wildcards):
+    """The ``evaluation.external`` entry (path, layout, panels) of a named folder."""
+    return EXTERNAL[wildcards.name]
 
 
 def evaluation_json(*keys):

@@ -32,7 +32,7 @@ rule download_generation_models:
     conda:
         "../envs/models.yaml"
     params:
-        root=lambda wildcards, output: os.path.dirname(output[0]),
+        root=MODELS_CONFIG["root"],
         generator=keyframe_generator(),
     shell:
         "python -m pipeline download-models --set generation --preset paper"

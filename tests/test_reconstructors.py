@@ -8,14 +8,14 @@ import torch
 from safetensors.torch import load_file
 from skimage.metrics import structural_similarity
 
+from pipeline.evaluation.metrics import retrieval_top1
 from pipeline.models.presets import reconstructor_settings
 from pipeline.reconstructors.layers import (
+    bimixco_loss,
     info_nce,
     mix_like,
     mix_samples,
-    mixco_nce,
     soft_clip_loss,
-    top1_retrieval,
 )
 from pipeline.reconstructors.perception import PerceptionConfig, PerceptionReconstructor
 from pipeline.reconstructors.semantic import SemanticConfig, SemanticReconstructor
@@ -40,9 +40,9 @@ def test_mixco_without_mixing_is_info_nce():
     torch.manual_seed(0)
     pred, target = torch.randn(8, 5), torch.randn(8, 5)
     none = torch.zeros(8, dtype=torch.bool)
-    plain = mixco_nce(pred, target, 0.1, torch.randperm(8), torch.rand(8), none)
+    plain = bimixco_loss(pred, target, 0.1, torch.randperm(8), torch.rand(8), none)
     assert torch.allclose(plain, info_nce(pred, target, 0.1))
-    mixed = mixco_nce(pred, target, 0.1, torch.randperm(8), torch.rand(8), ~none)
+    mixed = bimixco_loss(pred, target, 0.1, torch.randperm(8), torch.rand(8), ~none)
     assert not torch.allclose(mixed, plain)
 
 
@@ -61,12 +61,14 @@ def test_mixup_mixes_inputs_and_targets_with_the_same_partners_and_weights():
     assert torch.equal(mixed_target[~select], target[~select])
 
 
-def test_retrieval_is_perfect_for_identity_and_chance_for_noise():
+def test_training_retrieval_takes_tensors_and_sits_at_chance_for_noise():
+    """The reconstructors score their test set with the evaluation's retrieval."""
     torch.manual_seed(0)
-    x = torch.randn(400, 32)
-    assert top1_retrieval(x, x) == (1.0, 1.0)
-    forward, backward = top1_retrieval(torch.randn(400, 32), x)  # 300 of 400, 30 draws
-    assert forward < 5 / 300 and backward < 5 / 300
+    x = torch.randn(400, 32, requires_grad=True)
+    forward, backward, part = retrieval_top1(x, x.detach().to(torch.bfloat16))
+    assert forward.all() and backward.all() and set(part) == {200}  # two parts of 200
+    forward, backward, _ = retrieval_top1(torch.randn(400, 32), x)
+    assert forward.mean() < 5 / 200 and backward.mean() < 5 / 200
 
 
 # ---------------------------------------------------------------- architectures
@@ -416,7 +418,7 @@ def test_cli_stop_after_epoch_exits_3_without_output(workspace, tmp_path):
     assert "removed the checkpoints" in resumed.stderr and not (tmp_path / "ckpt").exists()
 
 
-@pytest.mark.parametrize("loss", ["info_nce", "mixco_nce", "soft_clip_loss"])
+@pytest.mark.parametrize("loss", ["info_nce", "bimixco_loss", "soft_clip_loss"])
 def test_contrastive_logits_stay_float32_under_autocast(loss):
     """Training runs under autocast (bf16 / fp16); at the SR's τ = 0.006 a half-precision
     similarity matmul would move the loss (control below), so the logits are float32."""
@@ -426,7 +428,7 @@ def test_contrastive_logits_stay_float32_under_autocast(loss):
     pred, target = torch.randn(32, 1664), torch.randn(32, 1664)
     target = target + 0.05 * pred * 1664**0.5 / 40  # weakly similar pairs: no saturation
     perm, betas = torch.randperm(32), torch.rand(32)
-    extra = (perm, betas, torch.rand(32) < 0.5) if loss == "mixco_nce" else ()
+    extra = (perm, betas, torch.rand(32) < 0.5) if loss == "bimixco_loss" else ()
     fn = getattr(layers, loss)
     exact = fn(pred, target, 0.006, *extra)
     with torch.autocast("cpu", dtype=torch.bfloat16):

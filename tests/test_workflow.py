@@ -159,7 +159,7 @@ def test_changing_a_key_reruns_only_its_stage_and_descendants(
     workspace, rerun_table, overlay, expected
 ):
     assert planned_jobs(workspace, overlay) == expected
-    # the README's generated table says the same, where it has the keys
+    # the generated table of docs/configuration.md says the same, where it has the keys
     keys = [f"{section}.{key}" for section, values in overlay.items() for key in values]
     if all(key in rerun_table for key in keys):
         assert set(expected) - {"all"} == {rule for key in keys for rule in rerun_table[key]}
@@ -198,7 +198,7 @@ def test_real_dataset_mode_plans_from_the_files(real_root, tmp_path):
 
 def test_forcerun_and_until_rerun_one_stage_on_demand(workspace):
     """`--forcerun align` plans align and everything downstream of it; with `--until align`
-    only align itself (the README's recipe for rerunning one stage)."""
+    only align itself (the recipe of docs/configuration.md for rerunning one stage)."""
     downstream = {"align": 1, **PR, **SR, **EMB, "all": 1}
     assert planned_jobs(workspace, None, "--forcerun", "align") == downstream
     assert planned_jobs(workspace, None, "--forcerun", "align", "--until", "align") == {"align": 1}

@@ -261,10 +261,24 @@ def hue_pcc(a: np.ndarray, b: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
     return float(np.sum(h[0] * h[1]) / norm)
 
 
+def _array(x) -> np.ndarray:
+    """An array of ``x``; a torch tensor (the reconstructors' embeddings, on any device)
+    leaves autograd and the device first."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        x = x.float() if str(x.dtype) == "torch.bfloat16" else x  # numpy has no bfloat16
+    return np.asarray(x)
+
+
 def retrieval_top1(
     pred: np.ndarray, target: np.ndarray, pool: int = 300
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-sample top-1 retrieval both ways within consecutive parts of at most ``pool``.
+
+    The protocol of the paper's appendix C.6 (the test set in parts of 300; chance
+    1/300), and the one retrieval of the pipeline: the evaluation's and the test-set
+    scores the reconstructors and the keyframe embedder log while they train.
+    ``pred`` and ``target`` (n, ...) are arrays or torch tensors.
 
     Returns ``(forward, backward, part_size)``: whether each prediction's
     nearest target (cosine) is its own (keyframe retrieval), whether each
@@ -274,8 +288,8 @@ def retrieval_top1(
     1664 tokens) it holds one part's copy beside the inputs, about 1 GB, not
     float64 copies of both sets (about 16 GB).
     """
-    p = np.asarray(pred).reshape(len(pred), -1)
-    t = np.asarray(target).reshape(len(target), -1)
+    p = _array(pred).reshape(len(pred), -1)
+    t = _array(target).reshape(len(target), -1)
     if len(p) != len(t) or len(p) == 0:
         raise ValueError(f"need paired, non-empty embeddings: {len(p)} vs {len(t)}")
     forward = np.empty(len(p), dtype=bool)

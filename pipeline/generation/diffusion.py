@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "ANIMATEDIFF_DDIM",
@@ -11,6 +12,7 @@ __all__ = [
     "decode_images",
     "encode_images",
     "partial_timesteps",
+    "resize_images",
     "seeded_noise",
 ]
 
@@ -86,3 +88,12 @@ def decode_images(vae, latents: torch.Tensor, chunk: int = VAE_CHUNK) -> np.ndar
         x = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
         parts.append(x.permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(parts)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (n, h, w, 3) → uint8 (n, size, size, 3), bilinear with antialiasing."""
+    if images.shape[1:3] == (size, size):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

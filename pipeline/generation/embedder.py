@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from pipeline.evaluation.metrics import retrieval_top1
 from pipeline.reconstructors.data import load_split
-from pipeline.reconstructors.layers import top1_retrieval
 from pipeline.stores import atomic_output, open_store, provenance
 
 __all__ = ["KeyframeEmbedder", "clip_frames", "fit_embedder", "load_embedder"]
@@ -98,13 +98,13 @@ def fit_embedder(
     }
     embedder = KeyframeEmbedder(tensors, {})
     pred = embedder(test.fmri)
-    forward, backward = top1_retrieval(pred, y_test)
+    forward, backward, _ = retrieval_top1(pred, y_test)
     cosine = torch.nn.functional.cosine_similarity(pred, y_test).mean().item()
     metrics = {
         "alpha": float(ridge.alpha_),
         "test_cosine": cosine,
-        "test_keyframe_top1": forward,
-        "test_fmri_top1": backward,
+        "test_keyframe_top1": float(forward.mean()),
+        "test_fmri_top1": float(backward.mean()),
         "chance": 1 / min(300, len(test)),
     }
     log.info("keyframe embedder: %s", metrics)

@@ -352,7 +352,7 @@ def fuse_videos(
     from tqdm.auto import tqdm
 
     from pipeline.caches import clip_image_embeds
-    from pipeline.generation.keyframes import resize_images
+    from pipeline.generation.diffusion import resize_images
     from pipeline.generation.stages import batch_slices, same_clips, write_mp4
     from pipeline.generation.video import VideoSettings, VideoSynthesizer
     from pipeline.models.loading import load_clip

@@ -1,4 +1,4 @@
-"""Keyframe generation: a registry of generators behind one interface (paper §3.3, β guidance).
+"""Keyframe generation: the generators behind one interface (paper §3.3, β guidance).
 
 Every generator turns a per-clip conditioning vector predicted from fMRI, plus
 the first frame of the clip's blurry video as the starting image, into one
@@ -12,6 +12,8 @@ keyframe per test clip:
   its own CLIP image embedding predicted from fMRI by a ridge regression
   fitted on the training clips (:mod:`pipeline.generation.embedder`);
 * ``tiny`` — the same code on the tiny preset's unCLIP.
+
+Each is an entry of :data:`pipeline.generation.registry.KEYFRAME_GENERATORS`.
 
 The starting image is VAE-encoded and noised to the first of the last
 ``strength × steps`` timesteps (img2img); ``strength`` 1 ignores it. Each
@@ -28,23 +30,22 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.generation.diffusion import (
     clip_generators,
     decode_images,
     encode_images,
     partial_timesteps,
+    resize_images,
     seeded_noise,
 )
+from pipeline.generation.registry import keyframe_generator
 
 __all__ = [
-    "GENERATORS",
     "KeyframeGenerator",
     "KeyframeSettings",
     "UnclipGenerator",
     "load_generator",
-    "resize_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,6 @@ class KeyframeGenerator(Protocol):
         settings: KeyframeSettings,
     ) -> np.ndarray:
         """``condition`` (n, ...), ``init_images`` uint8 (n, h, w, 3) → uint8 (n, size, size, 3)."""
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (n, h, w, 3) → uint8 (n, size, size, 3), bilinear with antialiasing."""
-    if images.shape[1:3] == (size, size):
-        return images
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class UnclipGenerator:
@@ -161,25 +153,7 @@ class UnclipGenerator:
         return decode_images(pipe.vae, latents)
 
 
-def _sdxl_generator(path, device, dtype):
-    from pipeline.generation.sdxl_unclip import SdxlUnclipGenerator
-
-    return SdxlUnclipGenerator(path, device, dtype)
-
-
-#: name → constructor ``(model_dir, device, dtype) -> KeyframeGenerator``
-GENERATORS = {
-    "mindeye2_sdxl_unclip": _sdxl_generator,
-    "sd21_unclip": UnclipGenerator,
-    "tiny": UnclipGenerator,
-}
-
-
 def load_generator(name: str, path, device, dtype) -> KeyframeGenerator:
-    """The registered generator ``name`` loaded from ``path``; a clear error for unknown names."""
-    try:
-        factory = GENERATORS[name]
-    except KeyError:
-        known = sorted(GENERATORS)
-        raise ValueError(f"unknown keyframe generator {name!r}; known: {known}") from None
-    return factory(path, device, dtype)
+    """The registered generator ``name`` (:data:`pipeline.generation.registry.KEYFRAME_GENERATORS`)
+    loaded from ``path``; a clear error for unknown names."""
+    return keyframe_generator(name).load(path, device, dtype)

@@ -43,12 +43,13 @@ import torch
 
 from pipeline.environment import LOCK
 from pipeline.errors import PipelineError
-from pipeline.generation.diffusion import clip_generators, seeded_noise
+from pipeline.generation.diffusion import clip_generators, resize_images, seeded_noise
 from pipeline.models.loading import autocast
 
 __all__ = ["SGM_INSTALL", "SdxlUnclipGenerator", "require_sgm", "unclip6_configs"]
 
-#: generative-models' commit that ran this generator (README: Running the paper preset)
+#: generative-models' commit that ran this generator (docs/reproduction.md, "Running the
+#: paper preset")
 SGM_COMMIT = "0ad7de9a5cb53fd63d6d30a4f385485e72e08597"
 SGM_INSTALL = (
     f'pip install "git+https://github.com/Stability-AI/generative-models.git@{SGM_COMMIT}"'
@@ -235,7 +236,6 @@ class SdxlUnclipGenerator:
 
     @torch.no_grad()
     def generate(self, condition, init_images, keys, settings) -> np.ndarray:
-        from pipeline.generation.keyframes import resize_images
 
         engine = self._engine(settings.steps, settings.guidance_scale)
         sampler, n = engine.sampler, len(keys)

@@ -21,8 +21,8 @@ import zarr
 from tqdm.auto import tqdm
 
 from pipeline.errors import DataError
-from pipeline.generation.keyframes import GENERATORS, KeyframeSettings, load_generator
-from pipeline.models.presets import GENERATOR_ROLES
+from pipeline.generation.keyframes import KeyframeSettings, load_generator
+from pipeline.generation.registry import keyframe_generator
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = [
@@ -63,9 +63,7 @@ def same_clips(a: zarr.Group, b: zarr.Group, names: tuple[str, str]) -> None:
 
 
 def _generator_dir(generation_dir: str | os.PathLike, generator: str) -> Path:
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown keyframe generator {generator!r}; known: {sorted(GENERATORS)}")
-    return Path(generation_dir) / GENERATOR_ROLES[generator]
+    return Path(generation_dir) / keyframe_generator(generator).role
 
 
 def fit_keyframe_embedder(

@@ -35,9 +35,9 @@ from pipeline.generation.diffusion import (
     decode_images,
     encode_images,
     partial_timesteps,
+    resize_images,
     seeded_noise,
 )
-from pipeline.generation.keyframes import resize_images
 
 __all__ = ["ALPHA_MODES", "VideoSettings", "VideoSynthesizer", "interpolate_frames"]
 

@@ -19,7 +19,7 @@ pipeline).
 The released ``.pth`` also pickles its training config (a yacs ``CfgNode``),
 which ``torch.load(weights_only=True)`` refuses. Convert it once, on a
 machine where you trust the file, to a safetensors file of its ``model``
-state (README, "ViFi-CLIP"), and set ``evaluation.vifi_clip`` to that file.
+state (docs/evaluation.md, "ViFi-CLIP"), and set ``evaluation.vifi_clip`` to that file.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ViFiClip:
         if path.suffix != ".safetensors":
             raise DataError(
                 f"{path}: evaluation.vifi_clip must be a .safetensors file of the checkpoint's "
-                "'model' state; convert the released .pth once (see the README, 'ViFi-CLIP')"
+                "'model' state; convert the released .pth once (docs/evaluation.md, 'ViFi-CLIP')"
             )
         if not path.is_file():
             raise DataError(f"{path}: no such ViFi-CLIP file (evaluation.vifi_clip)")

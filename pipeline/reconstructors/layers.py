@@ -12,9 +12,8 @@ __all__ = [
     "info_nce",
     "mix_like",
     "mix_samples",
-    "mixco_nce",
+    "bimixco_loss",
     "soft_clip_loss",
-    "top1_retrieval",
 ]
 
 
@@ -110,7 +109,7 @@ def mix_like(
     return torch.where(select.view(shape), mixed, x)
 
 
-def mixco_nce(
+def bimixco_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     temperature: float,
@@ -118,7 +117,7 @@ def mixco_nce(
     betas: torch.Tensor,
     select: torch.Tensor,
 ) -> torch.Tensor:
-    """Bidirectional MixCo InfoNCE (BiMixCo).
+    """Appendix eq. 8 (:math:`\\mathcal{L}_{BiMixCo}`): bidirectional MixCo InfoNCE.
 
     ``pred`` was computed from inputs mixed as ``beta x + (1 - beta) x[perm]``
     where ``select``; its target distribution puts ``beta`` on its own target
@@ -144,34 +143,3 @@ def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float)
     forward = -(target_probs * F.log_softmax(logits, dim=-1)).sum(-1).mean()
     backward = -(target_probs * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
     return (forward + backward) / 2
-
-
-@torch.no_grad()
-def top1_retrieval(
-    pred: torch.Tensor, target: torch.Tensor, subset: int = 300, repeats: int = 30, seed: int = 0
-) -> tuple[float, float]:
-    """Top-1 accuracy of finding each sample's pair by cosine similarity, both ways.
-
-    The protocol of the paper's appendix C.6 (after MindEye): the true pair
-    among ``subset`` candidates, averaged over ``repeats`` random subsets; with
-    at most ``subset`` samples, once among all. Chance is ``1 / min(subset, n)``.
-
-    Returns ``(pred → target, target → pred)``: keyframe retrieval (the true
-    keyframe among the candidates) and fMRI retrieval (the true fMRI embedding).
-    """
-    p, t = _normalised(pred), _normalised(target)
-    n = len(p)
-    if n <= subset:
-        draws = [torch.arange(n, device=p.device)]
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        draws = [
-            torch.randperm(n, generator=generator)[:subset].to(p.device) for _ in range(repeats)
-        ]
-    forward = backward = 0.0
-    for idx in draws:
-        similarity = p[idx] @ t[idx].T
-        labels = torch.arange(len(idx), device=p.device)
-        forward += (similarity.argmax(1) == labels).float().mean().item()
-        backward += (similarity.argmax(0) == labels).float().mean().item()
-    return forward / len(draws), backward / len(draws)

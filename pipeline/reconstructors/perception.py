@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.reconstructors.layers import Attention, ResidualMLP, info_nce
 
-__all__ = ["PerceptionConfig", "PerceptionReconstructor", "perception_loss"]
+__all__ = ["PerceptionConfig", "PerceptionReconstructor", "pr_loss"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class PerceptionReconstructor(nn.Module):
         return self.out(x).view(b, c.n_frames, *c.latent_shape)
 
 
-def perception_loss(
+def pr_loss(
     pred: torch.Tensor, target: torch.Tensor, temperature: float, contrastive_weight: float
 ) -> dict[str, torch.Tensor]:
     """Eq. 1: MAE + ``contrastive_weight`` × bidirectional InfoNCE over the clips of the batch."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.reconstructors.layers import ResidualMLP
+from pipeline.reconstructors.layers import ResidualMLP, info_nce
 
 __all__ = ["DiffusionPrior", "SemanticConfig", "SemanticReconstructor", "fit_text_projector"]
 
@@ -168,10 +168,18 @@ class SemanticReconstructor(nn.Module):
         """Reftm's frozen projector: mean over tokens, then the fitted linear map."""
         return tokens.float().mean(1) @ self.text_projection
 
+    def reftm_loss(
+        self, tokens: torch.Tensor, text: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """Eq. 10 (:math:`\\mathcal{L}_{Reftm}`): bidirectional InfoNCE between the projected
+        tokens (n, tokens, width) and the caption embeddings (n, text_dim)."""
+        return info_nce(self.to_text(tokens), text, temperature)
+
     def prior_loss(
         self, embedding: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DALL·E 2 objective at a random timestep: ``(MSE, predicted clean tokens)``."""
+        """Eq. 9 (:math:`\\mathcal{L}_{Prior}`), DALL·E 2's objective at a random timestep:
+        ``(MSE, predicted clean tokens)``."""
         b = len(target)
         t = torch.randint(0, self.config.prior_timesteps, (b,), device=target.device)
         noise = torch.randn_like(target)

@@ -12,21 +12,20 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
+from pipeline.evaluation.metrics import retrieval_top1
 from pipeline.models.loading import autocast, load_vae, resolve_device, resolve_dtype
 from pipeline.reconstructors.data import cache_rows, input_identity, load_split
 from pipeline.reconstructors.layers import (
-    info_nce,
+    bimixco_loss,
     mix_like,
     mix_samples,
-    mixco_nce,
     soft_clip_loss,
-    top1_retrieval,
 )
 from pipeline.reconstructors.outputs import load_into, read_model_dir, write_model_dir
 from pipeline.reconstructors.perception import (
     PerceptionConfig,
     PerceptionReconstructor,
-    perception_loss,
+    pr_loss,
 )
 from pipeline.reconstructors.semantic import (
     SemanticConfig,
@@ -125,16 +124,16 @@ def train_perception(
             # mixup: every sample mixed with a partner, fMRI and latents alike
             x, perm, betas, select = mix_samples(x, beta, 1.0)
             target = mix_like(target, perm, betas, select)
-        return perception_loss(model(x), target, tau, weight)
+        return pr_loss(model(x), target, tau, weight)
 
     def evaluate(epoch: int) -> dict[str, float]:
         pred = torch.cat([model(test_fmri[s]).float() for s in _batches(len(test_fmri), 64)])
         target = latents[test_rows].float()
-        losses = perception_loss(pred, target, tau, weight)
-        forward, backward = top1_retrieval(pred, target)
+        losses = pr_loss(pred, target, tau, weight)
+        forward, backward, _ = retrieval_top1(pred, target)
         return {f"test_{k}": float(v) for k, v in losses.items()} | {
-            "test_latent_top1": forward,
-            "test_fmri_top1": backward,
+            "test_latent_top1": float(forward.mean()),
+            "test_fmri_top1": float(backward.mean()),
         }
 
     train_settings = TrainSettings(**{k: settings[k] for k in _TRAIN_KEYS})
@@ -354,7 +353,9 @@ def train_semantic(
         if epoch < mixup_epochs:
             mixed, perm, betas, select = mix_samples(x, beta, 0.5)  # MindEye's MixCo
             _, embedding = model.backbone(mixed)
-            contrastive = mixco_nce(embedding, target, settings["bimixco_tau"], perm, betas, select)
+            contrastive = bimixco_loss(
+                embedding, target, settings["bimixco_tau"], perm, betas, select
+            )
         else:
             _, embedding = model.backbone(x)
             tau = _soft_clip_tau(settings, epoch, mixup_epochs)
@@ -364,7 +365,7 @@ def train_semantic(
     def align_step(data, epoch: int) -> dict[str, torch.Tensor]:
         x, target, text = data
         embedding, contrastive = contrast(x, target, epoch)
-        reftm = info_nce(model.to_text(embedding), text, reftm_tau)
+        reftm = model.reftm_loss(embedding, text, reftm_tau)
         loss = contrastive + align_mu * reftm
         return {"loss": loss, "contrastive": contrastive, "reftm": reftm}
 
@@ -374,7 +375,7 @@ def train_semantic(
         x, target, text = data
         embedding, contrastive = contrast(x, target, epoch)
         prior, pred = model.prior_loss(embedding, target)
-        reftm = info_nce(model.to_text(pred), text, reftm_tau)
+        reftm = model.reftm_loss(pred, text, reftm_tau)
         loss = contrastive + delta * prior + mu * reftm
         return {"loss": loss, "contrastive": contrastive, "prior": prior, "reftm": reftm}
 
@@ -385,11 +386,11 @@ def train_semantic(
 
     def align_eval(epoch: int) -> dict[str, float]:
         embedding = test_embeddings()
-        keyframe, fmri_top1 = top1_retrieval(embedding, test_target)
-        reftm = info_nce(model.to_text(embedding), test_text, reftm_tau)
+        keyframe, fmri_top1, _ = retrieval_top1(embedding, test_target)
+        reftm = model.reftm_loss(embedding, test_text, reftm_tau)
         return {
-            "test_keyframe_top1": keyframe,
-            "test_fmri_top1": fmri_top1,
+            "test_keyframe_top1": float(keyframe.mean()),
+            "test_fmri_top1": float(fmri_top1.mean()),
             "test_reftm": float(reftm),
         }
 
@@ -398,14 +399,14 @@ def train_semantic(
         with torch.no_grad():
             _, embedding = model.backbone(x)
         prior, pred = model.prior_loss(embedding, target)
-        reftm = info_nce(model.to_text(pred), text, reftm_tau)
+        reftm = model.reftm_loss(pred, text, reftm_tau)
         return {"loss": delta * prior + mu * reftm, "prior": prior, "reftm": reftm}
 
     def prior_eval(epoch: int) -> dict[str, float]:
         torch.manual_seed(settings["seed"])  # the same timesteps and noise every epoch
         embedding = test_embeddings()
         prior, pred = model.prior_loss(embedding, test_target)
-        reftm = info_nce(model.to_text(pred), test_text, reftm_tau)
+        reftm = model.reftm_loss(pred, test_text, reftm_tau)
         return {"test_prior": float(prior), "test_reftm": float(reftm)}
 
     def joint_eval(epoch: int) -> dict[str, float]:
@@ -511,8 +512,11 @@ def predict_semantic(
     embeds, priors = torch.cat(embeds), torch.cat(priors)
     retrieval = {}
     for name, values in (("fmri_embeds", embeds), ("prior_embeds", priors)):
-        keyframe, fmri_top1 = top1_retrieval(values, target)
-        retrieval |= {f"{name}_keyframe_top1": keyframe, f"{name}_fmri_top1": fmri_top1}
+        keyframe, fmri_top1, _ = retrieval_top1(values, target)
+        retrieval |= {
+            f"{name}_keyframe_top1": float(keyframe.mean()),
+            f"{name}_fmri_top1": float(fmri_top1.mean()),
+        }
     log.info("test retrieval (chance %.4f): %s", 1 / min(300, len(split)), retrieval)
     params = {
         "model": str(model_dir),
