@@ -75,6 +75,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint --directory $$(mktemp -d)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_fmri.py

@@ -398,6 +398,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         config=json.loads(args.config),
         n_clips=args.clips,
         figures=args.figures,
+        methods=args.methods,
         results=results,
     )
 
@@ -470,16 +471,37 @@ def _cmd_lag_scan(args: argparse.Namespace) -> None:
         print(f"{lag}\t{score:.4f}")
 
 
+def _write_or_print(content: str, page: str | None, name: str) -> None:
+    """Print a generated section, or write it between the markers ``name`` of ``page``."""
+    from pipeline.docs import write_between
+
+    if not page:
+        print(content)
+    elif write_between(page, content, name):
+        log.info("%s: %s written", page, name)
+    else:
+        log.info("%s: %s already up to date", page, name)
+
+
 def _cmd_rerun_table(args: argparse.Namespace) -> None:
-    from pipeline.rerun import markdown, replace_in, rerun_table
+    from pipeline.rerun import markdown, rerun_table
 
     table = markdown(rerun_table(Path(args.snakefile).resolve()))
-    if not args.readme:
-        print(table)
-        return
-    readme = Path(args.readme)
-    readme.write_text(replace_in(readme.read_text(), table, str(readme)))
-    log.info("%s: rerun table written", readme)
+    _write_or_print(table, args.write, "rerun-table")
+
+
+def _cmd_config_docs(args: argparse.Namespace) -> None:
+    from pipeline.config import load_schema
+    from pipeline.docs import config_markdown
+
+    _write_or_print(config_markdown(load_schema()), args.write, "config-keys")
+
+
+def _cmd_rulegraph(args: argparse.Namespace) -> None:
+    from pipeline.docs import parse_rulegraph, rulegraph, rulegraph_markdown
+
+    graph = parse_rulegraph(rulegraph(args.snakefile, tuple(args.configfile)))
+    _write_or_print(rulegraph_markdown(graph), args.write, "rulegraph")
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
@@ -761,6 +783,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the self-contained HTML report of a run")
     p.add_argument("--output", required=True, help="the HTML file")
+    p.add_argument("--methods", help="the methods text (default: methods.md beside --output)")
     p.add_argument("--figures", help="directory for the figures as separate files")
     p.add_argument("--results", required=True, help="the results directory")
     p.add_argument("--tables", required=True, help="evaluation_tables output")
@@ -823,8 +846,26 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rerun-table", help="config key -> rules that rerun, from the workflow")
     p.add_argument("--snakefile", default="Snakefile")
-    p.add_argument("--readme", help="write the table between the README's markers")
+    p.add_argument(
+        "--write", metavar="PAGE", help="write the table between the page's markers (else print)"
+    )
     p.set_defaults(func=_cmd_rerun_table)
+
+    p = sub.add_parser("config-docs", help="every config key, from the schema, as Markdown")
+    p.add_argument(
+        "--write", metavar="PAGE", help="write the keys between the page's markers (else print)"
+    )
+    p.set_defaults(func=_cmd_config_docs)
+
+    p = sub.add_parser("rulegraph", help="the rule graph as a Mermaid flowchart")
+    p.add_argument("--snakefile", default="Snakefile")
+    p.add_argument(
+        "--configfile", nargs="*", default=[], help="config files merged over the default"
+    )
+    p.add_argument(
+        "--write", metavar="PAGE", help="write the graph between the page's markers (else print)"
+    )
+    p.set_defaults(func=_cmd_rulegraph)
     return parser
 
 

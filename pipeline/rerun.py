@@ -7,7 +7,8 @@ params trigger), a job that appears or disappears changes the plan, and every jo
 downstream of a rerun job reruns with it. Keys that reach the rules only as resources
 (device, batch sizes) change no params and rerun nothing.
 
-``python -m pipeline rerun-table`` prints the result as the README's table.
+``python -m pipeline rerun-table`` prints the result as a Markdown table;
+``--write docs/configuration.md`` writes it into that page (:data:`pipeline.docs.GENERATED`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import default_config, load_schema, validate_config
+from pipeline.docs import markers
 from pipeline.errors import ConfigError
 
 #: values tried for keys whose type gives no natural alternative
@@ -245,7 +247,7 @@ def rerun_table(snakefile: Path, keys=None, workers: int | None = None) -> dict[
     return {key: sorted(names, key=lambda r: (depth[r], r)) for key, names in rules.items()}
 
 
-MARKERS = ("<!-- rerun-table: start -->", "<!-- rerun-table: end -->")
+MARKERS = markers("rerun-table")
 
 
 def markdown(table: dict[str, list[str]]) -> str:
@@ -259,13 +261,3 @@ def markdown(table: dict[str, list[str]]) -> str:
         rerun = ", ".join(f"`{r}`" for r in rules) or "nothing"
         lines.append(f"| {names} | {rerun} |")
     return "\n".join(lines)
-
-
-def replace_in(text: str, table_markdown: str, source: str) -> str:
-    """``text`` with the part between :data:`MARKERS` replaced by ``table_markdown``."""
-    start, end = MARKERS
-    if text.count(start) != 1 or text.count(end) != 1:
-        raise ValueError(f"{source}: expected one {start} and one {end} line")
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    return f"{head}{start}\n{table_markdown}\n{end}{tail}"

@@ -1,5 +1,5 @@
 """Paper-size memory of the model stages, from models built on the meta device, against the
-Slurm profile's host memory and the GPU sizes the README states."""
+Slurm profile's host memory and the GPU sizes docs/performance.md states."""
 
 import importlib.util
 
@@ -16,6 +16,7 @@ from pipeline.models.budget import (
     fits_host,
     paper_budgets,
     paper_models,
+    table,
 )
 from tests.conftest import REPO
 
@@ -99,9 +100,18 @@ def test_every_budgeted_stage_fits_its_profile_and_an_80_gb_gpu(budgets):
 
 
 def test_which_stages_need_the_80_gb_gpu(budgets):
-    """The README's memory table: only the SR's training needs more than 40 GB."""
+    """The documented memory table: only the SR's training needs more than 40 GB."""
     assert GPU_SIZES_GB == (80, 40)
     assert [s for s, b in budgets.items() if not fits(b, 40)] == ["train_semantic"]
+
+
+def test_the_documented_memory_table_is_the_budget(budgets):
+    """docs/performance.md holds the table `python -m pipeline memory-budget` prints."""
+    mem_mb = {rule: r["mem_mb"] for rule, r in PROFILE.items() if "mem_mb" in r}
+    printed = table(budgets, mem_mb)
+    assert printed.count("\n") > len(budgets)  # header, rule, a row per stage
+    page = (REPO / "docs/performance.md").read_text()
+    assert printed in page, "run `python -m pipeline memory-budget` and update docs/performance.md"
 
 
 def test_the_precision_sets_what_the_caches_hold(budgets):

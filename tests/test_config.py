@@ -191,14 +191,14 @@ def _leaves(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-def test_the_two_reproductions_and_the_readme_table_of_their_differences():
+def test_the_two_reproductions_and_the_documented_table_of_their_differences():
     import re
 
     official, paper = (dict(_leaves(_merged(f"configs/{n}.yaml"))) for n in ("official", "paper"))
     assert official["models.preset"] == paper["models.preset"] == "paper"
     differ = {k for k in official if official[k] != paper.get(k)}
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Two reproductions") :]
+    page = (REPO / "docs/reproduction.md").read_text()
+    section = page[page.index("\n## Two reproductions") + 1 :]
     section = section[: section.index("\n## ")]
     listed = set(re.findall(r"(?m)^\| `([a-z_.]+)` \|", section))
     assert listed == differ

@@ -1,10 +1,10 @@
 """Fault injection: what a user sees when a file, a store, a run or the machine fails.
 
-One test (or parametrized case) per fault, grouped as the README's table "When something
-goes wrong" lists them with the message the user gets: raw input, the machine (a full disk
-and a read-only folder are real file systems mounted for the test, a 64 KiB tmpfs and a
-read-only bind mount, which needs root; file permissions would not do, since root writes
-through them), failed runs, stores, the command line, and warnings.
+One test (or parametrized case) per fault, grouped as the table "When something goes wrong"
+(docs/reliability.md) lists them with the message the user gets: raw input, the machine (a
+full disk and a read-only folder are real file systems mounted for the test, a 64 KiB tmpfs
+and a read-only bind mount, which needs root; file permissions would not do, since root
+writes through them), failed runs, stores, the command line, and warnings.
 """
 
 from __future__ import annotations
@@ -901,6 +901,7 @@ CLI_CIFTI = "resources/demo/video_fmri_dataset/subject1/fmri/seg2/cifti/seg2_1_A
 #: the files a user copies commands from
 DOCUMENTS = [
     REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
     REPO / "Makefile",
     *sorted((REPO / "configs").glob("*.yaml")),
     *sorted((REPO / "profiles").glob("*/config.yaml")),

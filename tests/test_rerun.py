@@ -1,4 +1,4 @@
-"""The README's key → rules table is the one generated from the workflow.
+"""The documentation's key → rules table is the one generated from the workflow.
 
 That the generated rows are what Snakemake plans on a completed workspace is checked
 with each case of tests/test_workflow.py's rerun table."""
@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.rerun import MARKERS, markdown, replace_in
+from pipeline.docs import GENERATED, replace_in
+from pipeline.rerun import MARKERS, markdown
 from tests.conftest import REPO
 
+PAGE = GENERATED["rerun-table"]
 
-def test_readme_table_is_the_generated_one(rerun_table):
-    readme = (REPO / "README.md").read_text()
-    assert replace_in(readme, markdown(rerun_table), "README.md") == readme, (
-        "README.md's rerun table is stale: run `python -m pipeline rerun-table --readme README.md`"
+
+def test_the_documented_table_is_the_generated_one(rerun_table):
+    page = (REPO / PAGE).read_text()
+    assert replace_in(page, markdown(rerun_table), PAGE, MARKERS) == page, (
+        f"{PAGE}'s rerun table is stale: run `python -m pipeline rerun-table --write {PAGE}`"
     )
 
 
@@ -30,7 +33,11 @@ def test_execution_settings_rerun_nothing_and_results_rerun_the_report(rerun_tab
 
 
 def test_replace_in_needs_exactly_one_pair_of_markers():
-    with pytest.raises(ValueError, match="README.md"):
-        replace_in("no markers here", "| a |", "README.md")
+    with pytest.raises(ValueError, match="configuration.md"):
+        replace_in("no markers here", "| a |", "configuration.md", MARKERS)
     start, end = MARKERS
-    assert replace_in(f"x\n{start}\nold\n{end}\ny", "new", "f") == f"x\n{start}\nnew\n{end}\ny"
+    with pytest.raises(ValueError, match="configuration.md"):
+        replace_in(f"{start}\n{end}\n{start}\n{end}", "| a |", "configuration.md", MARKERS)
+    assert replace_in(f"x\n{start}\nold\n{end}\ny", "new", "f", MARKERS) == (
+        f"x\n{start}\nnew\n{end}\ny"
+    )
