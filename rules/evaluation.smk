@@ -116,7 +116,7 @@ rule evaluate_external:
         batch_size=config["evaluation"]["batch_size"],
     params:
         settings=evaluation_json(*EVALUATION_KEYS),
-        folder=lambda wildcards: EXTERNAL[wildcards.name],
+        folder=external_folder,
         frames_dir="results/frames",
         precision=precision("evaluation"),
     shell:
@@ -159,11 +159,13 @@ rule evaluation_tables:
 
 rule report:
     """The self-contained HTML report (tables, figures, animated clip grids, config and
-    provenance); its figures are registered for `snakemake --report`."""
+    provenance) and methods.md, a methods text written from the stores' provenance; its
+    figures are registered for `snakemake --report`."""
     input:
         unpack(report_inputs),
     output:
         html="results/report/index.html",
+        methods="results/report/methods.md",
         selection=report(
             "results/report/figures/selection.png",
             caption="../report/selection.rst",
@@ -194,7 +196,8 @@ rule report:
         clips=EVALUATION_CONFIG["report_clips"],
         frames_dir="results/frames",
     shell:
-        "python -m pipeline report --output {output.html:q} --figures results/report/figures"
+        "python -m pipeline report --output {output.html:q} --methods {output.methods:q}"
+        " --figures results/report/figures"
         " --results results --tables {input.tables:q} --subjects {params.subjects:q}"
         " --fusion {input.fusion:q} --frames-dir {params.frames_dir:q}"
         " --config {params.config:q} --clips {params.clips} > {log:q} 2>&1"

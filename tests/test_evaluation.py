@@ -208,6 +208,8 @@ def test_report_is_self_contained(workspace):
         assert grid.size == (4 * 128, 128)
     for name in ("selection.png", "training.png", "metrics.png", "grid.gif"):
         assert (workspace / "results/report/figures" / name).stat().st_size > 1000
+    methods = (workspace / "results/report/methods.md").read_text()
+    assert "**Voxel selection.**" in methods and "<strong>Voxel selection.</strong>" in text
 
 
 PROBE = """<script>

@@ -4,9 +4,11 @@ Sections: the metric tables (paper Table 1, Table 2, retrieval); voxel
 selection (t-map histogram and counts); training curves of the reconstructors
 and the fusion classifier; per-metric distributions against the
 shuffled-pairing control; animated grids ground truth | blurry video |
-keyframe | final video for a sample of test clips; the configuration and the
-provenance of every store shown. The figures are also written as files so
-Snakemake's ``report()`` can register them.
+keyframe | final video for a sample of test clips; the methods text written from
+the stores' provenance (:mod:`pipeline.evaluation.methods`, also written as
+``methods.md`` beside the report); the configuration and the provenance of every
+store shown. The figures are also written as files so Snakemake's ``report()`` can
+register them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import zarr
 
 from pipeline.evaluation.evaluate import resize_frames
+from pipeline.evaluation.methods import methods_html, methods_text
 from pipeline.evaluation.tables import (
     PM_NOTE,
     PUBLISHED,
@@ -299,6 +302,8 @@ table.qc td, table.qc th { border: 1px solid #ccc; padding: 3px 7px; text-align:
 table.qc { border-collapse: collapse; font-size: 13px; }
 div.qc { display: flex; flex-wrap: wrap; gap: 1.5em; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+div.methods { max-width: 60em; line-height: 1.45; }
+div.methods ol { font-size: 13px; }
 """
 
 
@@ -313,15 +318,21 @@ def write_report(
     n_clips: int = 6,
     figures: str | os.PathLike | None = None,
     results: str | os.PathLike = "results",
+    methods: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``output`` (index.html) and, in ``figures``, the figures as separate files.
 
     ``subjects`` maps each subject to its paths: ``selection``, ``perception``,
     ``semantic`` (model directories), ``blurry``, ``keyframes``, ``videos``
     and ``evaluation`` (its videos' evaluation directory). The quality-control section
-    lists the warnings every stage recorded in its store under ``results``.
+    lists the warnings every stage recorded in its store under ``results``; the methods
+    section is written from the provenance of those stores and of the trained models
+    (:func:`pipeline.evaluation.methods.methods_text`), and its Markdown goes to
+    ``methods`` (default: ``methods.md`` beside ``output``).
     """
     output, tables = Path(output), Path(tables)
+    methods = output.with_name("methods.md") if methods is None else Path(methods)
+    methods_md = methods_text(Path(results), subjects)
     n_way = config["evaluation"]["n_way"]
     main = main_protocol(config["evaluation"]["protocols"], n_way)
     columns = table1_columns(main, n_way)
@@ -372,6 +383,7 @@ def write_report(
         _img(images["training.png"], "image/png", "training curves"),
         f"<h2>Metric distributions ({html.escape(first)}, per clip)</h2>",
         _img(images["metrics.png"], "image/png", "metric distributions"),
+        f'<div class="methods">{methods_html(methods_md)}</div>',
         "<h2>Configuration</h2><pre>" + html.escape(_yaml(config)) + "</pre>",
         "<h2>Provenance</h2>"
         + _provenance(
@@ -395,9 +407,11 @@ def write_report(
         for name, data in images.items():
             (figures / name).write_bytes(data)
         (figures / "grid.gif").write_bytes(grids[0][1])
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(document)
-    tmp.replace(output)
+    for path, text in ((methods, methods_md), (output, document)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return output
 
 
