@@ -26,7 +26,26 @@ log = logging.getLogger(__name__)
 
 
 def shift_volumes(shift_s: float, tr_s: float) -> int:
-    """Convert a delay in seconds into whole volumes; raise if it is not a multiple of the TR."""
+    """Convert a delay in seconds into whole volumes; raise if it is not a multiple of the TR.
+
+    Parameters
+    ----------
+    shift_s : float, seconds
+        Hemodynamic delay between a clip and its BOLD response.
+    tr_s : float, seconds
+        Repetition time of the fMRI runs.
+
+    Returns
+    -------
+    int
+        The delay in volumes, ``shift_s / tr_s``.
+
+    Raises
+    ------
+    ValueError
+        If ``shift_s`` is negative or not a whole multiple of ``tr_s`` (compared as
+        exact decimal fractions).
+    """
     ratio = Fraction(str(shift_s)) / Fraction(str(tr_s))
     if ratio.denominator != 1 or ratio < 0:
         raise ValueError(
@@ -57,10 +76,28 @@ def align_subject(
         test/segment, test/clip, test/n_repetitions  (sample,)
         grayordinate      (vertex,) int64   CIFTI column of every selected vertex
 
+    Parameters
+    ----------
+    preprocessed : path
+        The subject's ``preprocess`` store: ``runs/<segment>`` of shape
+        (n_repetitions, n_clips + n_trailing, n_grayordinates).
+    selection : path
+        The subject's ``select_voxels`` store: boolean ``mask`` of shape
+        (n_grayordinates,) and its ``grayordinate`` columns.
+    output : path
+        The ``align`` store to write (atomically).
+    train_segments, test_segments : list of str
+        Segment names of each split.
+    shift_s : float, seconds
+        Hemodynamic delay; a whole multiple of ``tr_s``.
+    tr_s : float, seconds
+        Repetition time.
+
     Raises
     ------
     ValueError
-        If the shift needs more trailing volumes than a run kept.
+        If the shift needs more trailing volumes than a run kept, or is not a
+        non-negative whole number of TRs.
     """
     pre = open_store(preprocessed, stage="preprocess")
     sel = open_store(selection, stage="select_voxels")

@@ -27,6 +27,8 @@ def clip_features(frames: np.ndarray, grid: int = 4) -> np.ndarray:
     ----------
     frames : array of shape (n_clips, n_frames, height, width, 3), uint8
         A NumPy or Zarr array; read a few clips at a time.
+    grid : int
+        Cells per side of the luminance grid (Rec. 601 luma in [0, 1]).
 
     Returns
     -------
@@ -75,6 +77,11 @@ def lag_profile(
     ndarray of shape (len(lags),)
         Mean over vertices of the correlation between predicted and measured
         BOLD on held-out segments (two folds: even / odd segments).
+
+    Raises
+    ------
+    ValueError
+        If fewer than two segments are given.
     """
     if len(bold) < 2:
         raise ValueError("the lag profile needs at least two segments")
@@ -111,6 +118,24 @@ def lag_profile_from_stores(
     """:func:`lag_profile` of a subject's selected vertices, repetitions averaged.
 
     ``frame_stores`` maps segment name to its frames store.
+
+    Parameters
+    ----------
+    preprocessed : path
+        The subject's ``preprocess`` store; ``runs/<segment>`` of shape
+        (n_repetitions, n_volumes, n_grayordinates) is averaged over repetitions.
+    selection : path
+        The subject's ``select_voxels`` store (boolean ``mask``).
+    frame_stores : dict of str to path
+        Segment name to its ``extract_frames`` store (``frames`` of shape
+        (n_clips, n_frames, height, width, 3) uint8).
+    lags : sequence of int
+        Candidate delays in volumes.
+
+    Returns
+    -------
+    ndarray of shape (len(lags),), float64
+        Cross-validated correlation per lag, as :func:`lag_profile`.
     """
     pre = open_store(preprocessed, stage="preprocess")
     mask = open_store(selection, stage="select_voxels")["mask"][:]

@@ -195,7 +195,29 @@ def cache_vae_latents(
 ) -> None:
     """VAE latents (``latent_dist.mode() * scaling_factor``) of every frame of every clip.
 
-    Store: ``latents`` (sample, frame, channel, y, x) float16, chunked by clip.
+    Store: ``latents`` (sample, frame, channel, y, x) float16, chunked by clip;
+    ``y`` and ``x`` are the frame size in pixels divided by the VAE's downsampling
+    factor (8 for Stable Diffusion's VAE). These are the Perception Reconstructor's
+    targets (paper Sec. 3.1).
+
+    Parameters
+    ----------
+    frame_stores : sequence of path
+        ``extract_frames`` stores, one per segment; ``frames`` of shape
+        (n_clips, n_frames, height, width, 3) uint8. Samples follow their order.
+    output : path
+        The cache store to write (atomically).
+    model : path
+        Directory of a diffusers ``AutoencoderKL``.
+    device : torch.device or str
+        Where the model runs.
+    dtype : torch.dtype
+        Model and input precision; the stored features are float16.
+    batch_size : int
+        Images per model call (clips per call is ``batch_size // n_images_per_clip``,
+        at least 1).
+    prefetch : int
+        Batches prepared ahead by a background thread; 0 reads in the caller's thread.
     """
     timer = _ModelTimer(device)
     vae = load_vae(model, device, dtype)
@@ -248,7 +270,26 @@ def clip_image_embeds(
     clip, images: np.ndarray, device, dtype, batch_size: int = 32
 ) -> torch.Tensor:
     """Pooled OpenCLIP image embeddings (what ``image_embeds`` of the cache holds) of uint8
-    images (n, h, w, 3), on the CPU as float32."""
+    images (n, h, w, 3), on the CPU as float32.
+
+    Parameters
+    ----------
+    clip : open_clip model
+        As :func:`pipeline.models.loading.load_clip` returns it.
+    images : ndarray of shape (n_images, height, width, 3), uint8
+        Any size in pixels; resized (bicubic, antialiased) to the visual tower's input.
+    device : torch.device or str
+        Where the model runs.
+    dtype : torch.dtype
+        Input precision (the model's).
+    batch_size : int
+        Images per model call.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_images, embed_dim), float32, on the CPU
+        Empty (shape (0,)) when ``images`` is empty.
+    """
     parts = []
     for i in range(0, len(images), batch_size):
         x = _clip_preprocess(_to_tensor(images[i : i + batch_size], device, dtype), clip)
@@ -272,7 +313,29 @@ def cache_clip_images(
 
     Store: ``tokens`` (sample, candidate, token, width) — the visual tower's
     tokens after ``ln_post``, CLS excluded, no projection — and ``image_embeds``
-    (sample, candidate, embed), both float16 and chunked by clip.
+    (sample, candidate, embed), both float16 and chunked by clip. These are the
+    Semantics Reconstructor's image targets (paper Sec. 3.2).
+
+    Parameters
+    ----------
+    frame_stores : sequence of path
+        ``extract_frames`` stores, one per segment; ``frames`` of shape
+        (n_clips, n_frames, height, width, 3) uint8. Samples follow their order.
+    output : path
+        The cache store to write (atomically).
+    model : path
+        Directory of an OpenCLIP checkpoint.
+    candidates : sequence of int
+        Frame indices within each clip that are keyframe candidates.
+    device : torch.device or str
+        Where the model runs.
+    dtype : torch.dtype
+        Model and input precision; the stored features are float16.
+    batch_size : int
+        Images per model call (clips per call is ``batch_size // n_images_per_clip``,
+        at least 1).
+    prefetch : int
+        Batches prepared ahead by a background thread; 0 reads in the caller's thread.
     """
     timer = _ModelTimer(device)
     clip, _ = load_clip(model, device, dtype)
@@ -327,7 +390,23 @@ def cache_clip_images(
 
 
 def caption_inputs(processor, images: np.ndarray, device, dtype):
-    """BLIP-2 processor inputs of uint8 images (n, h, w, 3), on ``device``."""
+    """BLIP-2 processor inputs of uint8 images (n, h, w, 3), on ``device``.
+
+    Parameters
+    ----------
+    processor : transformers.Blip2Processor
+        As :func:`pipeline.models.loading.load_captioner` returns it.
+    images : ndarray of shape (n_images, height, width, 3), uint8
+    device : torch.device or str
+        Where the captioner runs.
+    dtype : torch.dtype
+        Precision of ``pixel_values``.
+
+    Returns
+    -------
+    transformers.BatchFeature
+        ``pixel_values`` of shape (n_images, 3, size, size) in ``dtype``, on ``device``.
+    """
     inputs = processor(images=list(images), return_tensors="pt").to(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     return inputs
@@ -335,7 +414,23 @@ def caption_inputs(processor, images: np.ndarray, device, dtype):
 
 @torch.no_grad()
 def generate_captions(processor, captioner, inputs, generation: dict) -> list[str]:
-    """Captions of prepared inputs (greedy or beam search as ``generation`` says)."""
+    """Captions of prepared inputs (greedy or beam search as ``generation`` says).
+
+    Parameters
+    ----------
+    processor : transformers.Blip2Processor
+        Decodes the generated tokens.
+    captioner : transformers.Blip2ForConditionalGeneration
+    inputs : transformers.BatchFeature
+        As :func:`caption_inputs` returns them.
+    generation : dict
+        Keyword arguments of ``captioner.generate`` (``max_new_tokens``, ``num_beams``, ...).
+
+    Returns
+    -------
+    list of str, length n_images
+        One caption per image, stripped.
+    """
     out = captioner.generate(**inputs, **generation)
     return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
 
@@ -355,7 +450,36 @@ def cache_captions(
     batch_size: int = 32,
     prefetch: int = 2,
 ) -> None:
-    """BLIP-2 captions of the keyframe candidates: ``captions`` (sample, candidate) str."""
+    """BLIP-2 captions of the keyframe candidates: ``captions`` (sample, candidate) str.
+
+    The captions are the text modality of the Semantics Reconstructor (paper Sec. 3.2,
+    "Reconstruction Enhancement from Text Modality").
+
+    Parameters
+    ----------
+    frame_stores : sequence of path
+        ``extract_frames`` stores, one per segment; ``frames`` of shape
+        (n_clips, n_frames, height, width, 3) uint8. Samples follow their order.
+    output : path
+        The cache store to write (atomically).
+    model : path
+        Directory of a BLIP-2 checkpoint (transformers).
+    candidates : sequence of int
+        Frame indices within each clip that are keyframe candidates.
+    max_new_tokens, min_new_tokens : int
+        Caption length bounds, in tokens.
+    num_beams : int
+        Beam search width; 1 is greedy decoding.
+    device : torch.device or str
+        Where the model runs.
+    dtype : torch.dtype
+        Model and input precision; the stored features are float16.
+    batch_size : int
+        Images per model call (clips per call is ``batch_size // n_images_per_clip``,
+        at least 1).
+    prefetch : int
+        Batches prepared ahead by a background thread; 0 reads in the caller's thread.
+    """
     timer = _ModelTimer(device)
     processor, captioner = load_captioner(model, device, dtype)
     timer.loaded()
@@ -400,7 +524,27 @@ def cache_clip_text(
     batch_size: int = 256,
     prefetch: int = 2,
 ) -> None:
-    """OpenCLIP text embeddings of every caption: ``text_embeds`` (sample, candidate, embed)."""
+    """OpenCLIP text embeddings of every caption: ``text_embeds`` (sample, candidate, embed).
+
+    Stored float16; the targets of the text contrastive loss (paper Sec. 3.2, eq. 4).
+
+    Parameters
+    ----------
+    captions : path
+        The ``cache_captions`` store (``captions`` of shape (n_samples, n_candidates) str).
+    output : path
+        The cache store to write (atomically).
+    model : path
+        Directory of an OpenCLIP checkpoint.
+    device : torch.device or str
+        Where the model runs.
+    dtype : torch.dtype
+        Model precision; the stored embeddings are float16.
+    batch_size : int
+        Captions per model call.
+    prefetch : int
+        Batches tokenised ahead by a background thread; 0 tokenises in the caller's thread.
+    """
     timer = _ModelTimer(device)
     clip, tokenizer = load_clip(model, device, dtype)
     timer.loaded()

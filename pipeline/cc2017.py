@@ -66,12 +66,43 @@ _VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 
 
 def stimulus_path(root: str | os.PathLike, segment: str) -> Path:
-    """Path of the stimulus video of ``segment`` under the dataset root."""
+    """Path of the stimulus video of ``segment`` under the dataset root.
+
+    Parameters
+    ----------
+    root : path
+        Directory containing ``video_fmri_dataset/``.
+    segment : str
+        Segment name, e.g. ``seg1`` or ``test3``.
+
+    Returns
+    -------
+    Path
+        ``{root}/video_fmri_dataset/stimuli/{segment}.mp4`` (not checked to exist).
+    """
     return Path(root) / DATASET_DIR / "stimuli" / f"{segment}.mp4"
 
 
 def run_path(root: str | os.PathLike, subject: str, segment: str, repetition: int) -> Path:
-    """Path of the CIFTI dense time series of one run."""
+    """Path of the CIFTI dense time series of one run.
+
+    Parameters
+    ----------
+    root : path
+        Directory containing ``video_fmri_dataset/``.
+    subject : str
+        Subject folder name (``subjectN`` or ``sub-<label>``).
+    segment : str
+        Segment name.
+    repetition : int
+        Repetition number as in the file name (1-based in cc2017).
+
+    Returns
+    -------
+    Path
+        ``.../{subject}/fmri/{segment}/cifti/{segment}_{repetition}_Atlas.dtseries.nii``
+        (not checked to exist).
+    """
     return (
         Path(root)
         / DATASET_DIR
@@ -84,7 +115,23 @@ def run_path(root: str | os.PathLike, subject: str, segment: str, repetition: in
 
 
 def parse_run_path(path: str | os.PathLike) -> tuple[str, int]:
-    """Return ``(segment, repetition)`` from a run file name."""
+    """Return ``(segment, repetition)`` from a run file name.
+
+    Parameters
+    ----------
+    path : path
+        A run file; only its name is read.
+
+    Returns
+    -------
+    segment : str
+    repetition : int
+
+    Raises
+    ------
+    DataError
+        If the name is not ``{segment}_{rep}_Atlas.dtseries.nii``.
+    """
     match = _RUN_RE.match(Path(path).name)
     if match is None:
         raise DataError(
@@ -135,7 +182,18 @@ class Dataset:
         return self.train_segments + self.test_segments
 
     def run_files(self, subject: str) -> list[Path]:
-        """Every run file of ``subject``, segment by segment."""
+        """Every run file of ``subject``, segment by segment.
+
+        Parameters
+        ----------
+        subject : str
+            One of :attr:`subjects`.
+
+        Returns
+        -------
+        list of Path
+            Training then test segments, repetitions ascending within each.
+        """
         return [
             run_path(self.root, subject, seg, rep)
             for seg in self.segments
@@ -143,6 +201,12 @@ class Dataset:
         ]
 
     def stimulus_files(self) -> list[Path]:
+        """Stimulus video of every segment, training then test.
+
+        Returns
+        -------
+        list of Path
+        """
         return [stimulus_path(self.root, seg) for seg in self.segments]
 
 
@@ -178,8 +242,15 @@ def discover_dataset(
         ``error`` raises naming every one, ``drop`` leaves their segments out of
         the dataset for every subject and names them in :attr:`Dataset.warnings`.
 
+    Returns
+    -------
+    Dataset
+        Segments, subjects and the repetitions of every run found.
+
     Raises
     ------
+    ValueError
+        If ``unmatched`` is not one of :data:`UNMATCHED_MODES`.
     DataError
         If the root or the stimuli are missing, a subject folder holds no fMRI
         run, or (``unmatched="error"``) stimuli and fMRI do not match.
@@ -342,7 +413,17 @@ def _fmri_runs(subject_dir: Path) -> dict[str, list[int]]:
 
 @dataclass(frozen=True)
 class StimulusInfo:
-    """Stream properties of a stimulus video."""
+    """Stream properties of a stimulus video.
+
+    Attributes
+    ----------
+    path : Path
+    fps : Fraction
+        Frame rate, frames per second.
+    n_frames : int
+    width, height : int
+        Frame size, pixels.
+    """
 
     path: Path
     fps: Fraction
@@ -357,6 +438,17 @@ class StimulusInfo:
 
 def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
     """Read frame rate, frame count and size of a video from its container (no decoding).
+
+    Parameters
+    ----------
+    path : path
+        A video file that FFmpeg (PyAV) opens.
+
+    Returns
+    -------
+    StimulusInfo
+        ``fps`` (frames per second, exact fraction), ``n_frames``, and ``width`` and
+        ``height`` in pixels.
 
     Raises
     ------
@@ -390,7 +482,15 @@ def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
 
 @dataclass(frozen=True)
 class RunTiming:
-    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus."""
+    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus.
+
+    Attributes
+    ----------
+    n_volumes : int
+        ``n_leading + n_clips + n_trailing``.
+    n_leading, n_clips, n_trailing : int
+        Volume counts; one clip per TR.
+    """
 
     n_volumes: int
     n_leading: int
@@ -400,6 +500,18 @@ class RunTiming:
 
 def clip_count(stimulus: StimulusInfo, tr_s: float) -> int:
     """Clips of one TR in a stimulus: its duration over the TR (cc2017: 480 s / 2 s = 240).
+
+    Parameters
+    ----------
+    stimulus : StimulusInfo
+        Frame count and frame rate of the stimulus video.
+    tr_s : float, seconds
+        Repetition time; one clip per TR.
+
+    Returns
+    -------
+    int
+        Number of clips, ``n_frames / fps / tr_s`` rounded down.
 
     Raises
     ------
@@ -429,6 +541,26 @@ def run_timing(
     ``n_clips = stimulus duration / TR``; ``n_leading = n_volumes - n_clips -
     n_trailing``. cc2017: 245 volumes → 1 leading, 246 → 2, both 240 clips.
 
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes in the run.
+    stimulus : StimulusInfo
+        The run's stimulus video.
+    tr_s : float, seconds
+        Repetition time.
+    n_trailing : int
+        Volumes kept after the stimulus ends (for the hemodynamic delay).
+    max_leading : int
+        Most leading volumes accepted before the stimulus onset.
+    run_file : path, optional
+        Named in error messages only.
+
+    Returns
+    -------
+    RunTiming
+        ``n_volumes == n_leading + n_clips + n_trailing``.
+
     Raises
     ------
     DataError
@@ -456,6 +588,19 @@ def cortex_columns(
     offsets and counts), which is much cheaper than building nibabel's
     ``BrainModelAxis`` for a 91k-grayordinate file.
 
+    Parameters
+    ----------
+    brain_models : nibabel.cifti2.Cifti2MatrixIndicesMap
+        The brain-models index map (axis 1) of a CIFTI-2 header.
+    path : path, optional
+        Named in error messages only.
+
+    Returns
+    -------
+    ndarray of shape (n_cortex_vertices,), int
+        Grayordinate (column) indices, CORTEX_LEFT then CORTEX_RIGHT (29,696 + 29,716
+        = 59,412 in the HCP 91k space).
+
     Raises
     ------
     DataError
@@ -478,6 +623,11 @@ def read_cortex_bold(
     path: str | os.PathLike,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Read the cortical vertices of one CIFTI-2 dense time series.
+
+    Parameters
+    ----------
+    path : path
+        A CIFTI-2 ``.dtseries.nii`` file.
 
     Returns
     -------

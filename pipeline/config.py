@@ -36,7 +36,14 @@ DEMO_ROOT = os.path.join("resources", "demo")
 
 
 def load_schema() -> dict:
-    """Return (a copy of) the configuration JSON schema shipped with the package."""
+    """Return (a copy of) the configuration JSON schema shipped with the package.
+
+    Returns
+    -------
+    dict
+        ``pipeline/schemas/config.schema.yaml`` as a new deep copy, with the ``enum`` of
+        every ``x-registry`` node filled from :func:`registries`.
+    """
     return copy.deepcopy(_schema())
 
 
@@ -281,10 +288,27 @@ def _check_evaluation(config: dict[str, Any], frames_per_clip: int) -> None:
 
 
 def uses_demo(config: dict[str, Any]) -> bool:
-    """True when ``dataset.root`` is where the demo rule writes the synthetic dataset."""
+    """True when ``dataset.root`` is where the demo rule writes the synthetic dataset.
+
+    Parameters
+    ----------
+    config : dict
+        A configuration with ``dataset.root``.
+
+    Returns
+    -------
+    bool
+        Whether ``dataset.root`` normalises to :data:`DEMO_ROOT`.
+    """
     return os.path.normpath(config["dataset"]["root"]) == DEMO_ROOT
 
 
 def default_config() -> dict[str, Any]:
-    """Return the configuration with every key at its schema default."""
+    """Return the configuration with every key at its schema default.
+
+    Returns
+    -------
+    dict
+        A new configuration, validated by :func:`validate_config`.
+    """
     return validate_config({})

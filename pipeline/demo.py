@@ -66,7 +66,45 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Resolved demo configuration (``config['demo']`` plus the TR)."""
+    """Resolved demo configuration (``config['demo']`` plus the TR).
+
+    Attributes
+    ----------
+    tr_s : float, seconds
+        Repetition time.
+    seed : int
+        Seed of everything random in the dataset.
+    n_subjects, n_train_segments, n_test_segments : int
+        Subjects ``subject1..``, segments ``seg1..`` and ``test1..``.
+    segment_duration_s : float, seconds
+        Stimulus length of each segment; a multiple of ``tr_s``.
+    train_repetitions, test_repetitions : int
+        Runs written per segment.
+    fps : int
+        Stimulus frame rate, frames per second.
+    frame_size : int
+        Stimulus frame side, pixels.
+    luminance_grid : int
+        Cells per side of the luminance-grid features.
+    object_speed, pan_speed : float
+        Velocity standard deviations per axis, frame sizes per second.
+    cortex_vertices : tuple of int
+        (left, right) cortical vertices of the CIFTI brain model.
+    subcortical_voxels : int
+        Voxels after the cortex in the CIFTI brain model.
+    driven_fraction : float
+        Fraction of cortical vertices driven by the stimulus.
+    snr : tuple of float
+        (low, high) range of the driven vertices' amplitude SNR (log-uniform).
+    delay_s : float, seconds
+        Planted hemodynamic delay (peak of the HRF).
+    missing_runs : tuple of str
+        Runs left out, as ``subjectN/segment/repetition``.
+    trailing_volumes : int
+        Volumes after each stimulus ends.
+    train_prefix, test_prefix : str
+        Segment name prefixes.
+    """
 
     tr_s: float
     seed: int = 0
@@ -93,7 +131,19 @@ class DemoSettings:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DemoSettings:
-        """Build from a validated pipeline config; ``scale: full`` applies cc2017 sizes."""
+        """Build from a validated pipeline config; ``scale: full`` applies cc2017 sizes.
+
+        Parameters
+        ----------
+        config : dict
+            A configuration validated by :func:`pipeline.config.validate_config`; its
+            ``demo`` section and ``dataset.tr_s`` (seconds), ``trailing_volumes`` and
+            segment prefixes are read.
+
+        Returns
+        -------
+        DemoSettings
+        """
         demo = dict(config["demo"])
         if demo.pop("scale") == "full":
             demo.update(FULL_SCALE)
@@ -108,12 +158,30 @@ class DemoSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **extra: Any) -> DemoSettings:
-        """Build from plain values (lists become tuples), e.g. parsed :meth:`to_json` output."""
+        """Build from plain values (lists become tuples), e.g. parsed :meth:`to_json` output.
+
+        Parameters
+        ----------
+        values : dict
+            Field name to value.
+        **extra
+            Further fields, overriding ``values``.
+
+        Returns
+        -------
+        DemoSettings
+        """
         values = values | extra
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def to_json(self) -> str:
-        """Every setting as JSON, in a stable key order."""
+        """Every setting as JSON, in a stable key order.
+
+        Returns
+        -------
+        str
+            A JSON object; :meth:`from_dict` of its parsed value rebuilds the settings.
+        """
         return json.dumps(asdict(self), sort_keys=True)
 
     @property
@@ -133,17 +201,59 @@ class DemoSettings:
         return round(self.segment_duration_s / self.tr_s)
 
     def leading_volumes(self, segment: str) -> int:
-        """As in cc2017: 1 leading volume, 2 for the test segments after the first."""
+        """As in cc2017: 1 leading volume, 2 for the test segments after the first.
+
+        Parameters
+        ----------
+        segment : str
+            A segment name of these settings.
+
+        Returns
+        -------
+        int
+            Volumes before the stimulus onset in every run of ``segment``.
+        """
         tests = self.test_segments
         return 2 if segment in tests and tests.index(segment) > 0 else 1
 
     def repetitions(self, subject: str, segment: str) -> list[int]:
+        """Repetitions written for one subject and segment, ``missing_runs`` left out.
+
+        Parameters
+        ----------
+        subject : str
+            ``subjectN``.
+        segment : str
+            A training or test segment name.
+
+        Returns
+        -------
+        list of int
+            1-based repetition numbers, ascending.
+        """
         n = self.train_repetitions if segment in self.train_segments else self.test_repetitions
         return [r for r in range(1, n + 1) if f"{subject}/{segment}/{r}" not in self.missing_runs]
 
 
 def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
-    """The :class:`~pipeline.cc2017.Dataset` the demo generator will write under ``root``."""
+    """The :class:`~pipeline.cc2017.Dataset` the demo generator will write under ``root``.
+
+    Parameters
+    ----------
+    settings : DemoSettings
+    root : path
+        The dataset root (containing ``video_fmri_dataset/``).
+
+    Returns
+    -------
+    Dataset
+        Its ``warnings`` name the runs with repetitions left out by ``missing_runs``.
+
+    Raises
+    ------
+    ValueError
+        If ``missing_runs`` removes every repetition of a subject's segment.
+    """
     runs = {
         subject: {
             seg: settings.repetitions(subject, seg)
@@ -171,6 +281,15 @@ def canonical_hrf(tr_s: float, delay_s: float, length_s: float = 32.0) -> np.nda
 
     SPM's canonical HRF is ``Gamma(t; 6) - Gamma(t; 16) / 6`` (peak near 5 s);
     the time axis is shifted so that the peak falls on ``delay_s``.
+
+    Parameters
+    ----------
+    tr_s : float, seconds
+        Sampling step.
+    delay_s : float, seconds
+        Where the peak is placed.
+    length_s : float, seconds
+        Duration sampled; ``n_lags = ceil(length_s / tr_s)``.
 
     Returns
     -------
@@ -273,6 +392,21 @@ def render_segment(
     and ``pan_speed`` are the standard deviations of the object and camera
     velocities per axis, in frame sizes per second.
 
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Draws the scenes (cuts every 3 to 7 s, one to three objects each).
+    n_frames : int
+        Frames to render.
+    fps : int
+        Frame rate, frames per second.
+    size : int
+        Frame side, pixels (frames are square).
+    grid : int
+        Cells per side of the luminance grid, in [1, size].
+    object_speed, pan_speed : float
+        Velocity standard deviations, frame sizes per second.
+
     Returns
     -------
     frames : iterator of ndarray of shape (size, size, 3), uint8
@@ -282,6 +416,11 @@ def render_segment(
         area of each class, motion energy.
     class_area : ndarray of shape (n_frames, n_classes), float32
         Fraction of the frame covered by each class (filled while consuming).
+
+    Raises
+    ------
+    ValueError
+        If ``grid`` does not lie in [1, size].
     """
     if not 1 <= grid <= size:
         raise ValueError(f"luminance grid {grid} must lie in [1, frame size {size}]")
@@ -429,6 +568,18 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
 
     The whole root is written to a temporary directory first and renamed into
     place at the end, so an interrupted generation leaves nothing behind.
+
+    Parameters
+    ----------
+    settings : DemoSettings
+        Sizes, seed and encoding model of the synthetic data.
+    root : path
+        The dataset root to create.
+
+    Returns
+    -------
+    Dataset
+        What was written, as :func:`expected_dataset` describes it.
     """
     import zarr
     from scipy import signal

@@ -50,12 +50,39 @@ GENERATED = {
 
 
 def markers(name: str) -> tuple[str, str]:
-    """The start and end comments around the generated section ``name``."""
+    """The start and end comments around the generated section ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`GENERATED`, e.g. ``rulegraph``.
+
+    Returns
+    -------
+    start, end : str
+        ``<!-- NAME: start -->`` and ``<!-- NAME: end -->``.
+    """
     return f"<!-- {name}: start -->", f"<!-- {name}: end -->"
 
 
 def replace_in(text: str, content: str, source: str, pair: tuple[str, str]) -> str:
     """``text`` with the part between the two markers of ``pair`` replaced by ``content``.
+
+    Parameters
+    ----------
+    text : str
+        A page's text.
+    content : str
+        The new section, without the markers.
+    source : str
+        Where ``text`` was read, named in error messages.
+    pair : tuple of str
+        The start and end markers, as :func:`markers` returns them.
+
+    Returns
+    -------
+    str
+        ``text`` with the markers kept and one newline on each side of ``content``.
 
     Raises
     ------
@@ -73,10 +100,24 @@ def replace_in(text: str, content: str, source: str, pair: tuple[str, str]) -> s
 def write_between(path: str | Path, content: str, name: str) -> bool:
     """Write ``content`` between the markers ``name`` of the page ``path``.
 
+    Parameters
+    ----------
+    path : path
+        A Markdown page holding the markers once each.
+    content : str
+        The new section.
+    name : str
+        The marker name (a key of :data:`GENERATED`).
+
     Returns
     -------
     bool
         Whether the page changed.
+
+    Raises
+    ------
+    ValueError
+        When the page does not hold each marker exactly once.
     """
     path = Path(path)
     text = path.read_text()
@@ -98,6 +139,23 @@ def rulegraph(snakefile: str | Path, configfiles: tuple[str, ...] = ()) -> str:
     Snakemake runs in an empty working directory, so the graph is that of a fresh
     clone: with the default configuration the demo dataset and the tiny models
     are still to be made, and their rules are in it.
+
+    Parameters
+    ----------
+    snakefile : path
+        The workflow's ``Snakefile``.
+    configfiles : tuple of str
+        Configuration files given to Snakemake, in order; none for the defaults.
+
+    Returns
+    -------
+    str
+        The Graphviz dot text.
+
+    Raises
+    ------
+    RuntimeError
+        If Snakemake fails (its standard error in the message).
     """
     with tempfile.TemporaryDirectory() as workdir:
         command = [
@@ -119,7 +177,23 @@ def rulegraph(snakefile: str | Path, configfiles: tuple[str, ...] = ()) -> str:
 
 
 def parse_rulegraph(dot: str) -> dict[str, set[str]]:
-    """Rule → the rules whose outputs it reads, from ``snakemake --rulegraph``'s dot text."""
+    """Rule → the rules whose outputs it reads, from ``snakemake --rulegraph``'s dot text.
+
+    Parameters
+    ----------
+    dot : str
+        As :func:`rulegraph` returns it.
+
+    Returns
+    -------
+    dict of str to set of str
+        Every rule, mapped to its upstream rules (empty for rules without inputs).
+
+    Raises
+    ------
+    ValueError
+        If ``dot`` holds no rule node.
+    """
     names = dict(_NODE.findall(dot))
     if not names:
         raise ValueError("no rule in the rule graph")
@@ -144,7 +218,19 @@ def _rule_order(graph: dict[str, set[str]]) -> list[str]:
 
 def rulegraph_markdown(graph: dict[str, set[str]]) -> str:
     """The graph as a Mermaid flowchart in a fenced block, in a fixed order: the rules, then
-    one ``upstream --> downstream`` edge a line."""
+    one ``upstream --> downstream`` edge a line.
+
+    Parameters
+    ----------
+    graph : dict of str to set of str
+        As :func:`parse_rulegraph` returns it.
+
+    Returns
+    -------
+    str
+        A fenced ``mermaid`` block; rules ordered by longest path from the raw data,
+        then by name.
+    """
     order = _rule_order(graph)
     position = {rule: i for i, rule in enumerate(order)}
     lines = ["```mermaid", "flowchart TB"]
@@ -165,6 +251,20 @@ def config_keys(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], b
 
     The entries of an open mapping (``evaluation.external``, ``evaluation.ablations``) are
     written ``<name>``: ``evaluation.external.<name>.path``.
+
+    Parameters
+    ----------
+    schema : dict
+        A JSON schema node with ``properties`` (the whole schema or one section).
+
+    Yields
+    ------
+    path : str
+        Dotted key path relative to ``schema``.
+    key : dict
+        The key's schema node.
+    required : bool
+        Whether its parent lists it as required.
     """
 
     def walk(sub: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
@@ -250,7 +350,18 @@ def _prose(text: str) -> str:
 
 def config_markdown(schema: dict[str, Any]) -> str:
     """Every key of ``schema``: per section a heading, its description and a table of its
-    keys with type, default and description."""
+    keys with type, default and description.
+
+    Parameters
+    ----------
+    schema : dict
+        The configuration schema (:func:`pipeline.config.load_schema`).
+
+    Returns
+    -------
+    str
+        Markdown: one ``###`` heading and one table per top-level section.
+    """
     out: list[str] = []
     for section, sub in schema["properties"].items():
         out += [f"### `{section}`", "", _prose(sub.get("description", "")), ""]

@@ -68,18 +68,40 @@ _PIP_ENTRY = re.compile(r"^\s+- (?P<pin>[^\s#]+)(?P<via>\s+#\s*via\b.*)?$")
 
 
 def normalize(name: str) -> str:
-    """A distribution name in its PEP 503 form (``Open_CLIP.torch`` → ``open-clip-torch``)."""
+    """A distribution name in its PEP 503 form (``Open_CLIP.torch`` → ``open-clip-torch``).
+
+    Parameters
+    ----------
+    name : str
+        A distribution name as written anywhere.
+
+    Returns
+    -------
+    str
+        Lower case, runs of ``-``, ``_`` and ``.`` replaced by one ``-``.
+    """
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_lock(path: str | os.PathLike = LOCK) -> dict[str, tuple[str, str, tuple[str, ...]]]:
     """The lock's pins.
 
+    Parameters
+    ----------
+    path : path
+        A ``uv pip compile`` lock file; default :data:`LOCK`.
+
     Returns
     -------
     dict
         Normalised name → (name as written, version, names of the packages that need it);
         pyproject's own requirements are needed by ``neuroclips-pipeline``.
+
+    Raises
+    ------
+    PipelineError
+        If the file is unreadable, holds a line that is not a ``name==version`` pin, or
+        holds no pin.
     """
     path = Path(path)
     try:
@@ -107,7 +129,18 @@ def _via_names(text: str) -> list[str]:
 
 
 def installed_versions(names=KEY_PACKAGES) -> dict[str, str]:
-    """Installed version of each named distribution; absent ones are left out."""
+    """Installed version of each named distribution; absent ones are left out.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Distribution names; default :data:`KEY_PACKAGES`.
+
+    Returns
+    -------
+    dict of str to str
+        Name as given → installed version.
+    """
     versions = {}
     for name in names:
         try:
@@ -119,7 +152,23 @@ def installed_versions(names=KEY_PACKAGES) -> dict[str, str]:
 
 def lock_drift(path: str | os.PathLike = LOCK) -> list[str]:
     """Every installed package whose version differs from the lock's, one line each (the
-    lock also pins optional extras that an environment may leave out)."""
+    lock also pins optional extras that an environment may leave out).
+
+    Parameters
+    ----------
+    path : path
+        The lock file; default :data:`LOCK`.
+
+    Returns
+    -------
+    list of str
+        ``"<name>: locked <v1>, installed <v2>"``; empty when nothing drifts.
+
+    Raises
+    ------
+    PipelineError
+        If the lock cannot be read (:func:`read_lock`).
+    """
     lock = read_lock(path)
     installed = installed_versions([written for written, _, _ in lock.values()])
     return [
@@ -130,7 +179,20 @@ def lock_drift(path: str | os.PathLike = LOCK) -> list[str]:
 
 
 def versions_table(names=KEY_PACKAGES, lock: str | os.PathLike | None = LOCK) -> str:
-    """Installed and locked versions of ``names``, drift marked with ``*``."""
+    """Installed and locked versions of ``names``, drift marked with ``*``.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Distribution names; default :data:`KEY_PACKAGES`.
+    lock : path or None
+        The lock file; ``None`` or a missing file leaves the locked column empty.
+
+    Returns
+    -------
+    str
+        A plain-text table, one row per package after a header and a ``python`` row.
+    """
     locked = read_lock(lock) if lock is not None and Path(lock).exists() else {}
     rows = [("package", "installed", "locked" if locked else "locked (no lock file)")]
     rows.append(("python", platform.python_version(), ""))
@@ -166,6 +228,24 @@ def env_file_text(path: str | os.PathLike, lock: str | os.PathLike = LOCK) -> st
     they keep their order and take the lock's versions. Below them come every
     locked package they need, sorted, each marked with what needs it. Everything
     above the section is kept as it is.
+
+    Parameters
+    ----------
+    path : path
+        A conda env file (``envs/*.yaml``) whose ``- pip:`` section ends the file.
+    lock : path
+        The lock file; default :data:`LOCK`.
+
+    Returns
+    -------
+    str
+        The new file text, ending in a newline.
+
+    Raises
+    ------
+    PipelineError
+        If the file has no ``- pip:`` section, the section does not end the file, or one
+        of its own packages is not in the lock.
     """
     path = Path(path)
     pins = read_lock(lock)

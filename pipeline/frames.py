@@ -36,6 +36,18 @@ def valid_fps(source_fps: Fraction, tr_s: float) -> list[int]:
 
     A kept frame is every ``source_fps / fps``-th source frame, so ``fps`` must
     divide the source rate, and a TR must hold a whole number of kept frames.
+
+    Parameters
+    ----------
+    source_fps : Fraction
+        Frame rate of the stimulus, frames per second.
+    tr_s : float, seconds
+        Repetition time.
+
+    Returns
+    -------
+    list of int
+        Accepted rates in frames per second, ascending (empty when none is).
     """
     tr = Fraction(str(tr_s))
     return [
@@ -50,6 +62,15 @@ def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fractio
 
     Cheap enough for DAG time: no frame is decoded and nothing heavier than
     PyAV is imported.
+
+    Parameters
+    ----------
+    video : path
+        One stimulus video.
+    fps : int
+        ``frames.fps``: kept frames per second.
+    tr_s : float, seconds
+        Repetition time.
 
     Returns
     -------
@@ -85,6 +106,19 @@ def frame_schedule(
     n_source_frames: int, source_fps: Fraction, tr_s: float, fps: int, path: str | os.PathLike = ""
 ) -> np.ndarray:
     """Source frame index of every kept frame.
+
+    Parameters
+    ----------
+    n_source_frames : int
+        Frames in the stimulus video.
+    source_fps : Fraction
+        Stimulus frame rate, frames per second.
+    tr_s : float, seconds
+        Repetition time: one clip per TR.
+    fps : int
+        Kept frames per second; must divide ``source_fps``.
+    path : path, optional
+        Named in error messages only.
 
     Returns
     -------
@@ -150,11 +184,27 @@ def extract_frames(
         frames   (clip, frame, y, x, channel) uint8   RGB, chunked by clip
         source_frame (clip, frame) int64              index of the frame in the video
 
+    Parameters
+    ----------
+    video : path
+        The stimulus video of one segment.
+    output : path
+        The ``extract_frames`` store to write (atomically).
+    tr_s : float, seconds
+        Repetition time: one clip per TR.
+    fps : int
+        Kept frames per second (``frames_per_clip = tr_s * fps``).
+    size : int
+        Output frame side, pixels (frames are resized to ``size`` x ``size``).
+    threads : int
+        FFmpeg decoder threads.
+
     Raises
     ------
     DataError
         If the video cannot be decoded or holds fewer frames than its
-        container declares (a truncated file).
+        container declares (a truncated file), or if ``fps`` does not divide its
+        frame rate.
     """
     video = Path(video)
     info = read_stimulus_info(video)

@@ -46,6 +46,13 @@ _TR_TOLERANCE_S = 1e-3  # CIFTI steps are written with a few decimals (HCP: 0.72
 def polynomial_basis(n_volumes: int, order: int) -> np.ndarray:
     """Legendre polynomials of degree 0..order on an evenly spaced grid.
 
+    Parameters
+    ----------
+    n_volumes : int
+        Grid points, spread evenly over [-1, 1].
+    order : int
+        Highest degree.
+
     Returns
     -------
     ndarray of shape (n_volumes, order + 1), float64
@@ -69,6 +76,11 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
         Zero mean, unit variance (ddof=0) per valid vertex; 0 elsewhere.
     valid : ndarray of shape (n_vertices,), bool
         False for vertices with a non-finite value or no variance left.
+
+    Raises
+    ------
+    ValueError
+        If there are ``order + 1`` volumes or fewer.
     """
     n_volumes = bold.shape[0]
     if n_volumes <= order + 1:
@@ -158,6 +170,22 @@ def preprocess_subject(
 
     Parameters
     ----------
+    run_files : sequence of path
+        The subject's CIFTI-2 dense time series, named ``{segment}_{rep}_Atlas.dtseries.nii``.
+    stimulus_files : sequence of path
+        Stimulus videos ``{segment}.mp4``; each run's segment must be among them.
+    output : path
+        The ``preprocess`` store to write (atomically).
+    subject : str
+        Recorded in the store and named in messages.
+    tr_s : float, seconds
+        Repetition time.
+    trailing_volumes : int
+        Volumes kept after each stimulus ends.
+    max_leading_volumes : int
+        Most volumes accepted before the stimulus onset (dropped).
+    detrend_order : int
+        Order of the Legendre polynomial regressed out (Wen et al. 2018: 4).
     max_dropped_fraction : float
         Largest share of a run's cortical vertices that may be dropped as
         non-finite or constant (``preprocess.max_dropped_fraction``). A few
@@ -165,6 +193,8 @@ def preprocess_subject(
     accept_tr_mismatch : bool
         Whether a run whose CIFTI time step differs from ``tr_s`` is only
         warned about (``preprocess.accept_tr_mismatch``) instead of refused.
+    threads : int
+        Worker processes; 1 runs in this process.
 
     Raises
     ------

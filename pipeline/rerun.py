@@ -61,7 +61,20 @@ class Plan:
 
 
 def leaf_keys(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[tuple[str, ...]]:
-    """Every (section, key, ...) path of ``config`` whose schema is not an open mapping."""
+    """Every (section, key, ...) path of ``config`` whose schema is not an open mapping.
+
+    Parameters
+    ----------
+    config : dict
+        A validated configuration.
+    schema : dict
+        The configuration schema (:func:`pipeline.config.load_schema`).
+
+    Yields
+    ------
+    tuple of str
+        A key path, section first; a mapping without schema ``properties`` is one leaf.
+    """
 
     def walk(node, sub, path):
         props = sub.get("properties") if isinstance(sub, dict) else None
@@ -117,7 +130,23 @@ def _schema_of(schema, path):
 def changed_configs(base: dict[str, Any], path: tuple[str, ...], schema) -> list[dict]:
     """``base`` with the key at ``path`` set to other valid values: the first one found,
     or every one for a null key (null takes the preset's value, which one of the
-    alternatives may equal)."""
+    alternatives may equal).
+
+    Parameters
+    ----------
+    base : dict
+        A validated configuration; not modified.
+    path : tuple of str
+        The key to change.
+    schema : dict
+        The configuration schema.
+
+    Returns
+    -------
+    list of dict
+        Deep copies of ``base`` that pass :func:`pipeline.config.validate_config`; at most
+        one unless the key is null; empty when no other valid value was found.
+    """
     value = _get(base, path)
     if path in EXPLICIT:
         candidates = EXPLICIT[path]
@@ -140,7 +169,20 @@ def changed_configs(base: dict[str, Any], path: tuple[str, ...], schema) -> list
 
 
 def workflow_plan(snakefile: Path, config: dict[str, Any]) -> Plan:
-    """Build the DAG of the whole workflow for ``config`` in an empty directory."""
+    """Build the DAG of the whole workflow for ``config`` in an empty directory.
+
+    Parameters
+    ----------
+    snakefile : Path
+        The workflow's ``Snakefile``.
+    config : dict
+        The configuration, written to a temporary config file.
+
+    Returns
+    -------
+    Plan
+        Every job (``rule[wildcards]``) with its params (JSON), upstream jobs and rule.
+    """
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (
@@ -184,7 +226,21 @@ def _job_name(job) -> str:
 
 
 def rerun_rules(base: Plan, changed: Plan) -> set[str]:
-    """Rules of the jobs that rerun (or newly run) in ``changed`` compared with ``base``."""
+    """Rules of the jobs that rerun (or newly run) in ``changed`` compared with ``base``.
+
+    A job reruns when its params differ or it is new, and so does every job downstream
+    of it.
+
+    Parameters
+    ----------
+    base, changed : Plan
+        The plans of the base and the changed configuration.
+
+    Returns
+    -------
+    set of str
+        Rule names.
+    """
     stale = {
         name
         for name, params in changed.params.items()
@@ -204,7 +260,17 @@ def rerun_rules(base: Plan, changed: Plan) -> set[str]:
 
 
 def rule_depths(plan: Plan) -> dict[str, int]:
-    """Rule → the longest chain of jobs before any of its jobs (pipeline order)."""
+    """Rule → the longest chain of jobs before any of its jobs (pipeline order).
+
+    Parameters
+    ----------
+    plan : Plan
+
+    Returns
+    -------
+    dict of str to int
+        Rule → the largest depth of its jobs (0: none of its jobs has upstream jobs).
+    """
     depth: dict[str, int] = {}
 
     def job_depth(name):
@@ -221,7 +287,27 @@ def rule_depths(plan: Plan) -> dict[str, int]:
 def rerun_table(snakefile: Path, keys=None, workers: int | None = None) -> dict[str, list[str]]:
     """Key (``section.key``) → rules that rerun when only that key changes, in pipeline
     order (keys in config order). The DAGs are built by ``workers`` processes (default:
-    one per CPU)."""
+    one per CPU).
+
+    Parameters
+    ----------
+    snakefile : Path
+        The workflow's ``Snakefile``.
+    keys : iterable of tuple of str, optional
+        Key paths to change; default every leaf key (:func:`leaf_keys`).
+    workers : int, optional
+        Worker processes.
+
+    Returns
+    -------
+    dict of str to list of str
+        Dotted key → rule names, ``all`` left out.
+
+    Raises
+    ------
+    ValueError
+        If no other valid value is found for a key.
+    """
     base_config = validate_config(default_config())
     schema = load_schema()
     changes = []  # (key, changed config)
@@ -251,7 +337,18 @@ MARKERS = markers("rerun-table")
 
 
 def markdown(table: dict[str, list[str]]) -> str:
-    """The table as Markdown, keys with the same rules in one row, in config order."""
+    """The table as Markdown, keys with the same rules in one row, in config order.
+
+    Parameters
+    ----------
+    table : dict of str to list of str
+        As :func:`rerun_table` returns it.
+
+    Returns
+    -------
+    str
+        A two-column Markdown table; ``nothing`` where no rule reruns.
+    """
     rows: dict[tuple[str, ...], list[str]] = {}
     for key, rules in table.items():
         rows.setdefault(tuple(rules), []).append(key)

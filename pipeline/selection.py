@@ -28,6 +28,16 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson r between matching columns of two arrays of shape (n_time, n_vertices).
 
     Returns NaN for a column without variance.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (n_time, n_vertices)
+        Two time series of the same vertices (any float dtype; computed in float64).
+
+    Returns
+    -------
+    ndarray of shape (n_vertices,), float64
+        Correlation in [-1, 1] per column.
     """
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -77,6 +87,16 @@ def reliability_ttest(
         Vertices to test; the others get NaN statistics and are not selected.
     alternative : {'two-sided', 'greater'}
         Passed to :func:`scipy.stats.ttest_1samp`.
+
+    Returns
+    -------
+    SelectionResult
+        Per-vertex z, t, p, Bonferroni p and the selection mask.
+
+    Raises
+    ------
+    ValueError
+        If ``r`` has fewer than two segments (rows).
     """
     r = np.asarray(r, np.float64)
     if r.shape[0] < 2:
@@ -114,10 +134,32 @@ def select_vertices(
         mask (vertex,) bool; t, p, p_bonferroni, mean_z (vertex,) float64;
         z (segment, vertex) float32; grayordinate (vertex,) int64
 
+    This is the voxel selection of the paper's Sec. 4.1.
+
+    Parameters
+    ----------
+    preprocessed : path
+        The subject's ``preprocess`` store (``runs/<segment>`` of shape
+        (n_repetitions, n_volumes, n_vertices) and ``valid``).
+    output : path
+        The ``select_voxels`` store to write (atomically).
+    train_segments : list of str
+        Training segments; those with fewer than two repetitions are left out.
+    alpha : float
+        Family-wise error rate of the Bonferroni-corrected test (NeuroClips: 0.05).
+    alternative : {'two-sided', 'greater'}
+        Alternative hypothesis of the t-test.
+
+    Returns
+    -------
+    SelectionResult
+        The statistics that were written.
+
     Raises
     ------
     ValueError
-        Fewer than two usable training segments, or no vertex passes.
+        A training segment has no runs, fewer than two usable training segments, or no
+        vertex passes.
     """
     pre = open_store(preprocessed, stage="preprocess")
     valid = pre["valid"][:]

@@ -69,7 +69,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
     On any exception the temporary directory is removed and ``path`` is left
-    untouched (absent if it was absent), so no partial output survives.
+    untouched (absent if it was absent), so no partial output survives. Every Zarr
+    store at or directly inside the temporary path is sealed (:func:`seal_store`)
+    before the rename.
+
+    Parameters
+    ----------
+    path : path
+        The final output (a store or a folder of stores); an existing one is replaced.
+
+    Yields
+    ------
+    Path
+        ``.{name}.tmp-{pid}`` beside ``path``, not yet created: write the output there.
+
+    Raises
+    ------
+    OutputError
+        If the disk is full, the quota exceeded, or the folder read-only or not writable.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -155,12 +172,31 @@ def create_array(
     dims : sequence of str
         One name per dimension, stored as Zarr v3 ``dimension_names``.
     data : ndarray, optional
-        Initial content; gives shape and dtype.
+        Initial content; gives shape and dtype (unicode strings are stored as ``str``).
+    shape : sequence of int, optional
+        Array shape when ``data`` is not given.
+    dtype : dtype, optional
+        Element type when ``data`` is not given.
+    chunks : sequence of int, optional
+        Chunk shape; default Zarr's automatic chunking.
     compression : {'default', 'fast'} or None
         ``'default'``: Zarr's default (zstd). ``'fast'``: Blosc-zstd level 1,
         which releases the GIL and is several times faster for image data at
         a slightly lower ratio. None: uncompressed, for noisy float data where
-        compression costs time and saves almost nothing.
+        compression costs time and saves almost nothing. Every choice appends a
+        CRC-32C checksum to each chunk.
+    attrs : dict, optional
+        Attributes of the array.
+
+    Returns
+    -------
+    zarr.Array
+        The new array (filled with ``data`` when given).
+
+    Raises
+    ------
+    ValueError
+        If ``dims`` does not name every dimension or ``compression`` is unknown.
     """
     if data is not None:
         data = np.asarray(data)
@@ -226,6 +262,10 @@ def provenance(
 ) -> dict[str, Any]:
     """Provenance record stored in the ``provenance`` attribute of every store.
 
+    Under the workflow the record also holds ``rule_params``: the params of the stage's
+    rule under the config of the run (:func:`pipeline.workflow.rule_params`), which
+    :func:`open_store` compares with the current config's.
+
     Parameters
     ----------
     stage : str
@@ -235,9 +275,12 @@ def provenance(
     inputs : sequence of path
         Input files, recorded with size and modification time (stores with their id).
 
-    Under the workflow the record also holds ``rule_params``: the params of the stage's
-    rule under the config of the run (:func:`pipeline.workflow.rule_params`), which
-    :func:`open_store` compares with the current config's.
+    Returns
+    -------
+    dict
+        ``stage``, a new random ``id``, ``params``, ``inputs``, pipeline and package
+        versions, execution settings, Python version, host, command line and
+        ``created`` (UTC, ISO 8601); JSON-serialisable.
     """
     from pipeline import __version__
 
@@ -267,6 +310,24 @@ def open_store(path: str | os.PathLike, stage: str | None = None) -> zarr.Group:
     wrote it, that its metadata and chunk set are as sealed when it was written
     (:func:`seal_store`), and, under the workflow, that it was made with the current
     config's params of its rule. Each chunk's CRC-32C is checked when it is read.
+
+    Parameters
+    ----------
+    path : path
+        The store's directory.
+    stage : str, optional
+        The stage (rule) that must have written it.
+
+    Returns
+    -------
+    zarr.Group
+        The store's root group, read-only.
+
+    Raises
+    ------
+    StoreError
+        If the store is missing, unreadable, not this pipeline's, written by another
+        stage, changed since it was sealed, or made under other rule params.
     """
     path = Path(path)
     if not path.exists():
@@ -586,6 +647,16 @@ def verify_store(path: str | os.PathLike) -> list[str]:
     current config's (under the workflow), inputs gone or changed. Empty: all is well.
 
     Every chunk is read, so this costs a full read of the store.
+
+    Parameters
+    ----------
+    path : path
+        The store's directory.
+
+    Returns
+    -------
+    list of str
+        One message per problem, each starting with the store's path.
     """
     path = Path(path)
     try:

@@ -26,7 +26,15 @@ STORE_ROOTS = ("results", "resources")
 def load_rule_params(snakefile: Path, configfiles: Sequence[Path]) -> None:
     """Parse the workflow in the current directory with ``configfiles`` (after its own
     config.yaml, as Snakemake does), which puts every rule's params under that config
-    into this process' environment (:func:`pipeline.workflow.export_rule_params`)."""
+    into this process' environment (:func:`pipeline.workflow.export_rule_params`).
+
+    Parameters
+    ----------
+    snakefile : Path
+        The workflow's ``Snakefile``.
+    configfiles : sequence of Path
+        Further configuration files, in order.
+    """
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (
@@ -48,7 +56,21 @@ def load_rule_params(snakefile: Path, configfiles: Sequence[Path]) -> None:
 
 
 def find_stores(roots: Sequence[str | os.PathLike] = STORE_ROOTS) -> Iterator[Path]:
-    """Every Zarr store under ``roots`` (a root may be a store itself), in path order."""
+    """Every Zarr store under ``roots`` (a root may be a store itself), in path order.
+
+    Stores are not descended into, and stages' temporaries (names starting with ``.``)
+    are left out.
+
+    Parameters
+    ----------
+    roots : sequence of path
+        Folders to search; default :data:`STORE_ROOTS`.
+
+    Yields
+    ------
+    Path
+        A folder holding a ``zarr.json``.
+    """
     for root in map(Path, roots):
         if (root / "zarr.json").is_file():
             yield root
@@ -63,5 +85,16 @@ def find_stores(roots: Sequence[str | os.PathLike] = STORE_ROOTS) -> Iterator[Pa
 
 
 def verify_stores(paths: Sequence[Path]) -> dict[Path, list[str]]:
-    """Store → its problems (empty: all is well), reading every chunk."""
+    """Store → its problems (empty: all is well), reading every chunk.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Store directories, e.g. from :func:`find_stores`.
+
+    Returns
+    -------
+    dict of Path to list of str
+        :func:`pipeline.stores.verify_store` of each store, in the order given.
+    """
     return {path: verify_store(path) for path in tqdm(paths, desc="verify", unit="store")}

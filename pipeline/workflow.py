@@ -35,6 +35,11 @@ def prepare_job_environment(basedir: str) -> None:
     ``--use-conda`` Snakemake puts the environment's ``bin`` before it).
     Both are inherited by the jobs, also when Snakemake re-runs the Snakefile
     inside a cluster job.
+
+    Parameters
+    ----------
+    basedir : str
+        The workflow's directory (Snakemake's ``workflow.basedir``).
     """
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (basedir, os.environ.get("PYTHONPATH")) if p
@@ -50,6 +55,16 @@ def check_writable(folders: list[str]) -> None:
     fails with a traceback before the stage can say anything, hence this check before
     the first job. Stores (``*.zarr``) are not descended into. A full disk is caught by
     the stage that fills it (:func:`pipeline.stores.atomic_output`).
+
+    Parameters
+    ----------
+    folders : list of str
+        Output folders (``results``, ``logs``, ...), relative to the working directory.
+
+    Raises
+    ------
+    OutputError
+        If a folder is read-only or not writable by this user.
     """
     for folder in folders:
         for path in _folders(folder):
@@ -128,7 +143,15 @@ def mark_failed_outputs(workflow, since: float) -> list[str]:
 class ConfigValues(dict):
     """The values of some keys of one config section, as a rule's param
     (``config_values`` in ``rules/common.smk``): a dict that knows its section, so that
-    a store can record and be checked against ``section.key`` names."""
+    a store can record and be checked against ``section.key`` names.
+
+    Parameters
+    ----------
+    section : str
+        The config section, e.g. ``preprocess``.
+    values : dict
+        Key → value within the section.
+    """
 
     def __init__(self, section: str, values: dict[str, Any]):
         super().__init__(values)
@@ -157,6 +180,11 @@ def export_rule_params(workflow) -> None:
     (:func:`pipeline.stores.open_store`): a store made under other settings, which
     Snakemake did not remake (copied in without its record, or reruns restricted with
     ``--rerun-triggers``), stops the consumer instead of passing for current.
+
+    Parameters
+    ----------
+    workflow : snakemake.workflow.Workflow
+        The Snakefile's ``workflow``, after its rules are defined.
     """
     params = {rule.name: rule_params(rule) for rule in workflow.rules}
     os.environ[RULE_PARAMS_ENV] = json.dumps(params, sort_keys=True)
@@ -164,7 +192,19 @@ def export_rule_params(workflow) -> None:
 
 def current_rule_params(stage: str | None) -> dict[str, Any] | None:
     """The params of rule ``stage`` under the running workflow's config (None outside
-    the workflow, or for a stage that is no rule)."""
+    the workflow, or for a stage that is no rule).
+
+    Parameters
+    ----------
+    stage : str or None
+        A rule name.
+
+    Returns
+    -------
+    dict or None
+        Flat params as :func:`rule_params` writes them, read from the environment
+        variable :data:`RULE_PARAMS_ENV`.
+    """
     text = os.environ.get(RULE_PARAMS_ENV)
     if not text or stage is None:
         return None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -109,6 +110,13 @@ def planned_jobs(workdir: Path, overlay: dict | None = None, *targets: str) -> d
         return {}
     table = text.split("Job stats:", 1)[1].split("total", 1)[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded generator of the test's own: its draws do not depend on which tests ran
+    before it (a module-level generator's would)."""
+    return np.random.default_rng(0)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,6 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.protocols import PROTOCOLS
 
-RNG = np.random.default_rng(0)
-
 
 def _probabilities(n, classes, rng, peak=8.0):
     logits = rng.normal(size=(n, classes)) * peak
@@ -59,9 +57,9 @@ def test_identical_prediction_beats_a_shuffled_one_at_chance(n_way):
     assert exact > shuffled and abs(shuffled - chance) < 0.05
 
 
-def test_ssim_and_psnr_equal_skimage():
-    a = RNG.integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    b = np.clip(a + RNG.normal(0, 30, a.shape), 0, 255).astype(np.uint8)
+def test_ssim_and_psnr_equal_skimage(rng):
+    a = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 30, a.shape), 0, 255).astype(np.uint8)
     assert abs(ssim(a, b) - structural_similarity(a, b, channel_axis=-1, data_range=255)) < 1e-6
     reference = structural_similarity(
         rgb2gray(a),
@@ -77,8 +75,8 @@ def test_ssim_and_psnr_equal_skimage():
     assert psnr(a, a) == PSNR_MAX
 
 
-def test_clip_pcc_equals_a_direct_computation():
-    x = RNG.normal(size=(6, 16))
+def test_clip_pcc_equals_a_direct_computation(rng):
+    x = rng.normal(size=(6, 16))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     adjacent = np.mean([unit[i] @ unit[i + 1] for i in range(5)])
     pairs = np.mean([unit[i] @ unit[j] for i in range(6) for j in range(6) if i != j])

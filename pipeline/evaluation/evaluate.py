@@ -99,7 +99,22 @@ class Reconstructions:
 
     def view(self, panels: str) -> tuple[str, np.ndarray, np.ndarray]:
         """``(view, predictions, ground_truth)`` for a protocol's panel handling: ``halves``
-        where the files were cut in halves (side by side), else the aligned panels."""
+        where the files were cut in halves (side by side), else the aligned panels.
+
+        Parameters
+        ----------
+        panels : str
+            The protocol's panel handling: ``halves`` or ``aligned``.
+
+        Returns
+        -------
+        view : str
+            ``halves`` or ``aligned``, the view given.
+        predictions : ndarray of shape (n_clips, n_frames, h, w, 3), uint8
+            The predicted videos of that view.
+        ground_truth : ndarray of shape (n_clips, gt_frames, H, W, 3), uint8
+            The ground-truth clips of that view.
+        """
         if panels == "halves" and self.halves is not None:
             return "halves", *self.halves
         return "aligned", self.predictions, self.ground_truth
@@ -128,7 +143,26 @@ def _ground_truth(frames_dir: str | os.PathLike, segments, clips, what: str) -> 
 def pipeline_reconstructions(
     videos: str | os.PathLike, frames_dir: str | os.PathLike
 ) -> Reconstructions:
-    """Our videos (synthesize_videos or fuse_videos output) and their test clips' frames."""
+    """Our videos (synthesize_videos or fuse_videos output) and their test clips' frames.
+
+    Parameters
+    ----------
+    videos : str or PathLike
+        A ``synthesize_videos`` or ``fuse_videos`` output directory holding ``frames.zarr``.
+    frames_dir : str or PathLike
+        The extracted frames, one ``{segment}.zarr`` per segment.
+
+    Returns
+    -------
+    Reconstructions
+        Predictions uint8 (n_clips, n_frames, h, w, 3) and ground truths uint8
+        (n_clips, gt_frames, H, W, 3), named ``{segment}_clip{NNN}``.
+
+    Raises
+    ------
+    DataError
+        When the store was written by another stage, or a clip has no ground-truth frames.
+    """
     from pipeline.generation.stages import video_name
 
     path = Path(videos) / "frames.zarr"
@@ -189,6 +223,18 @@ def grid_border(stack: np.ndarray, panels: int) -> int:
     keep it). The smallest p ≤ :data:`MAX_BORDER` whose strips are black in
     every frame of every file; 0 where none is. Content with black bars where
     the strips would be can pass for a border: set the border explicitly then.
+
+    Parameters
+    ----------
+    stack : ndarray of shape (n_files, n_frames, height, width, 3), uint8
+        The files' frames, all of one shape.
+    panels : int
+        Panels side by side in each frame.
+
+    Returns
+    -------
+    int
+        The border p, in pixels (0 when no black border is found).
     """
     for border in range(1, MAX_BORDER + 1):
         if _is_grid(stack, panels, border, pad=0):
@@ -227,6 +273,36 @@ def external_reconstructions(
     (``np.split(gif, 2, axis=2)``). ``separate``: files
     named ``{segment}_clip{NNN}`` (our videos' naming), scored against the
     ground-truth frames in ``frames_dir``.
+
+    Parameters
+    ----------
+    folder : str or PathLike
+        A folder of video files (GIF, MP4, ...) of one shape, one per clip.
+    layout : str
+        ``side_by_side`` or ``separate``.
+    panels : int
+        Panels per frame of the ``side_by_side`` layout.
+    gt_panel, pred_panel : int
+        Index of the ground-truth and of the predicted panel, from the left.
+    border : int or "auto"
+        Grid border in pixels, or ``"auto"`` to detect it (:func:`grid_border`).
+    frames_dir : str or PathLike, optional
+        Our extracted frames; needed by the ``separate`` layout.
+
+    Returns
+    -------
+    Reconstructions
+        Predictions and ground truths uint8 (n_clips, n_frames, h, w, 3), named after
+        the files' stems, in natural order of the names.
+
+    Raises
+    ------
+    DataError
+        For a missing or empty folder, files of different shapes, a width that does not
+        split into ``panels``, a given ``border`` the frames do not have, or ``separate``
+        files not named ``{segment}_clip{NNN}``.
+    ValueError
+        For an unknown ``layout``, or ``separate`` without ``frames_dir``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -303,6 +379,26 @@ def resize_frames(
     antialiasing (``F.interpolate``, bilinear, ``align_corners=False``), as
     MindEye2 resizes before its SSIM, returning float32 in [0, 1] (not
     rounded to uint8 again).
+
+    Parameters
+    ----------
+    frames : ndarray of shape (..., h, w, 3), uint8
+        Frames with any leading dimensions.
+    size : tuple of int
+        The target (height, width), in pixels.
+    interpolation : str
+        ``bicubic``, ``bilinear`` or ``torch_bilinear``.
+
+    Returns
+    -------
+    ndarray of shape (..., height, width, 3)
+        uint8; float32 in [0, 1] for ``torch_bilinear``. ``frames`` itself when already
+        of that size.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``interpolation``.
     """
     if frames.shape[-3:-1] == tuple(size):
         return frames
@@ -611,7 +707,24 @@ def summary_rows(scores: Scores, settings: dict, chance: dict | None = None) -> 
 
 
 def read_summary(directory: str | os.PathLike) -> dict[str, dict]:
-    """``summary.csv`` of an evaluation directory as ``{metric: row}`` (numbers as floats)."""
+    """``summary.csv`` of an evaluation directory as ``{metric: row}`` (numbers as floats).
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        An evaluation output directory.
+
+    Returns
+    -------
+    dict of str to dict
+        Per metric ``{protocol}.{metric}``, its row: mean, sd, CI, field's ±, chance and
+        control, numbers as floats (None where empty).
+
+    Raises
+    ------
+    DataError
+        When ``summary.csv`` is missing.
+    """
     path = Path(directory) / "summary.csv"
     if not path.is_file():
         raise DataError(f"{path}: missing; run the evaluation rule first")
@@ -672,7 +785,41 @@ def evaluate(
     stage: str = "evaluate_videos",
 ) -> list[dict]:
     """Score ``data`` under each protocol of ``settings["protocols"]``; write ``output``
-    (metrics.zarr, clips.csv, summary.csv) and return the summary rows."""
+    (metrics.zarr, clips.csv, summary.csv) and return the summary rows.
+
+    Parameters
+    ----------
+    data : Reconstructions
+        The predictions and ground truths to score.
+    output : str or PathLike
+        The output directory (written atomically).
+    classifiers : str or PathLike
+        Directory of the frame and video classifiers and the protocols' CLIP image encoders.
+    clip : str or PathLike
+        The preset's OpenCLIP model, for protocols whose CLIP model is ``preset``.
+    settings : dict
+        The ``evaluation`` configuration: ``protocols``, ``n_way``, ``trials``, ``seed``,
+        ``batch_size``, ``size``, ``frame_sampling``, ``bootstrap_resamples``, optional
+        ``vifi_clip``.
+    device : torch.device
+        Where the models run.
+    dtype : torch.dtype
+        The models' precision.
+    stage : str
+        The stage name recorded in the provenance.
+
+    Returns
+    -------
+    list of dict
+        One summary row per metric ``{protocol}.{metric}`` (as in ``summary.csv``).
+
+    Raises
+    ------
+    ValueError
+        When no chosen protocol scores videos.
+    DataError
+        With fewer than two clips (the shuffled control needs two).
+    """
     started = time.perf_counter()
     chosen = [p for p in protocols(settings["protocols"]) if p.video_metrics(settings["n_way"])]
     if not chosen:
@@ -758,6 +905,31 @@ def evaluate_retrieval(
     arguments' similarity, so what its code (and the official NeuroClips
     code, which calls it) prints as "fwd" is ``fmri_top1`` here, and "bwd" is
     ``keyframe_top1``.
+
+    Parameters
+    ----------
+    semantic : str or PathLike
+        The ``predict_semantic`` store: ``fmri_embeds`` (n_clips, n_tokens, width)
+        (256 x 1664 at paper size), ``segment`` and ``clip``.
+    clip_cache : str or PathLike
+        The ``cache_clip_images`` store: ``tokens`` float16 (n_rows, n_candidates,
+        n_tokens, width); the first candidate is the target.
+    output : str or PathLike
+        The output directory (written atomically).
+    settings : dict
+        The ``evaluation`` configuration: ``protocols``, ``retrieval_pool``,
+        ``bootstrap_resamples``, ``seed``.
+
+    Returns
+    -------
+    list of dict
+        One summary row per metric (``{protocol}.keyframe_top1``, ``{protocol}.fmri_top1``),
+        its chance the mean of 1 / pool size.
+
+    Raises
+    ------
+    ValueError
+        When no chosen protocol has retrieval.
     """
     from types import SimpleNamespace
 

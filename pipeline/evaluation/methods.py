@@ -394,14 +394,27 @@ class StageRecord:
 
     @property
     def stage(self) -> str:
+        """str: the rule that wrote the output (the provenance's ``stage``; empty if absent)."""
         return self.provenance.get("stage", "")
 
     @property
     def params(self) -> dict:
+        """dict: the stage's parameters as recorded (empty if absent)."""
         return self.provenance.get("params") or {}
 
     def shape(self, array: str) -> tuple[int, ...] | None:
-        """The shape of array ``array`` of the store (None: no such array, or a folder)."""
+        """The shape of array ``array`` of the store (None: no such array, or a folder).
+
+        Parameters
+        ----------
+        array : str
+            The array's name in the store.
+
+        Returns
+        -------
+        tuple of int or None
+            Its shape.
+        """
         try:
             node = zarr.open_group(self.path, mode="r").get(array)
         except Exception:  # zarr raises several types for what is not a store
@@ -410,7 +423,18 @@ class StageRecord:
 
     def sources(self, roles: Iterable[str] | None = None) -> dict[str, dict]:
         """Role → ``source.json`` of every model folder among the inputs (hub repository,
-        revision, commit), optionally only ``roles``."""
+        revision, commit), optionally only ``roles``.
+
+        Parameters
+        ----------
+        roles : iterable of str, optional
+            The roles to keep; all when None.
+
+        Returns
+        -------
+        dict of str to dict
+            Per role, the model folder's source record.
+        """
         found: dict[str, dict] = {}
         for record in self.provenance.get("inputs", []):
             if not isinstance(record, dict):
@@ -446,6 +470,19 @@ def stage_records(results: str | os.PathLike, subjects: Iterable[str]) -> dict[s
 
     Per-subject outputs of subjects not in ``subjects`` are left out (left over from
     another configuration), and so are outputs without a provenance record.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        The workflow's ``results/`` folder.
+    subjects : iterable of str
+        The run's subjects, in order.
+
+    Returns
+    -------
+    dict of str to list of StageRecord
+        Per stage of :data:`STAGES` that left a record, its records sorted by subject
+        (in ``subjects`` order, shared outputs last), then by path.
     """
     results, subjects = Path(results), list(subjects)
     found: list[StageRecord] = []
@@ -1456,6 +1493,16 @@ def methods_html(markdown: str) -> str:
     Only its constructs are understood: ``#``-headings, paragraphs (blocks separated by
     blank lines), one ordered list (lines ``1. …``), ``**bold**``, ``*italic*`` and the
     escapes ``\\*`` and ``\\\\``. Everything else is text, HTML-escaped.
+
+    Parameters
+    ----------
+    markdown : str
+        The text of :func:`methods_text`.
+
+    Returns
+    -------
+    str
+        HTML fragments (headings, paragraphs, one ``<ol>``), one block a line.
     """
     out: list[str] = []
     for block in re.split(r"\n\s*\n", markdown.strip()):

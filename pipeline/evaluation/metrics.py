@@ -87,11 +87,23 @@ def n_way_top1(
         ground truth.
     n_way : int
         Classes per trial: the ground truth's plus ``n_way - 1`` distractors.
+    trials : int
+        Random draws of distractors per sample.
+    gt_top : int
+        Size of the ground-truth class set: the classifier's top ``gt_top`` on the ground truth.
+    seed : int
+        Seed of the generator that draws the distractors.
 
     Returns
     -------
-    ndarray of shape (n_samples,)
-        The fraction of successful trials of each sample.
+    ndarray of shape (n_samples,), float64
+        The fraction of successful trials of each sample, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        When the probabilities are not two (n_samples, n_classes) arrays alike, or
+        ``n_way`` is outside 2 .. ``n_classes - gt_top + 1``.
     """
     pred_probs, gt_probs = np.asarray(pred_probs), np.asarray(gt_probs)
     if pred_probs.shape != gt_probs.shape or pred_probs.ndim != 2:
@@ -124,6 +136,18 @@ def binomial_sd(accuracy: np.ndarray, trials: int) -> np.ndarray:
     call it, at jqin4749/MindVideo@5097206d; NEURONS and Mind-Animator call
     the same code): not sqrt(p̄(1−p̄)/trials), which is never smaller (the
     square root is concave).
+
+    Parameters
+    ----------
+    accuracy : ndarray of shape (n_samples,)
+        Each sample's fraction of successful trials, in [0, 1] (:func:`n_way_top1`).
+    trials : int
+        Trials per sample.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), float64
+        Each sample's binomial standard deviation.
     """
     p = np.asarray(accuracy, dtype=np.float64)
     return np.sqrt(p * (1 - p) / trials)
@@ -131,7 +155,25 @@ def binomial_sd(accuracy: np.ndarray, trials: int) -> np.ndarray:
 
 def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
     """SSIM of two RGB images (h, w, 3) in one of :data:`SSIM_VARIANTS`: uint8, or for the
-    grey variants also float in [0, 1] (what MindEye2's float resizing gives)."""
+    grey variants also float in [0, 1] (what MindEye2's float resizing gives).
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (h, w, 3)
+        The two images: uint8 in [0, 255], or for the grey variants float in [0, 1].
+    variant : str
+        One of :data:`SSIM_VARIANTS`.
+
+    Returns
+    -------
+    float
+        The mean SSIM, at most 1.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``variant``, or non-uint8 images with ``rgb_uniform``.
+    """
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
 
@@ -158,7 +200,18 @@ def ssim(a: np.ndarray, b: np.ndarray, variant: str = "rgb_uniform") -> float:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 RGB images, data range 255; :data:`PSNR_MAX` when identical."""
+    """PSNR (dB) of two uint8 RGB images, data range 255; :data:`PSNR_MAX` when identical.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (h, w, 3), uint8
+        The two images.
+
+    Returns
+    -------
+    float
+        PSNR in dB, at most :data:`PSNR_MAX`.
+    """
     from skimage.metrics import peak_signal_noise_ratio
 
     if np.array_equal(a, b):
@@ -167,7 +220,25 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def clip_pcc(embeddings: np.ndarray, variant: str = "adjacent") -> float:
-    """CLIP-pcc of one video from its frames' CLIP image embeddings (frames, dim)."""
+    """CLIP-pcc of one video from its frames' CLIP image embeddings (frames, dim).
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_frames, dim)
+        The CLIP image embeddings of the video's frames, in frame order; normalised here.
+    variant : str
+        ``adjacent`` (consecutive frames, the paper's section 4.1) or ``all_pairs``.
+
+    Returns
+    -------
+    float
+        The mean cosine similarity, in [-1, 1].
+
+    Raises
+    ------
+    ValueError
+        For fewer than two frames or an unknown ``variant``.
+    """
     x = np.asarray(embeddings, dtype=np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     if len(x) < 2:
@@ -181,7 +252,27 @@ def clip_pcc(embeddings: np.ndarray, variant: str = "adjacent") -> float:
 
 
 def sample_frames(n_generated: int, n_target: int, mode: str = "neurons") -> np.ndarray:
-    """Indices of the generated frames compared with the ``n_target`` ground-truth frames."""
+    """Indices of the generated frames compared with the ``n_target`` ground-truth frames.
+
+    Parameters
+    ----------
+    n_generated : int
+        Frames of the generated video.
+    n_target : int
+        Frames of the ground-truth clip.
+    mode : str
+        One of :data:`FRAME_SAMPLINGS`.
+
+    Returns
+    -------
+    ndarray of shape (n_target,), int
+        Indices into the generated frames, increasing.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``, or ``neurons`` with fewer than ``2 * n_target`` frames.
+    """
     if mode == "neurons":
         # NEURONS: drop the first frames, then every 2nd (16 -> 6: frames 4, 6, ..., 14)
         start = n_generated - 2 * n_target
@@ -209,7 +300,20 @@ def optical_flows(frames: np.ndarray, *, rgb_as_bgr: bool = False) -> np.ndarray
     """Farneback flows (OpenCV, :data:`FARNEBACK`) between consecutive frames of a uint8
     video (f, h, w, 3): (f − 1, h, w, 2). ``rgb_as_bgr`` converts to grey with OpenCV's
     BGR weights, as Mind-Animator does with its RGB frames (``Evaluation_Metrics/EPE.py``
-    at ReedOnePeck/Mind-Animator@a5adbf3b)."""
+    at ReedOnePeck/Mind-Animator@a5adbf3b).
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n_frames, h, w, 3), uint8
+        The video.
+    rgb_as_bgr : bool
+        Convert to grey with BGR weights (Mind-Animator's handling of its RGB frames).
+
+    Returns
+    -------
+    ndarray of shape (n_frames - 1, h, w, 2), float32
+        Each pixel's displacement (x, y) in pixels from one frame to the next.
+    """
     import cv2
 
     code = cv2.COLOR_BGR2GRAY if rgb_as_bgr else cv2.COLOR_RGB2GRAY
@@ -223,7 +327,23 @@ def optical_flows(frames: np.ndarray, *, rgb_as_bgr: bool = False) -> np.ndarray
 
 
 def flow_epe(pred_flows: np.ndarray, gt_flows: np.ndarray) -> float:
-    """Mean end-point error (pixels) between two videos' flows of one shape."""
+    """Mean end-point error (pixels) between two videos' flows of one shape.
+
+    Parameters
+    ----------
+    pred_flows, gt_flows : ndarray of shape (n_frames - 1, h, w, 2)
+        Flows of the prediction and the ground truth (:func:`optical_flows`), in pixels.
+
+    Returns
+    -------
+    float
+        The mean Euclidean distance between the flow vectors, in pixels; lower is better.
+
+    Raises
+    ------
+    ValueError
+        When the flows' shapes differ.
+    """
     if pred_flows.shape != gt_flows.shape:
         raise ValueError(f"EPE needs flows of one shape: {pred_flows.shape}, {gt_flows.shape}")
     return float(np.linalg.norm(pred_flows - gt_flows, axis=-1).mean())
@@ -231,7 +351,25 @@ def flow_epe(pred_flows: np.ndarray, gt_flows: np.ndarray) -> float:
 
 def epe(pred: np.ndarray, gt: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
     """Mean end-point error (pixels) between the optical flows of two uint8 videos
-    (f, h, w, 3) of one shape (:func:`optical_flows`, :func:`flow_epe`)."""
+    (f, h, w, 3) of one shape (:func:`optical_flows`, :func:`flow_epe`).
+
+    Parameters
+    ----------
+    pred, gt : ndarray of shape (n_frames, h, w, 3), uint8
+        The predicted and the ground-truth video; ``n_frames >= 2``.
+    rgb_as_bgr : bool
+        As in :func:`optical_flows`.
+
+    Returns
+    -------
+    float
+        The mean end-point error, in pixels; lower is better.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ or a video has fewer than two frames.
+    """
     if pred.shape != gt.shape or len(pred) < 2:
         raise ValueError(
             f"EPE needs two videos of one shape with >= 2 frames: {pred.shape}, {gt.shape}"
@@ -250,6 +388,18 @@ def hue_pcc(a: np.ndarray, b: np.ndarray, *, rgb_as_bgr: bool = False) -> float:
     ``rgb_as_bgr`` converts with ``COLOR_BGR2HSV`` as Mind-Animator does with its
     RGB frames (red and blue swap their hues). An image without hue (grey) has a
     zero map, where the cosine is 0/0: two hue-free images score 1, one scores 0.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (h, w, 3), uint8
+        The two images, RGB.
+    rgb_as_bgr : bool
+        Convert with ``COLOR_BGR2HSV``, as Mind-Animator does.
+
+    Returns
+    -------
+    float
+        The cosine similarity of the hue maps, in [0, 1].
     """
     import cv2
 
@@ -287,6 +437,25 @@ def retrieval_top1(
     part at a time, normalising in place: at paper size (1,200 clips of 256 ×
     1664 tokens) it holds one part's copy beside the inputs, about 1 GB, not
     float64 copies of both sets (about 16 GB).
+
+    Parameters
+    ----------
+    pred, target : ndarray or torch.Tensor of shape (n, ...)
+        Paired embeddings (e.g. float32, (n, 256, 1664)), flattened to (n, d) here.
+    pool : int
+        The largest part; parts are consecutive and of near-equal size.
+
+    Returns
+    -------
+    forward, backward : ndarray of shape (n,), bool
+        Keyframe retrieval and fMRI retrieval correct, per sample.
+    part_size : ndarray of shape (n,), int64
+        The size of each sample's part.
+
+    Raises
+    ------
+    ValueError
+        When ``pred`` and ``target`` differ in length or are empty.
     """
     p = _array(pred).reshape(len(pred), -1)
     t = _array(target).reshape(len(target), -1)
@@ -325,6 +494,29 @@ def retrieval_subsets(
     clip is drawn into, ``subsets * pool / n``; so their mean over clips is
     the mean over subsets of each subset's accuracy, the number MindEye2
     prints. ``chance`` is 1 / pool.
+
+    Parameters
+    ----------
+    pred, target : ndarray of shape (n, ...)
+        Paired embeddings, flattened to (n, d) in float32.
+    pool : int
+        Clips per subset (all ``n`` when fewer).
+    subsets : int
+        Number of random subsets.
+    seed : int
+        Seed of the legacy numpy generator.
+
+    Returns
+    -------
+    forward, backward : ndarray of shape (n,), float64
+        Each clip's correct retrievals per subset it is drawn into.
+    chance : float
+        ``1 / min(pool, n)``.
+
+    Raises
+    ------
+    ValueError
+        When ``pred`` and ``target`` differ in length or are empty.
     """
     p = np.asarray(pred, dtype=np.float32).reshape(len(pred), -1)
     t = np.asarray(target, dtype=np.float32).reshape(len(target), -1)

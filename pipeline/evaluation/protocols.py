@@ -81,7 +81,18 @@ class Protocol:
     rgb_as_bgr: bool = False
 
     def video_metrics(self, n_way: list[int]) -> list[str]:
-        """The per-clip metrics this protocol computes for a set of videos, in table order."""
+        """The per-clip metrics this protocol computes for a set of videos, in table order.
+
+        Parameters
+        ----------
+        n_way : list of int
+            The N of the N-way metrics, e.g. ``[2, 50]``.
+
+        Returns
+        -------
+        list of str
+            Metric names without the protocol prefix, e.g. ``video_2way``, ``ssim_rgb_uniform``.
+        """
         names = [f"video_{n}way" for n in n_way] if self.n_way else []
         names += [f"clip_pcc_{v}" for v in self.clip_pcc]
         names += [f"frame_{n}way" for n in n_way] if self.n_way else []
@@ -90,6 +101,13 @@ class Protocol:
         return names
 
     def retrieval_metrics(self) -> list[str]:
+        """The retrieval metrics this protocol computes (none without ``retrieval``).
+
+        Returns
+        -------
+        list of str
+            ``keyframe_top1`` and ``fmri_top1``, or empty.
+        """
         return ["keyframe_top1", "fmri_top1"] if self.retrieval else []
 
 
@@ -195,7 +213,23 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def protocols(names: list[str]) -> list[Protocol]:
-    """The named protocols, in the given order; an unknown name is an error."""
+    """The named protocols, in the given order; an unknown name is an error.
+
+    Parameters
+    ----------
+    names : list of str
+        Keys of :data:`PROTOCOLS`.
+
+    Returns
+    -------
+    list of Protocol
+        One per name.
+
+    Raises
+    ------
+    ValueError
+        For a name not in :data:`PROTOCOLS`.
+    """
     unknown = [n for n in names if n not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown evaluation protocols {unknown}; known: {list(PROTOCOLS)}")
@@ -203,7 +237,27 @@ def protocols(names: list[str]) -> list[Protocol]:
 
 
 def metric_names(names: list[str], n_way: list[int], retrieval: bool = False) -> list[str]:
-    """Every column ``{protocol}.{metric}`` that the named protocols give."""
+    """Every column ``{protocol}.{metric}`` that the named protocols give.
+
+    Parameters
+    ----------
+    names : list of str
+        Keys of :data:`PROTOCOLS`.
+    n_way : list of int
+        The N of the N-way metrics.
+    retrieval : bool
+        Give the retrieval columns instead of the video columns.
+
+    Returns
+    -------
+    list of str
+        The columns, protocol by protocol in table order.
+
+    Raises
+    ------
+    ValueError
+        For a name not in :data:`PROTOCOLS`.
+    """
     return [
         f"{p.name}.{m}"
         for p in protocols(names)

@@ -73,6 +73,27 @@ def clip_grid(
 
     The grid advances at the video's frame rate; the ground truth and the
     blurry video (at ``gt_fps``) show the frame of the same moment.
+
+    Parameters
+    ----------
+    ground_truth : ndarray of shape (gt_frames, h, w, 3), uint8
+        The clip's frames, at ``gt_fps``.
+    blurry : ndarray of shape (n_blurry, h, w, 3), uint8
+        The Perception Reconstructor's blurry video, at ``gt_fps``.
+    keyframe : ndarray of shape (h, w, 3), uint8
+        The generated keyframe.
+    video : ndarray of shape (n_frames, h, w, 3), uint8
+        The reconstructed video, at ``video_fps``.
+    gt_fps, video_fps : float
+        Frame rates, in frames per second.
+    side : int
+        Side of each square panel, in pixels.
+
+    Returns
+    -------
+    bytes
+        The GIF: ``n_frames`` frames of ``side`` x ``4 * side`` pixels (height x width),
+        looping.
     """
     from PIL import Image
 
@@ -329,6 +350,34 @@ def write_report(
     section is written from the provenance of those stores and of the trained models
     (:func:`pipeline.evaluation.methods.methods_text`), and its Markdown goes to
     ``methods`` (default: ``methods.md`` beside ``output``).
+
+    Parameters
+    ----------
+    output : str or PathLike
+        The HTML file.
+    tables : str or PathLike
+        The :func:`~pipeline.evaluation.tables.write_tables` directory.
+    subjects : dict of str to dict of str to str
+        Per subject, its paths (see above).
+    fusion : str or PathLike
+        The fusion classifier's model directory (its training curve).
+    frames_dir : str or PathLike
+        The extracted frames, one ``{segment}.zarr`` per segment.
+    config : dict
+        The validated workflow configuration (shown in the report).
+    n_clips : int
+        Sample clips shown per subject.
+    figures : str or PathLike, optional
+        Folder for the figures as PNG and one grid as GIF; none written when None.
+    results : str or PathLike
+        The workflow's ``results/`` folder.
+    methods : str or PathLike, optional
+        Where the methods Markdown goes.
+
+    Returns
+    -------
+    Path
+        ``output``.
     """
     output, tables = Path(output), Path(tables)
     methods = output.with_name("methods.md") if methods is None else Path(methods)

@@ -30,6 +30,28 @@ def summarize(
     The interval comes from :func:`scipy.stats.bootstrap` (``n_resamples``
     resamples of the clips, seeded). NaNs are an error: a metric that could
     not be computed for a clip must say so before it is averaged.
+
+    Parameters
+    ----------
+    values : array-like of shape (n_clips,)
+        Per-clip values of one metric.
+    confidence : float
+        The interval's confidence level, in (0, 1).
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    dict of str to float
+        ``n``, ``mean``, ``std`` (ddof 1; 0 for one clip), ``sem``, ``ci_low``,
+        ``ci_high`` and ``confidence``, in the metric's unit.
+
+    Raises
+    ------
+    ValueError
+        When ``values`` is not a non-empty 1-D array, or holds NaN.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
@@ -71,6 +93,29 @@ def paired_test(
     bootstrap means of each system (``Evaluation_Metrics/bootstrap_with_wilcoxon.py``
     at ReedOnePeck/Mind-Animator@a5adbf3b), whose p-value falls with the number
     of resamples; the test here is on the clips.
+
+    Parameters
+    ----------
+    a, b : array-like of shape (n_clips,)
+        The two systems' per-clip scores; ``n_clips >= 2``.
+    confidence : float
+        The interval's confidence level, in (0, 1).
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    dict of str to float
+        ``n``, ``mean_a``, ``mean_b``, ``difference`` (mean of a - b), ``ci_low``,
+        ``ci_high``, ``confidence``, ``p_bootstrap``, ``wilcoxon_statistic`` and
+        ``p_wilcoxon``.
+
+    Raises
+    ------
+    ValueError
+        When ``a`` and ``b`` are not paired 1-D arrays of at least two clips, or hold NaN.
     """
     from scipy.stats import wilcoxon
 

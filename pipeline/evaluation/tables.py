@@ -85,14 +85,45 @@ RETRIEVAL_NOTE = (
 
 def main_protocol(names: list[str], n_way: list[int]) -> str:
     """The protocol of Tables 1 and 2: ``neuroclips`` if chosen, else the first that scores
-    videos."""
+    videos.
+
+    Parameters
+    ----------
+    names : list of str
+        The chosen protocols.
+    n_way : list of int
+        The N of the N-way metrics.
+
+    Returns
+    -------
+    str
+        The protocol's name.
+
+    Raises
+    ------
+    ValueError
+        For an unknown protocol name.
+    """
     chosen = [p for p in protocols(names) if p.video_metrics(n_way)]
     return next((p.name for p in chosen if p.name == "neuroclips"), chosen[0].name)
 
 
 def table1_columns(protocol: str, n_way: list[int]) -> list[str]:
     """A protocol's columns in Table 1's order: video N-way, CLIP-pcc, frame N-way, SSIM,
-    PSNR (those it has), then the rest."""
+    PSNR (those it has), then the rest.
+
+    Parameters
+    ----------
+    protocol : str
+        A key of :data:`~pipeline.evaluation.protocols.PROTOCOLS`.
+    n_way : list of int
+        The N of the N-way metrics.
+
+    Returns
+    -------
+    list of str
+        Columns ``{protocol}.{metric}``.
+    """
     metrics = PROTOCOLS[protocol].video_metrics(n_way)
     paper = [f"video_{n}way" for n in n_way] + ["clip_pcc_adjacent"]
     paper += [f"frame_{n}way" for n in n_way] + ["ssim_rgb_uniform", "psnr"]
@@ -101,7 +132,18 @@ def table1_columns(protocol: str, n_way: list[int]) -> list[str]:
 
 
 def label(column: str) -> str:
-    """Heading of a column (``neuroclips.video_2way`` → ``video 2-way [neuroclips]``)."""
+    """Heading of a column (``neuroclips.video_2way`` → ``video 2-way [neuroclips]``).
+
+    Parameters
+    ----------
+    column : str
+        A column ``{protocol}.{metric}``, or a bare metric.
+
+    Returns
+    -------
+    str
+        The heading.
+    """
     protocol, _, metric = column.rpartition(".")
     if metric.endswith("way"):
         kind, n = metric.removesuffix("way").rsplit("_", 1)
@@ -239,6 +281,31 @@ def write_tables(
 
     Each cell has its mean, the field's ± (``_pm``), the bootstrap CI and the
     shuffled control.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        The workflow's ``results/`` folder, with ``{subject}/evaluation/{system}`` and
+        ``external/{name}/evaluation`` directories.
+    output : str or PathLike
+        The tables' directory (written atomically).
+    subjects : list of str
+        Subjects of Table 1 and of the retrieval table.
+    ablation_subjects : list of str
+        Subjects of Table 2.
+    ablations : list of str
+        Names of the ablation variants (their evaluation directories).
+    settings : dict
+        The ``evaluation`` configuration: ``protocols``, ``n_way``,
+        ``bootstrap_resamples``, ``seed``.
+    external : list of str
+        Names of the external reconstruction folders.
+
+    Returns
+    -------
+    dict of str to list of dict
+        Per table (``table1``, ``table2``, ``protocols``, ``retrieval``, ``comparisons``,
+        those that apply), its rows as written to CSV.
     """
     results = Path(results)
     names, n_way = settings["protocols"], settings["n_way"]

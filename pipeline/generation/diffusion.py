@@ -37,6 +37,25 @@ def partial_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
     only them is what the paper's α guidance describes with ϑ = ``strength``
     (and what diffusers' img2img pipelines do). ``strength`` 0 returns no
     timesteps (the input comes back unchanged), 1 the whole schedule.
+
+    Parameters
+    ----------
+    scheduler : diffusers scheduler
+        Its ``set_timesteps`` is called with ``steps``.
+    steps : int
+        Steps of the whole schedule.
+    strength : float
+        ϑ of the α guidance (section 3.3), in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor of shape (round(strength * steps),), int
+        The timesteps to run, in decreasing order.
+
+    Raises
+    ------
+    ValueError
+        When ``strength`` lies outside [0, 1].
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must lie in [0, 1], got {strength}")
@@ -47,7 +66,22 @@ def partial_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
 
 def clip_generators(seed: int, keys: list[int], device: torch.device) -> list[torch.Generator]:
     """One generator per clip, seeded by ``(seed, key)``: a clip's noise does not depend on
-    which other clips share its batch."""
+    which other clips share its batch.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    keys : list of int
+        One key per clip (e.g. :func:`~pipeline.generation.stages.clip_keys`).
+    device : torch.device
+        Unused: the generators are on the CPU, so noise is the same on any device.
+
+    Returns
+    -------
+    list of torch.Generator
+        One CPU generator per key.
+    """
     generators = []
     for key in keys:
         state = int(np.random.SeedSequence([seed, int(key)]).generate_state(1)[0])
@@ -58,7 +92,23 @@ def clip_generators(seed: int, keys: list[int], device: torch.device) -> list[to
 def seeded_noise(
     shape: tuple[int, ...], generators: list[torch.Generator], device, dtype
 ) -> torch.Tensor:
-    """Standard normal noise of ``(len(generators), *shape)``, one generator per row."""
+    """Standard normal noise of ``(len(generators), *shape)``, one generator per row.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of one row.
+    generators : list of torch.Generator
+        One per row (:func:`clip_generators`).
+    device : torch.device
+        Where the noise goes.
+    dtype : torch.dtype
+        Its precision (drawn in float32 first).
+
+    Returns
+    -------
+    torch.Tensor of shape (len(generators), *shape)
+    """
     rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device=device, dtype=dtype)
 
@@ -70,7 +120,26 @@ VAE_CHUNK = 16
 
 @torch.no_grad()
 def encode_images(vae, images: np.ndarray, device, dtype, chunk: int = VAE_CHUNK) -> torch.Tensor:
-    """uint8 ``(n, h, w, 3)`` → scaled VAE latents ``(n, c, h/f, w/f)`` (the posterior mode)."""
+    """uint8 ``(n, h, w, 3)`` → scaled VAE latents ``(n, c, h/f, w/f)`` (the posterior mode).
+
+    Parameters
+    ----------
+    vae : diffusers AutoencoderKL
+        The VAE, with downsampling factor f.
+    images : ndarray of shape (n, h, w, 3), uint8
+        RGB images.
+    device : torch.device
+        The VAE's device.
+    dtype : torch.dtype
+        The VAE's precision.
+    chunk : int
+        Images per VAE call.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, c, h / f, w / f), dtype
+        Latents times ``vae.config.scaling_factor``.
+    """
     parts = []
     for i in range(0, len(images), chunk):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + chunk])).to(device)
@@ -81,7 +150,22 @@ def encode_images(vae, images: np.ndarray, device, dtype, chunk: int = VAE_CHUNK
 
 @torch.no_grad()
 def decode_images(vae, latents: torch.Tensor, chunk: int = VAE_CHUNK) -> np.ndarray:
-    """Scaled VAE latents ``(n, c, h, w)`` → uint8 images ``(n, H, W, 3)``."""
+    """Scaled VAE latents ``(n, c, h, w)`` → uint8 images ``(n, H, W, 3)``.
+
+    Parameters
+    ----------
+    vae : diffusers AutoencoderKL
+        The VAE, with upsampling factor f.
+    latents : torch.Tensor of shape (n, c, h, w)
+        Latents times ``vae.config.scaling_factor``.
+    chunk : int
+        Latents per VAE call.
+
+    Returns
+    -------
+    ndarray of shape (n, f h, f w, 3), uint8
+        RGB images, on the CPU.
+    """
     parts = []
     for z in latents.split(chunk):
         x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
@@ -91,7 +175,20 @@ def decode_images(vae, latents: torch.Tensor, chunk: int = VAE_CHUNK) -> np.ndar
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (n, h, w, 3) → uint8 (n, size, size, 3), bilinear with antialiasing."""
+    """uint8 (n, h, w, 3) → uint8 (n, size, size, 3), bilinear with antialiasing.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, h, w, 3), uint8
+        RGB images.
+    size : int
+        The target side, in pixels.
+
+    Returns
+    -------
+    ndarray of shape (n, size, size, 3), uint8
+        ``images`` itself when already of that size.
+    """
     if images.shape[1:3] == (size, size):
         return images
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()

@@ -33,7 +33,16 @@ WEIGHTS, CONFIG = "embedder.safetensors", "config.json"
 
 
 class KeyframeEmbedder:
-    """``(fmri - mean) / std @ coef.T + intercept``."""
+    """``(fmri - mean) / std @ coef.T + intercept``.
+
+    Parameters
+    ----------
+    tensors : dict of str to torch.Tensor
+        ``coef`` float32 (dim, n_voxels), ``intercept`` (dim,), ``x_mean`` and ``x_std``
+        (n_voxels,): the training fMRI's standardisation.
+    config : dict
+        The model directory's ``config.json``.
+    """
 
     def __init__(self, tensors: dict[str, torch.Tensor], config: dict):
         self.coef, self.intercept = tensors["coef"], tensors["intercept"]
@@ -41,12 +50,40 @@ class KeyframeEmbedder:
         self.config = config
 
     def __call__(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The generator's image embedding predicted from ``fmri``.
+
+        Parameters
+        ----------
+        fmri : torch.Tensor of shape (n, n_voxels)
+            Aligned fMRI samples, any float dtype.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, dim), float32
+            The predicted CLIP image embeddings of the generator's image encoder.
+        """
         x = (fmri.float() - self.mean) / self.std
         return x @ self.coef.T + self.intercept
 
 
 def clip_frames(frame_dir: str | os.PathLike, segments, clips, frame: int) -> np.ndarray:
-    """Frame ``frame`` of each (segment, clip), read from ``{frame_dir}/{segment}.zarr``."""
+    """Frame ``frame`` of each (segment, clip), read from ``{frame_dir}/{segment}.zarr``.
+
+    Parameters
+    ----------
+    frame_dir : str or PathLike
+        The extracted frames, one ``{segment}.zarr`` per segment.
+    segments : sequence of str
+        Each clip's segment.
+    clips : sequence of int
+        Each clip's index within its segment.
+    frame : int
+        The frame's index within the clip.
+
+    Returns
+    -------
+    ndarray of shape (n_clips, h, w, 3), uint8
+    """
     out, stores = [], {}
     for segment, clip in zip(segments, clips, strict=True):
         if segment not in stores:
@@ -76,7 +113,31 @@ def fit_embedder(
     alphas: list[float],
     batch_size: int = 32,
 ) -> dict:
-    """Fit, evaluate on the test clips and write ``output/{embedder.safetensors,config.json}``."""
+    """Fit, evaluate on the test clips and write ``output/{embedder.safetensors,config.json}``.
+
+    Parameters
+    ----------
+    aligned : str or PathLike
+        The subject's aligned store (``train`` and ``test`` splits).
+    frame_dir : str or PathLike
+        The extracted frames, one ``{segment}.zarr`` per segment.
+    generator : KeyframeGenerator
+        Its ``image_embeds`` gives the targets, (n, dim).
+    output : str or PathLike
+        The model directory (written atomically).
+    frame : int
+        The keyframe's index within each clip.
+    alphas : list of float
+        Ridge penalties ``RidgeCV`` chooses from.
+    batch_size : int
+        Images per ``image_embeds`` call.
+
+    Returns
+    -------
+    dict
+        Test metrics: ``alpha``, ``test_cosine``, ``test_keyframe_top1``, ``test_fmri_top1``
+        and ``chance`` (1 / min(300, n_test)).
+    """
     from sklearn.linear_model import RidgeCV
 
     train, test = load_split(aligned, "train"), load_split(aligned, "test")
@@ -127,6 +188,22 @@ def fit_embedder(
 
 
 def load_embedder(directory: str | os.PathLike) -> KeyframeEmbedder:
+    """The embedder that :func:`fit_embedder` wrote to ``directory``.
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The model directory.
+
+    Returns
+    -------
+    KeyframeEmbedder
+
+    Raises
+    ------
+    StoreError
+        When the directory is incomplete or was written by another stage.
+    """
     from pipeline.reconstructors.outputs import read_model_dir
 
     config, tensors = read_model_dir(directory, "fit_keyframe_embedder", weights=WEIGHTS)

@@ -40,7 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class FusionClassifier(nn.Module):
-    """``[a, b, |a - b|, a * b]`` of two L2-normalised embeddings → logit of "same class"."""
+    """``[a, b, |a - b|, a * b]`` of two L2-normalised embeddings → logit of "same class".
+
+    The shallow MLP of the paper's multi-fMRI fusion (section 3.4).
+
+    Parameters
+    ----------
+    dim : int
+        Width of the CLIP image embeddings.
+    hidden : int
+        Width of the hidden layer.
+    dropout : float
+        Dropout probability after the hidden layer.
+    """
 
     def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
@@ -49,13 +61,38 @@ class FusionClassifier(nn.Module):
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logit that two keyframes show the same class.
+
+        Parameters
+        ----------
+        a, b : torch.Tensor of shape (n, dim)
+            CLIP image embeddings of the earlier and the later keyframe; normalised here.
+
+        Returns
+        -------
+        torch.Tensor of shape (n,), float32
+            Logits of "same class" (sigmoid for a probability).
+        """
         a = nn.functional.normalize(a.float(), dim=-1)
         b = nn.functional.normalize(b.float(), dim=-1)
         return self.net(torch.cat([a, b, (a - b).abs(), a * b], dim=-1)).squeeze(-1)
 
 
 def neighbour_pairs(segments, clips) -> np.ndarray:
-    """Index pairs ``(i, j)`` of consecutive clips of the same segment, in the given order."""
+    """Index pairs ``(i, j)`` of consecutive clips of the same segment, in the given order.
+
+    Parameters
+    ----------
+    segments : array-like of shape (n_clips,)
+        Each clip's segment.
+    clips : array-like of shape (n_clips,), int
+        Each clip's index within its segment.
+
+    Returns
+    -------
+    ndarray of shape (n_pairs, 2), int64
+        Indices into the inputs: clip j follows clip i, sorted by segment then clip.
+    """
     segments, clips = np.asarray(segments), np.asarray(clips)
     order = np.lexsort((clips, segments))
     pairs = [
@@ -84,6 +121,22 @@ def train_fusion(
 
     Runs on one CPU thread: for batches this small, intra-op threads only add
     synchronisation (30x slower beside another busy process on 2 cores).
+
+    Parameters
+    ----------
+    a, b : torch.Tensor of shape (n_pairs, dim)
+        CLIP image embeddings of the pairs' earlier and later clips.
+    labels : torch.Tensor of shape (n_pairs,)
+        1 where the pair shares a class, else 0.
+    settings : FusionSettings
+        Architecture, optimiser, epochs, batch size and seed.
+
+    Returns
+    -------
+    model : FusionClassifier
+        In eval mode.
+    losses : list of float
+        Mean training loss of each epoch.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -127,6 +180,27 @@ def fusion_chains(
     Walking each segment forward, a clip joins the chain of its predecessor
     when the pair is "same" and the chain has fewer than ``max_chain`` clips;
     otherwise it starts a new chain. Every clip is in exactly one chain.
+
+    Parameters
+    ----------
+    same : ndarray of shape (n_pairs,), bool
+        Whether the classifier calls each pair "same".
+    pairs : ndarray of shape (n_pairs, 2), int
+        Neighbour pairs (:func:`neighbour_pairs`).
+    n_clips : int
+        Number of clips.
+    max_chain : int
+        Most clips per chain (3 clips of 2 s: the paper's 6 s videos).
+
+    Returns
+    -------
+    list of list of int
+        The chains, each in time order; together they hold every clip once.
+
+    Raises
+    ------
+    ValueError
+        When ``max_chain`` is less than 1.
     """
     if max_chain < 1:
         raise ValueError(f"max_chain must be at least 1, got {max_chain}")
@@ -245,6 +319,36 @@ def fit_fusion(
     ``output/config.json`` (a model directory like the reconstructors': weights,
     config, per-epoch ``metrics.csv`` and ``loss.png``). The classifier kept is
     the one fitted on the other segments.
+
+    Parameters
+    ----------
+    clip_images : str or PathLike
+        The ``cache_clip_images`` store (pooled CLIP embeddings of each clip's keyframe
+        candidates).
+    frame_stores : list of str or PathLike
+        The training segments' frame stores, for the frame classifier's labels.
+    classifier_dir : str or PathLike
+        Directory of the frame classifier.
+    output : str or PathLike
+        The model directory (written atomically).
+    settings : dict
+        The ``fusion`` configuration: the fields of :class:`FusionSettings`,
+        ``label_top_k`` and ``validation_fraction``.
+    device : torch.device
+        Where the frame classifier runs.
+    dtype : torch.dtype
+        Its precision.
+
+    Returns
+    -------
+    dict
+        ``train``, ``validation`` and ``shuffled_label_control`` classification metrics,
+        ``validation_segments`` and ``final_loss``.
+
+    Raises
+    ------
+    ValueError
+        When the training clips hold no neighbouring pair.
     """
     from pipeline.models.classifiers import FrameClassifier
     from pipeline.reconstructors.outputs import write_model_dir
@@ -298,7 +402,23 @@ def fit_fusion(
 
 
 def load_fusion(directory: str | os.PathLike) -> FusionClassifier:
-    """The pair classifier written by :func:`fit_fusion` (eval mode)."""
+    """The pair classifier written by :func:`fit_fusion` (eval mode).
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The model directory.
+
+    Returns
+    -------
+    FusionClassifier
+
+    Raises
+    ------
+    StoreError
+        When the directory is incomplete, written by another stage, or its weights do not
+        fit the recorded architecture.
+    """
     from pipeline.reconstructors.outputs import load_into, read_model_dir
 
     config, state = read_model_dir(directory, "train_fusion")
@@ -347,6 +467,37 @@ def fuse_videos(
     ``position`` and ``regenerated``. The video settings are those the input
     videos were made with (read from their store), so fused and unfused clips
     differ only in their first-frame condition.
+
+    Parameters
+    ----------
+    videos : str or PathLike
+        The ``synthesize_videos`` output directory.
+    blurry : str or PathLike
+        The ``predict_perception`` store of the same clips: ``frames`` uint8
+        (n_clips, n_frames, h, w, 3).
+    clip_model : str or PathLike
+        The OpenCLIP model whose keyframe embeddings the classifier reads.
+    generation_dir : str or PathLike
+        The video generation models (:meth:`VideoSynthesizer.from_generation_dir`).
+    fusion : str or PathLike
+        The :func:`fit_fusion` model directory.
+    output : str or PathLike
+        The output directory (written atomically).
+    threshold : float
+        Sigmoid score, in [0, 1], at or above which a pair is "same".
+    max_chain : int
+        Most clips per chain.
+    device : torch.device
+        Where the models run.
+    dtype : torch.dtype
+        Their precision.
+    batch_size : int
+        Clips regenerated per call.
+
+    Returns
+    -------
+    list of list of int
+        The chains of clip indices (:func:`fusion_chains`).
     """
     import zarr
     from tqdm.auto import tqdm

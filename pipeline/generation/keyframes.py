@@ -75,7 +75,25 @@ class KeyframeGenerator(Protocol):
         keys: list[int],
         settings: KeyframeSettings,
     ) -> np.ndarray:
-        """``condition`` (n, ...), ``init_images`` uint8 (n, h, w, 3) → uint8 (n, size, size, 3)."""
+        """``condition`` (n, ...), ``init_images`` uint8 (n, h, w, 3) → uint8 (n, size, size, 3).
+
+        Parameters
+        ----------
+        condition : torch.Tensor of shape (n, ...)
+            One conditioning per clip, as :attr:`conditioning` names it: an image embedding
+            (n, dim) or prior tokens (n, n_tokens, width).
+        init_images : ndarray of shape (n, h, w, 3), uint8
+            The starting images (first frames of the blurry videos); resized to ``size``.
+        keys : list of int
+            One seed key per clip (:func:`~pipeline.generation.diffusion.clip_generators`).
+        settings : KeyframeSettings
+            Steps, guidance scale, img2img strength, noise level, seed and prompt.
+
+        Returns
+        -------
+        ndarray of shape (n, size, size, 3), uint8
+            One keyframe per clip.
+        """
 
 
 class UnclipGenerator:
@@ -85,6 +103,15 @@ class UnclipGenerator:
     prompt, its ``noise_image_embeddings`` for the noise-augmented image
     embedding (zeros as the unconditional embedding, as the pipeline does),
     the UNet with the embedding as class label, and classifier-free guidance.
+
+    Parameters
+    ----------
+    path : str or Path
+        A diffusers ``StableUnCLIPImg2ImgPipeline`` directory.
+    device : torch.device
+        Where it runs.
+    dtype : torch.dtype
+        Its precision.
     """
 
     conditioning = "image_embeds"
@@ -108,13 +135,41 @@ class UnclipGenerator:
 
     @torch.no_grad()
     def image_embeds(self, images: np.ndarray) -> torch.Tensor:
-        """The generator's own CLIP image embeddings of uint8 images (what the embedder targets)."""
+        """The generator's own CLIP image embeddings of uint8 images (what the embedder targets).
+
+        Parameters
+        ----------
+        images : ndarray of shape (n, h, w, 3), uint8
+            RGB images.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, embedding_dim), float32
+        """
         pixels = self.pipe.feature_extractor(images=list(images), return_tensors="pt").pixel_values
         encoder = self.pipe.image_encoder
         return encoder(pixels.to(self.device, encoder.dtype)).image_embeds.float()
 
     @torch.no_grad()
     def generate(self, condition, init_images, keys, settings: KeyframeSettings) -> np.ndarray:
+        """Keyframes from image embeddings (β guidance, section 3.3), img2img from ``init_images``.
+
+        Parameters
+        ----------
+        condition : torch.Tensor of shape (n, ...)
+            Image embeddings (n, embedding_dim) predicted from fMRI.
+        init_images : ndarray of shape (n, h, w, 3), uint8
+            The starting images (first frames of the blurry videos); resized to ``size``.
+        keys : list of int
+            One seed key per clip (:func:`~pipeline.generation.diffusion.clip_generators`).
+        settings : KeyframeSettings
+            Steps, guidance scale, img2img strength, noise level, seed and prompt.
+
+        Returns
+        -------
+        ndarray of shape (n, size, size, 3), uint8
+            One keyframe per clip.
+        """
         pipe, n = self.pipe, len(keys)
         guided = settings.guidance_scale > 1.0
         generators = clip_generators(settings.seed, keys, self.device)
@@ -155,5 +210,26 @@ class UnclipGenerator:
 
 def load_generator(name: str, path, device, dtype) -> KeyframeGenerator:
     """The registered generator ``name`` (:data:`pipeline.generation.registry.KEYFRAME_GENERATORS`)
-    loaded from ``path``; a clear error for unknown names."""
+    loaded from ``path``; a clear error for unknown names.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`~pipeline.generation.registry.KEYFRAME_GENERATORS`.
+    path : str or Path
+        The generator's model directory.
+    device : torch.device
+        Where it runs.
+    dtype : torch.dtype
+        Its precision.
+
+    Returns
+    -------
+    KeyframeGenerator
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``.
+    """
     return keyframe_generator(name).load(path, device, dtype)

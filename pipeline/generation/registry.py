@@ -76,7 +76,21 @@ class KeyframeGeneratorEntry:
     embedding_noise: bool = True
 
     def load(self, path, device, dtype):
-        """The generator, constructed from the model directory ``path``."""
+        """The generator, constructed from the model directory ``path``.
+
+        Parameters
+        ----------
+        path : str or Path
+            The generator's model directory.
+        device : torch.device
+            Where it runs.
+        dtype : torch.dtype
+            Its precision.
+
+        Returns
+        -------
+        KeyframeGenerator
+        """
         module, attribute = self.factory.split(":")
         return getattr(importlib.import_module(module), attribute)(path, device, dtype)
 
@@ -127,6 +141,15 @@ KEYFRAME_GENERATORS: dict[str, KeyframeGeneratorEntry] = {
 
 def keyframe_generator(name: str) -> KeyframeGeneratorEntry:
     """The registered generator ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The value of ``keyframes.generator``.
+
+    Returns
+    -------
+    KeyframeGeneratorEntry
 
     Raises
     ------

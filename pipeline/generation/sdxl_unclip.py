@@ -88,6 +88,17 @@ def require_sgm():
     sgm declares no dependencies (its ``pyproject.toml``); its ``requirements/pt2.txt``
     lists them, and importing it needs pytorch_lightning, omegaconf, kornia, einops and
     fsspec besides what this pipeline installs.
+
+    Returns
+    -------
+    module
+        The ``sgm`` package.
+
+    Raises
+    ------
+    MissingDependencyError
+        When ``sgm``, or a module it imports, is not installed; the message says what to
+        install.
     """
     try:
         return importlib.import_module("sgm")
@@ -109,7 +120,22 @@ def require_sgm():
 
 
 def unclip6_configs(steps: int, guidance_scale: float) -> dict:
-    """The DiffusionEngine sub-configurations of MindEye2's ``unclip6`` model (sgm targets)."""
+    """The DiffusionEngine sub-configurations of MindEye2's ``unclip6`` model (sgm targets).
+
+    Parameters
+    ----------
+    steps : int
+        Steps of the Euler EDM sampler.
+    guidance_scale : float
+        Classifier-free guidance scale.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``sgm.models.diffusion.DiffusionEngine``: ``network_config``,
+        ``denoiser_config``, ``first_stage_config``, ``conditioner_config``,
+        ``sampler_config``, ``scale_factor`` and ``disable_first_stage_autocast``.
+    """
     legacy_ddpm = {"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}
     return {
         "network_config": {
@@ -193,7 +219,22 @@ def unclip6_configs(steps: int, guidance_scale: float) -> dict:
 
 
 class SdxlUnclipGenerator:
-    """Keyframes from prior-reconstructed ViT-bigG/14 tokens (see the module docstring)."""
+    """Keyframes from prior-reconstructed ViT-bigG/14 tokens (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The model directory holding ``unclip6.safetensors``.
+    device : torch.device
+        Where it runs.
+    dtype : torch.dtype
+        The UNet's autocast precision (the weights stay float32).
+
+    Raises
+    ------
+    MissingDependencyError
+        When ``sgm`` or a module it imports is not installed.
+    """
 
     conditioning = "prior_tokens"
     size = SIZE
@@ -236,7 +277,30 @@ class SdxlUnclipGenerator:
 
     @torch.no_grad()
     def generate(self, condition, init_images, keys, settings) -> np.ndarray:
+        """Keyframes from prior tokens (β guidance, section 3.3), img2img from ``init_images``.
 
+        Parameters
+        ----------
+        condition : torch.Tensor of shape (n, 256, 1664)
+            The Semantic Reconstructor's prior-reconstructed OpenCLIP ViT-bigG/14 tokens (any
+            shape with n x 256 x 1664 elements).
+        init_images : ndarray of shape (n, h, w, 3), uint8
+            The starting images (first frames of the blurry videos); resized to 768 x 768.
+        keys : list of int
+            One seed key per clip (:func:`~pipeline.generation.diffusion.clip_generators`).
+        settings : KeyframeSettings
+            Steps, guidance scale, img2img strength and seed.
+
+        Returns
+        -------
+        ndarray of shape (n, 768, 768, 3), uint8
+            One keyframe per clip.
+
+        Raises
+        ------
+        PipelineError
+            When the weights do not match the unclip6 architecture.
+        """
         engine = self._engine(settings.steps, settings.guidance_scale)
         sampler, n = engine.sampler, len(keys)
         generators = clip_generators(settings.seed, keys, self.device)

@@ -41,21 +41,72 @@ log = logging.getLogger(__name__)
 
 
 def clip_keys(segments, clips) -> list[int]:
-    """A stable integer per (segment, clip): what each clip's seed is derived from."""
+    """A stable integer per (segment, clip): what each clip's seed is derived from.
+
+    Parameters
+    ----------
+    segments : sequence of str
+        Each clip's segment.
+    clips : sequence of int
+        Each clip's index within its segment.
+
+    Returns
+    -------
+    list of int
+        CRC-32 of ``"{segment}/{clip}"``, in [0, 2**32).
+    """
     return [zlib.crc32(f"{s}/{int(c)}".encode()) for s, c in zip(segments, clips, strict=True)]
 
 
 def video_name(segment: str, clip: int) -> str:
-    """File stem of a test clip's video: ``{segment}_clip{clip:03d}``."""
+    """File stem of a test clip's video: ``{segment}_clip{clip:03d}``.
+
+    Parameters
+    ----------
+    segment : str
+        The clip's segment.
+    clip : int
+        The clip's index within its segment.
+
+    Returns
+    -------
+    str
+    """
     return f"{segment}_clip{int(clip):03d}"
 
 
 def batch_slices(n: int, size: int) -> list[slice]:
-    """Consecutive slices of at most ``size`` covering ``range(n)``."""
+    """Consecutive slices of at most ``size`` covering ``range(n)``.
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    size : int
+        Largest batch.
+
+    Returns
+    -------
+    list of slice
+    """
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def same_clips(a: zarr.Group, b: zarr.Group, names: tuple[str, str]) -> None:
+    """Check that two stores list the same test clips, in the same order.
+
+    Parameters
+    ----------
+    a, b : zarr.Group
+        Stores with ``segment`` and ``clip`` arrays.
+    names : tuple of str
+        The two stores' names, for the message.
+
+    Raises
+    ------
+    DataError
+        When their ``segment`` or ``clip`` arrays differ.
+    """
     if a["segment"][:].tolist() != b["segment"][:].tolist() or not np.array_equal(
         a["clip"][:], b["clip"][:]
     ):
@@ -78,7 +129,39 @@ def fit_keyframe_embedder(
     device: torch.device,
     dtype: torch.dtype,
 ) -> dict:
-    """Ridge fMRI → the generator's own image embedding (:mod:`pipeline.generation.embedder`)."""
+    """Ridge fMRI → the generator's own image embedding (:mod:`pipeline.generation.embedder`).
+
+    Parameters
+    ----------
+    aligned : str or PathLike
+        The subject's aligned store.
+    frame_dir : str or PathLike
+        The extracted frames, one ``{segment}.zarr`` per segment.
+    generation_dir : str or PathLike
+        The generation models; the generator's role directory is read.
+    output : str or PathLike
+        The embedder's model directory.
+    generator : str
+        A key of :data:`~pipeline.generation.registry.KEYFRAME_GENERATORS`.
+    frame : int
+        The keyframe's index within each clip.
+    alphas : list of float
+        Ridge penalties to choose from.
+    device : torch.device
+        Where the generator's image encoder runs.
+    dtype : torch.dtype
+        Its precision.
+
+    Returns
+    -------
+    dict
+        The test metrics of :func:`~pipeline.generation.embedder.fit_embedder`.
+
+    Raises
+    ------
+    ValueError
+        When the generator is not conditioned on ``image_embeds``.
+    """
     from pipeline.generation.embedder import fit_embedder
 
     model = load_generator(generator, _generator_dir(generation_dir, generator), device, dtype)
@@ -122,6 +205,38 @@ def generate_keyframes(
     """One keyframe per test clip, started from the first blurry frame (β guidance).
 
     Store: ``keyframes`` (sample, y, x, channel) uint8, ``segment``, ``clip``, ``key``.
+
+    Parameters
+    ----------
+    blurry : str or PathLike
+        The ``predict_perception`` store: ``frames`` uint8 (n_clips, n_frames, h, w, 3).
+    generation_dir : str or PathLike
+        The generation models; the generator's role directory is read.
+    output : str or PathLike
+        The keyframe store (written atomically).
+    settings : dict
+        The ``keyframes`` configuration: ``generator``, ``steps``, ``guidance_scale``,
+        ``strength`` (ϑ of the img2img start, in [0, 1]), ``noise_level``, ``seed``.
+    aligned : str or PathLike, optional
+        The aligned store; needed with ``embedder``.
+    embedder : str or PathLike, optional
+        The fitted keyframe embedder; needed by ``image_embeds`` generators.
+    semantic : str or PathLike, optional
+        The ``predict_semantic`` store (``prior_embeds``); needed by ``prior_tokens``
+        generators.
+    device : torch.device
+        Where the generator runs.
+    dtype : torch.dtype
+        Its precision.
+    batch_size : int
+        Clips per call.
+
+    Raises
+    ------
+    ValueError
+        When the generator's conditioning input is not given.
+    DataError
+        When the inputs list different test clips.
     """
     name = settings["generator"]
     model = load_generator(name, _generator_dir(generation_dir, name), device, dtype)
@@ -171,7 +286,25 @@ def caption_keyframes(
     dtype: torch.dtype,
     batch_size: int = 32,
 ) -> None:
-    """BLIP-2 caption of every generated keyframe (γ guidance): ``captions`` (sample,) str."""
+    """BLIP-2 caption of every generated keyframe (γ guidance): ``captions`` (sample,) str.
+
+    Parameters
+    ----------
+    keyframes : str or PathLike
+        The ``generate_keyframes`` store.
+    captioner : str or PathLike
+        The BLIP-2 model directory.
+    output : str or PathLike
+        The caption store (written atomically).
+    generation : dict
+        Keyword arguments of the captioner's ``generate`` (e.g. ``max_new_tokens``).
+    device : torch.device
+        Where the captioner runs.
+    dtype : torch.dtype
+        Its precision.
+    batch_size : int
+        Images per call.
+    """
     from pipeline.caches import caption_inputs, generate_captions
     from pipeline.models.loading import load_captioner
 
@@ -194,7 +327,17 @@ def caption_keyframes(
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
-    """uint8 (f, h, w, 3) → an H.264 mp4 (yuv420p) through PyAV."""
+    """uint8 (f, h, w, 3) → an H.264 mp4 (yuv420p) through PyAV.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to write.
+    frames : ndarray of shape (n_frames, h, w, 3), uint8
+        RGB frames; h and w even (yuv420p).
+    fps : int
+        Frames per second.
+    """
     import av
 
     with av.open(str(path), mode="w") as container:
@@ -226,6 +369,34 @@ def synthesize_videos(
     ``frames.zarr``: ``videos`` (sample, frame, y, x, channel) uint8, the
     ``keyframes``, ``captions`` and ``prompts`` used, ``segment``, ``clip``,
     ``key`` (seed source) and ``file`` (the mp4 of each clip).
+
+    Parameters
+    ----------
+    blurry : str or PathLike
+        The ``predict_perception`` store: ``frames`` uint8 (n_clips, n_frames, h, w, 3)
+        (α guidance, eq. 5).
+    keyframes : str or PathLike
+        The ``generate_keyframes`` store (β guidance).
+    captions : str or PathLike
+        The ``caption_keyframes`` store (γ guidance).
+    generation_dir : str or PathLike
+        The video generation models (:meth:`VideoSynthesizer.from_generation_dir`).
+    output : str or PathLike
+        The output directory (written atomically).
+    settings : dict
+        The ``video`` configuration: the fields of :class:`VideoSettings`, ``fps`` and
+        ``domain_adapter``.
+    device : torch.device
+        Where the models run.
+    dtype : torch.dtype
+        Their precision.
+    batch_size : int
+        Clips per call.
+
+    Raises
+    ------
+    DataError
+        When the three stores list different test clips.
     """
     from pipeline.generation.video import SynthesisTrace, VideoSettings, VideoSynthesizer
 

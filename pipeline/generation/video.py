@@ -64,7 +64,17 @@ class VideoSettings:
     uncaptioned_prompt: str = ""
 
     def prompt(self, caption: str) -> str:
-        """γ: the keyframe's caption (or, without it, ``uncaptioned_prompt``) and the suffix."""
+        """γ: the keyframe's caption (or, without it, ``uncaptioned_prompt``) and the suffix.
+
+        Parameters
+        ----------
+        caption : str
+            The keyframe's caption.
+
+        Returns
+        -------
+        str
+        """
         return (caption if self.use_caption else self.uncaptioned_prompt) + self.prompt_suffix
 
 
@@ -79,7 +89,21 @@ class SynthesisTrace:
 
 
 def interpolate_frames(frames: np.ndarray, n_frames: int, size: int) -> np.ndarray:
-    """uint8 (n, f, h, w, 3) → (n, n_frames, size, size, 3): linear in time, first and last kept."""
+    """uint8 (n, f, h, w, 3) → (n, n_frames, size, size, 3): linear in time, first and last kept.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n, f, h, w, 3), uint8
+        Videos of f frames (the blurry videos: 6 frames at 3 fps for cc2017).
+    n_frames : int
+        Output frames.
+    size : int
+        Output side, in pixels (resized trilinearly with the time axis).
+
+    Returns
+    -------
+    ndarray of shape (n, n_frames, size, size, 3), uint8
+    """
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 4, 1, 2, 3)
     x = F.interpolate(x, size=(n_frames, size, size), mode="trilinear", align_corners=True)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
@@ -127,7 +151,30 @@ def load_lora(pipe, folder: str | Path, name: str) -> int:
 
 
 class VideoSynthesizer:
-    """Loads AnimateDiff (base model + motion adapter), SparseCtrl and the DDIM scheduler once."""
+    """Loads AnimateDiff (base model + motion adapter), SparseCtrl and the DDIM scheduler once.
+
+    Parameters
+    ----------
+    base : str or Path
+        The text-to-image base model (diffusers layout) the motion adapter extends.
+    motion_adapter : str or Path
+        AnimateDiff's motion adapter.
+    sparsectrl : str or Path
+        The SparseCtrl RGB model.
+    device : torch.device
+        Where they run.
+    dtype : torch.dtype
+        Their precision.
+    vae : str or Path, optional
+        A VAE for a base model distributed without one.
+    domain_adapter : str or Path, optional
+        A folder with AnimateDiff v3's domain-adapter LoRA (one safetensors file).
+
+    Raises
+    ------
+    DataError
+        When the domain adapter is not one LoRA file whose keys name this model's layers.
+    """
 
     def __init__(
         self,
@@ -179,7 +226,21 @@ class VideoSynthesizer:
     @classmethod
     def from_pipeline(cls, pipe, device: torch.device, dtype: torch.dtype) -> VideoSynthesizer:
         """Around an ``AnimateDiffSparseControlNetPipeline`` already built and on ``device``
-        (the GPU check's paper-size models with random weights)."""
+        (the GPU check's paper-size models with random weights).
+
+        Parameters
+        ----------
+        pipe : AnimateDiffSparseControlNetPipeline
+            The pipeline; its scheduler is replaced by DDIM (:data:`ANIMATEDIFF_DDIM`).
+        device : torch.device
+            Where it runs.
+        dtype : torch.dtype
+            Its precision.
+
+        Returns
+        -------
+        VideoSynthesizer
+        """
         synthesizer = cls.__new__(cls)
         synthesizer._attach(pipe, device, dtype)
         return synthesizer
@@ -188,7 +249,24 @@ class VideoSynthesizer:
     def from_generation_dir(
         cls, root: str | Path, device, dtype, domain_adapter: bool = True
     ) -> VideoSynthesizer:
-        """Load from a preset's generation directory (roles as in ``presets.GENERATION``)."""
+        """Load from a preset's generation directory (roles as in ``presets.GENERATION``).
+
+        Parameters
+        ----------
+        root : str or Path
+            The generation directory: ``video_base``, ``motion_adapter``, ``sparsectrl`` and,
+            where present, ``video_vae`` and ``domain_adapter``.
+        device : torch.device
+            Where the models run.
+        dtype : torch.dtype
+            Their precision.
+        domain_adapter : bool
+            Load the domain adapter where the directory has one.
+
+        Returns
+        -------
+        VideoSynthesizer
+        """
         root = Path(root)
         adapter = root / "domain_adapter"
         return cls(
@@ -221,7 +299,32 @@ class VideoSynthesizer:
         settings: VideoSettings,
         trace: SynthesisTrace | None = None,
     ) -> np.ndarray:
-        """uint8 blurry (n, f, h, w, 3) and keyframes (n, H, W, 3) → uint8 (n, frames, s, s, 3)."""
+        """uint8 blurry (n, f, h, w, 3) and keyframes (n, H, W, 3) → uint8 (n, frames, s, s, 3).
+
+        Parameters
+        ----------
+        blurry : ndarray of shape (n, f, h, w, 3), uint8
+            The blurry videos (α guidance, eq. 5); interpolated to ``settings.n_frames``.
+        keyframes : ndarray of shape (n, H, W, 3), uint8
+            The keyframes (β guidance), SparseCtrl's condition at frame 0.
+        prompts : list of str
+            The keyframes' captions (γ guidance).
+        keys : list of int
+            One seed key per clip.
+        settings : VideoSettings
+            Steps, ϑ (``theta``), α mode, guidance, size, frames and the ablation switches.
+        trace : SynthesisTrace, optional
+            Filled with the timesteps run, the mask and the denoising time.
+
+        Returns
+        -------
+        ndarray of shape (n, settings.n_frames, settings.size, settings.size, 3), uint8
+
+        Raises
+        ------
+        ValueError
+            For an ``alpha_mode`` not in :data:`ALPHA_MODES`.
+        """
         pipe, n, s, t_len = self.pipe, len(keys), settings.size, settings.n_frames
         device, dtype = self.device, self.dtype
         trace = trace if trace is not None else SynthesisTrace()

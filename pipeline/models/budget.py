@@ -55,7 +55,15 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 @dataclass
 class Budget:
-    """Bytes a stage holds at its peak, by part."""
+    """Bytes a stage holds at its peak, by part.
+
+    Attributes
+    ----------
+    stage : str
+        The rule name.
+    host, gpu : dict of str to float
+        Part (e.g. ``"model (float32)"``) → bytes held in host or GPU memory.
+    """
 
     stage: str
     host: dict[str, float] = field(default_factory=dict)
@@ -71,17 +79,47 @@ class Budget:
 
 
 def fits(budget: Budget, gpu_gb: float) -> bool:
-    """Whether ``budget`` leaves :data:`HEADROOM` of a ``gpu_gb`` GB card free."""
+    """Whether ``budget`` leaves :data:`HEADROOM` of a ``gpu_gb`` GB card free.
+
+    Parameters
+    ----------
+    budget : Budget
+    gpu_gb : float, GB (10**9 bytes)
+        GPU memory.
+
+    Returns
+    -------
+    bool
+        ``budget.gpu_bytes <= (1 - HEADROOM) * gpu_gb * 1e9``.
+    """
     return budget.gpu_bytes <= (1 - HEADROOM) * gpu_gb * _GB
 
 
 def fits_host(budget: Budget, mem_mb: int) -> bool:
-    """Whether ``budget`` and :data:`PROCESS_GB` fit a Slurm ``mem_mb`` (MiB) allocation."""
+    """Whether ``budget`` and :data:`PROCESS_GB` fit a Slurm ``mem_mb`` (MiB) allocation.
+
+    Parameters
+    ----------
+    budget : Budget
+    mem_mb : int, MiB
+        Host memory of the job.
+
+    Returns
+    -------
+    bool
+        ``budget.host_bytes + PROCESS_GB * 1e9 <= mem_mb * 2**20``.
+    """
     return budget.host_bytes + PROCESS_GB * _GB <= mem_mb * 2**20
 
 
 def paper_models() -> dict[str, torch.nn.Module]:
-    """Every paper-size model (:mod:`pipeline.models.paper_size`) on the meta device."""
+    """Every paper-size model (:mod:`pipeline.models.paper_size`) on the meta device.
+
+    Returns
+    -------
+    dict of str to torch.nn.Module
+        Name in :data:`pipeline.models.paper_size.BUILDERS` → model without storage.
+    """
     return {name: build(name, "meta") for name in BUILDERS}
 
 
@@ -92,7 +130,20 @@ UNBUDGETED = ("fit_keyframe_embedder",)
 
 def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
     """The budgets of the model stages at paper size, in ``precision`` (stage family →
-    dtype name; default: the paper preset's, :data:`pipeline.models.presets.PRECISION`)."""
+    dtype name; default: the paper preset's, :data:`pipeline.models.presets.PRECISION`).
+
+    Parameters
+    ----------
+    precision : dict of str to str, optional
+        Stage family (``caches``, ``training``, ``keyframes``, ``videos``,
+        ``evaluation``) → ``float32``, ``float16`` or ``bfloat16``.
+
+    Returns
+    -------
+    dict of str to Budget
+        Stage (rule) name → bytes held at its peak, for cc2017 sizes
+        (:data:`pipeline.models.paper_size.CC2017`).
+    """
     d = CC2017
     precision = precision or PRECISION["paper"]
     nbytes = {family: _BYTES[name] for family, name in precision.items()}
@@ -218,7 +269,20 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
 
 def table(budgets: dict[str, Budget], mem_mb: dict[str, int] | None = None) -> str:
     """Markdown table: host and GPU GB per stage, the profile's host memory, the GPU fits
-    (host GB without the process's own :data:`PROCESS_GB`)."""
+    (host GB without the process's own :data:`PROCESS_GB`).
+
+    Parameters
+    ----------
+    budgets : dict of str to Budget
+        As :func:`paper_budgets` returns them.
+    mem_mb : dict of str to int, optional
+        Stage → the cluster profile's ``mem_mb`` (MiB), shown beside its budget.
+
+    Returns
+    -------
+    str
+        A Markdown table, one row per stage; sizes in GB (10**9 bytes).
+    """
     head = "| stage | host GB | profile mem_mb | GPU GB | " + " | ".join(
         f"fits {g} GB" for g in GPU_SIZES_GB
     )

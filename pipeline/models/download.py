@@ -71,6 +71,18 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> 
     is written. Anything that is not a tensor mapping is refused. The file is
     memory-mapped, so an 18 GB checkpoint does not need 18 GB of RAM; tensors
     that share storage with another (tied weights) are written as copies.
+
+    Parameters
+    ----------
+    source : path
+        A pickled checkpoint (``.bin``, ``.ckpt``, ``.pth``, ``.pt``).
+    target : path
+        The ``.safetensors`` file to write.
+
+    Raises
+    ------
+    DataError
+        If the file does not hold a mapping of tensors (directly or under ``state_dict``).
     """
     import torch
     from safetensors.torch import save_file
@@ -97,6 +109,21 @@ def fetch_role(source: ModelSource) -> Path:
 
     Fetches the files into the cache when the hub is reachable; with
     ``HF_HUB_OFFLINE=1`` finds them there. Only the role's files are fetched.
+
+    Parameters
+    ----------
+    source : ModelSource
+        Repository, revision, repository type and file patterns of one role.
+
+    Returns
+    -------
+    Path
+        The snapshot folder (named after the commit) in the Hugging Face cache.
+
+    Raises
+    ------
+    DataError
+        If the files can be neither fetched nor found in the cache.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -133,6 +160,23 @@ def layout_role(role: str, source: ModelSource, snapshot: str | os.PathLike, tar
 
     Every pattern must match at least one file: a repository that does not
     hold what the loader reads is an error that names the pattern.
+
+    Parameters
+    ----------
+    role : str
+        The role's name, for messages.
+    source : ModelSource
+        Its repository and file patterns.
+    snapshot : path
+        The cached snapshot, as :func:`fetch_role` returns it.
+    target : Path
+        The role folder to create; pickles are converted to safetensors, other files
+        hard-linked (or copied), and ``source.json`` written last.
+
+    Raises
+    ------
+    DataError
+        If a pattern matches no file, or a pickle holds no tensor mapping.
     """
     snapshot = Path(snapshot)
     present = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
@@ -212,6 +256,29 @@ def download_set(
     Roles are built one by one in a staging folder; a failed role is reported
     after the others are built, and the set folder appears only when every
     role is complete.
+
+    Parameters
+    ----------
+    name : {'encoders', 'generation', 'classifiers'}
+        A key of :data:`SETS`.
+    preset : str
+        A model preset with hub repositories (not ``tiny``).
+    root : path
+        ``models.root``.
+    generator : str, optional
+        The keyframe generator; required for ``generation``.
+
+    Returns
+    -------
+    list of Path
+        The role folders in the set folder.
+
+    Raises
+    ------
+    ValueError
+        If ``generator`` is missing for ``generation``, or a role has no hub repository.
+    DownloadError
+        If any role failed (the others are kept for a rerun).
     """
     sources = SETS[name][0][preset]
     if name == "generation":

@@ -58,11 +58,21 @@ def fit_vae(
 
     Parameters
     ----------
+    vae : diffusers.AutoencoderKL
+        Trained in place, on the CPU, in float32; left in eval mode without gradients.
     frames : ndarray of shape (n_frames, height, width, 3), uint8
     steps : int
         Optimisation steps (AdamW, cosine learning-rate decay).
+    seed : int
+        Seeds the crops, the mixing weights and the posterior samples.
     crop : int
-        Side of the square training crops (the VAE is fully convolutional).
+        Side of the square training crops, pixels (the VAE is fully convolutional).
+    batch_size : int
+        Crops per step.
+    lr : float
+        Initial learning rate.
+    kl_weight : float
+        Weight of the KL term.
     mix_weight : float
         Weight of the latent-mixing consistency term (see the module docstring).
     mix_concentration : float
@@ -112,7 +122,21 @@ def fit_vae(
 
 @torch.no_grad()
 def encode_frames(vae, frames: np.ndarray, batch_size: int = 32) -> torch.Tensor:
-    """Latent means (``latent_dist.mode()``, unscaled) of uint8 frames, in batches."""
+    """Latent means (``latent_dist.mode()``, unscaled) of uint8 frames, in batches.
+
+    Parameters
+    ----------
+    vae : diffusers.AutoencoderKL
+        On the CPU, float32.
+    frames : ndarray of shape (n_frames, height, width, 3), uint8
+    batch_size : int
+        Frames per encoder call.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_frames, latent_channels, height / f, width / f), float32
+        ``f`` is the VAE's downsampling factor.
+    """
     return torch.cat(
         [
             vae.encode(_to_model(frames[i : i + batch_size])).latent_dist.mode()
@@ -123,7 +147,21 @@ def encode_frames(vae, frames: np.ndarray, batch_size: int = 32) -> torch.Tensor
 
 @torch.no_grad()
 def reconstruction_ssim(vae, frames: np.ndarray, batch_size: int = 32) -> float:
-    """Mean SSIM (skimage, RGB, data range 255) of frames against their VAE round trip."""
+    """Mean SSIM (skimage, RGB, data range 255) of frames against their VAE round trip.
+
+    Parameters
+    ----------
+    vae : diffusers.AutoencoderKL
+        On the CPU, float32.
+    frames : ndarray of shape (n_frames, height, width, 3), uint8
+    batch_size : int
+        Frames per encoder call.
+
+    Returns
+    -------
+    float
+        SSIM averaged over the frames, in [-1, 1].
+    """
     scores = []
     for i in range(0, len(frames), batch_size):
         batch = frames[i : i + batch_size]

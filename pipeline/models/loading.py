@@ -57,6 +57,23 @@ def load_tensors(path: str | os.PathLike, mmap: bool = False) -> Any:
     ``os.system``) is refused with the file named, before it runs. With
     ``mmap`` the tensors stay in the file until read (checkpoints in torch's
     zip format; older ones are read whole).
+
+    Parameters
+    ----------
+    path : path
+        A pickled checkpoint.
+    mmap : bool
+        Memory-map the file instead of reading it whole.
+
+    Returns
+    -------
+    object
+        What the pickle holds (usually a dict of name to CPU ``torch.Tensor``).
+
+    Raises
+    ------
+    DataError
+        If the pickle holds anything other than tensors, containers and plain values.
     """
     import pickle
 
@@ -77,7 +94,25 @@ def load_tensors(path: str | os.PathLike, mmap: bool = False) -> Any:
 
 def require_model(path: str | os.PathLike, marker: str) -> Path:
     """``path`` if it holds ``marker`` (a model directory), else a clear error saying which rule
-    writes it."""
+    writes it.
+
+    Parameters
+    ----------
+    path : path
+        A model directory.
+    marker : str
+        A file the directory must hold, e.g. ``config.json``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If ``path / marker`` is not a file.
+    """
     path = Path(path)
     if not (path / marker).is_file():
         raise ModelNotFoundError(
@@ -101,7 +136,24 @@ class DeviceError(PipelineError, RuntimeError):
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device when present, else the CPU; a named CUDA device
-    that torch cannot see is an error saying why (never a silent fall back to the CPU)."""
+    that torch cannot see is an error saying why (never a silent fall back to the CPU).
+
+    Records the device in :data:`EXECUTION`.
+
+    Parameters
+    ----------
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    DeviceError
+        If a CUDA device is named but torch sees none, or not that index.
+    """
     if device == "auto":
         resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -145,6 +197,23 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 
     On the CPU, ``float16`` becomes ``float32`` (logged): the paper preset's default
     precision is for GPUs, and half-precision kernels on the CPU are slow or missing.
+    Records the dtype's name in :data:`EXECUTION`.
+
+    Parameters
+    ----------
+    name : {'float32', 'float16', 'bfloat16'}
+        The configured precision.
+    device : torch.device or str, optional
+        Where the stage runs; on the CPU float16 becomes float32.
+
+    Returns
+    -------
+    torch.dtype
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known dtype.
     """
     try:
         dtype = _DTYPES[name]
@@ -159,7 +228,20 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 
 def autocast(device: torch.device, dtype: torch.dtype):
     """Autocast to ``dtype`` on ``device``; float32: none. The parameters stay float32, and
-    the reconstructors' contrastive logits leave the autocast region (``layers._logits``)."""
+    the reconstructors' contrastive logits leave the autocast region (``layers._logits``).
+
+    Parameters
+    ----------
+    device : torch.device
+        Its ``type`` selects the autocast backend.
+    dtype : torch.dtype
+        The compute precision.
+
+    Returns
+    -------
+    context manager
+        ``torch.autocast``, or a no-op for float32.
+    """
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -175,6 +257,30 @@ def load_clip(
     ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``; open_clip's own
     ``open_clip_model.safetensors`` is read too). The visual tower is set to
     also return its tokens (after ``ln_post``, CLS excluded, no projection).
+
+    Parameters
+    ----------
+    path : path
+        The model directory.
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+
+    Returns
+    -------
+    model : open_clip.CLIP
+        In eval mode without gradients; ``model.visual(x)`` returns
+        ``(pooled (n, embed_dim), tokens (n, n_tokens, width))``.
+    tokenizer : callable
+        list of str → token ids of shape (n, context_length), int64.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If ``open_clip_config.json`` or the safetensors weights are missing.
+    DataError
+        If the weights do not fit the model.
     """
     import open_clip
 
@@ -196,7 +302,20 @@ def load_clip(
 
 def copy_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Copy a safetensors file's tensors into ``model``'s, one tensor in memory at a time;
-    every tensor of the model's state must be in the file and no other."""
+    every tensor of the model's state must be in the file and no other.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Copied into in place (its dtype and device are kept).
+    path : path
+        A safetensors file.
+
+    Raises
+    ------
+    DataError
+        If names or shapes of the file's tensors differ from the model's.
+    """
     from safetensors import safe_open
 
     state = model.state_dict()
@@ -222,7 +341,27 @@ def copy_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 def load_vae(
     path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ):
-    """diffusers ``AutoencoderKL`` from a directory in diffusers layout (safetensors)."""
+    """diffusers ``AutoencoderKL`` from a directory in diffusers layout (safetensors).
+
+    Parameters
+    ----------
+    path : path
+        The model directory (``config.json`` and weights).
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+
+    Returns
+    -------
+    diffusers.AutoencoderKL
+        In eval mode, without gradients.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the directory or its ``config.json`` is missing.
+    """
     from diffusers import AutoencoderKL
 
     path = require_model(path, "config.json")
@@ -235,7 +374,28 @@ def load_vae(
 def load_captioner(
     path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Any, Any]:
-    """transformers BLIP-2 processor and model from a directory in transformers layout."""
+    """transformers BLIP-2 processor and model from a directory in transformers layout.
+
+    Parameters
+    ----------
+    path : path
+        The model directory (e.g. ``Salesforce/blip2-opt-2.7b``'s files).
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+
+    Returns
+    -------
+    processor : transformers.Blip2Processor
+    model : transformers.Blip2ForConditionalGeneration
+        In eval mode, without gradients.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the directory or its ``config.json`` is missing.
+    """
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     path = require_model(path, "config.json")
@@ -249,7 +409,28 @@ def load_captioner(
 def load_image_classifier(
     path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Any, Any]:
-    """transformers image processor and image-classification model (e.g. a ViT)."""
+    """transformers image processor and image-classification model (e.g. a ViT).
+
+    Parameters
+    ----------
+    path : path
+        The model directory in transformers layout.
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+
+    Returns
+    -------
+    processor : transformers.BaseImageProcessor
+    model : transformers.PreTrainedModel
+        An ``AutoModelForImageClassification``, in eval mode without gradients.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the directory or its ``config.json`` is missing.
+    """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     path = require_model(path, "config.json")
@@ -269,6 +450,28 @@ def load_clip_vision(
     The tower's ``image_embeds`` are what ``CLIPModel.get_image_features`` returns; the
     text tower's weights are not loaded. A weight of the tower missing from the file is an
     error, not a random initialisation.
+
+    Parameters
+    ----------
+    path : path
+        The whole CLIP model's directory.
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+
+    Returns
+    -------
+    processor : transformers.CLIPImageProcessor
+    model : transformers.CLIPVisionModelWithProjection
+        In eval mode, without gradients; ``image_embeds`` of shape (n, projection_dim).
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the directory or its ``config.json`` is missing.
+    DataError
+        If a weight of the image tower is missing from the file.
     """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -301,6 +504,28 @@ def load_video_classifier(
     ``num_frames`` overrides the frames the model reads (the field evaluates
     VideoMAE on the 6 frames of a clip; its position embeddings are fixed
     sinusoids, so any even count works).
+
+    Parameters
+    ----------
+    path : path
+        The model directory in transformers layout.
+    device : torch.device or str
+        Where the model is moved.
+    dtype : torch.dtype
+        Precision of the weights.
+    num_frames : int, optional
+        Frames per clip the model reads; default the checkpoint's.
+
+    Returns
+    -------
+    processor : transformers.BaseImageProcessor
+    model : transformers.PreTrainedModel
+        An ``AutoModelForVideoClassification``, in eval mode without gradients.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the directory or its ``config.json`` is missing.
     """
     from transformers import AutoImageProcessor, AutoModelForVideoClassification
 

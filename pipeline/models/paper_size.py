@@ -41,7 +41,18 @@ CC2017 = {
 
 
 def count(module: nn.Module) -> int:
-    """Parameters of ``module``."""
+    """Parameters of ``module``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        On any device, ``meta`` included.
+
+    Returns
+    -------
+    int
+        Number of parameter elements (shared parameters counted once).
+    """
     return sum(p.numel() for p in module.parameters())
 
 
@@ -300,6 +311,23 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
 
 
 def build(name: str, device: torch.device | str = "meta") -> nn.Module:
-    """Paper model ``name`` on ``device`` (``meta``: shapes only), random weights."""
+    """Paper model ``name`` on ``device`` (``meta``: shapes only), random weights.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BUILDERS`.
+    device : torch.device or str
+        Where the parameters are created.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not in :data:`BUILDERS`.
+    """
     with torch.device(device):
         return BUILDERS[name]()

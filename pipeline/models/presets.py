@@ -277,7 +277,25 @@ CLASSIFIER_CLASSES: dict[str, dict[str, int]] = {"paper": {"frame": 1000, "video
 def generation_roles(preset: str, generator: str) -> list[str]:
     """The generation roles a run with keyframe ``generator`` reads: the generator's own
     (its :data:`~pipeline.generation.registry.KEYFRAME_GENERATORS` entry's role) and every
-    role that is no generator's (the video models)."""
+    role that is no generator's (the video models).
+
+    Parameters
+    ----------
+    preset : str
+        A key of :data:`GENERATION`.
+    generator : str
+        A keyframe generator's name.
+
+    Returns
+    -------
+    list of str
+        Role names, in the preset's order.
+
+    Raises
+    ------
+    ValueError
+        If ``generator`` is unknown or ``preset`` has no model for it.
+    """
     from pipeline.generation.registry import KEYFRAME_GENERATORS, keyframe_generator
 
     roles = GENERATION[preset]
@@ -338,7 +356,18 @@ PRECISION = {
 
 
 def precision_settings(config: dict) -> dict[str, str]:
-    """The ``precision`` section with null values resolved from the preset."""
+    """The ``precision`` section with null values resolved from the preset.
+
+    Parameters
+    ----------
+    config : dict
+        A validated configuration (``models.preset`` and ``precision`` are read).
+
+    Returns
+    -------
+    dict of str to str
+        Stage family → ``float32``, ``float16`` or ``bfloat16``.
+    """
     defaults = PRECISION[config["models"]["preset"]]
     return {
         family: value if value is not None else defaults[family]
@@ -350,7 +379,18 @@ def model_device(models: dict) -> str:
     """The model stages' device setting: ``auto`` stays ``auto`` (CUDA when present, else the
     CPU) except with the paper preset, which asks for CUDA so that a job without it stops
     and says why (``loading.resolve_device``) instead of running on the CPU; ``cpu``
-    forces the CPU."""
+    forces the CPU.
+
+    Parameters
+    ----------
+    models : dict
+        The ``models`` config section (``device`` and ``preset`` are read).
+
+    Returns
+    -------
+    str
+        ``auto``, ``cuda``, ``cpu`` or the configured device name.
+    """
     if models["device"] == "auto" and models["preset"] == "paper":
         return "cuda"
     return models["device"]
@@ -362,21 +402,71 @@ def tiny_video_size(frame_size: int) -> int:
 
 
 def generation_dir(root: str | os.PathLike, preset: str) -> Path:
-    """Directory of ``preset``'s generation models (one role per subdirectory)."""
+    """Directory of ``preset``'s generation models (one role per subdirectory).
+
+    Parameters
+    ----------
+    root : path
+        ``models.root``.
+    preset : str
+        A key of :data:`GENERATION`.
+
+    Returns
+    -------
+    Path
+        ``{root}/{preset}-generation``.
+
+    Raises
+    ------
+    ValueError
+        If ``preset`` is unknown.
+    """
     if preset not in GENERATION:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(GENERATION)}")
     return Path(root) / f"{preset}-generation"
 
 
 def classifier_dir(root: str | os.PathLike, preset: str) -> Path:
-    """Directory of ``preset``'s classifiers (one role per subdirectory)."""
+    """Directory of ``preset``'s classifiers (one role per subdirectory).
+
+    Parameters
+    ----------
+    root : path
+        ``models.root``.
+    preset : str
+        A key of :data:`CLASSIFIERS`.
+
+    Returns
+    -------
+    Path
+        ``{root}/{preset}-classifiers``.
+
+    Raises
+    ------
+    ValueError
+        If ``preset`` is unknown.
+    """
     if preset not in CLASSIFIERS:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(CLASSIFIERS)}")
     return Path(root) / f"{preset}-classifiers"
 
 
 def generation_settings(config: dict, section: str) -> dict:
-    """``keyframes`` or ``video`` settings with null values resolved from the preset."""
+    """``keyframes`` or ``video`` settings with null values resolved from the preset.
+
+    Parameters
+    ----------
+    config : dict
+        A validated configuration.
+    section : {'keyframes', 'video'}
+        The config section.
+
+    Returns
+    -------
+    dict
+        A copy of the section; for the tiny preset the video ``size`` (pixels) defaults
+        to half the extracted frames' side, a multiple of 8, at least 32.
+    """
     preset = config["models"]["preset"]
     values = dict(config[section])
     defaults = GENERATION_DEFAULTS[preset][section]
@@ -389,7 +479,23 @@ def generation_settings(config: dict, section: str) -> dict:
 
 
 def preset_sources(preset: str) -> dict[str, ModelSource]:
-    """The sources of ``preset``; a clear error for an unknown name."""
+    """The sources of ``preset``; a clear error for an unknown name.
+
+    Parameters
+    ----------
+    preset : str
+        A key of :data:`PRESETS`.
+
+    Returns
+    -------
+    dict of str to ModelSource
+        Role → where its model comes from.
+
+    Raises
+    ------
+    ValueError
+        If ``preset`` is unknown.
+    """
     try:
         return PRESETS[preset]
     except KeyError:
@@ -397,7 +503,27 @@ def preset_sources(preset: str) -> dict[str, ModelSource]:
 
 
 def model_dir(root: str | os.PathLike, preset: str, role: str) -> Path:
-    """Local directory of ``role`` in ``preset`` under the models root."""
+    """Local directory of ``role`` in ``preset`` under the models root.
+
+    Parameters
+    ----------
+    root : path
+        ``models.root``.
+    preset : str
+        A key of :data:`PRESETS`.
+    role : str
+        One of the preset's roles (:data:`ROLES`).
+
+    Returns
+    -------
+    Path
+        ``{root}/{preset}/{role}``.
+
+    Raises
+    ------
+    ValueError
+        If the preset is unknown or has no such role.
+    """
     if role not in preset_sources(preset):
         raise ValueError(f"preset {preset!r} has no model for role {role!r}")
     return Path(root) / preset / role

@@ -36,6 +36,19 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     Written as ``open_clip_config.json`` + ``open_clip_pytorch_model.safetensors``, the
     layout of ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``. The text tower uses
     OpenCLIP's bundled BPE tokenizer, so nothing is downloaded.
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write (created if needed).
+    seed : int
+        Seeds the random initialisation.
+
+    Returns
+    -------
+    Path
+        ``path``; :func:`pipeline.models.loading.load_clip` reads it. Pooled
+        embeddings have 32 dimensions.
     """
     import open_clip
     from safetensors.torch import save_file
@@ -63,6 +76,20 @@ def write_tiny_vae(path: str | os.PathLike, seed: int = 0, sample_size: int = 22
     ``diffusion_pytorch_model.safetensors``), the layout of the ``vae`` folder of
     a Stable Diffusion repository. Random weights; fitting it to the stimuli is
     a separate step.
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write.
+    seed : int
+        Seeds the random initialisation.
+    sample_size : int
+        The config's ``sample_size``, pixels (the frame side it is fitted to).
+
+    Returns
+    -------
+    Path
+        ``path``; :func:`pipeline.models.loading.load_vae` reads it.
     """
     from diffusers import AutoencoderKL
 
@@ -109,6 +136,21 @@ def write_tiny_captioner(path: str | os.PathLike, seed: int = 0, num_query_token
 
     Written with ``save_pretrained`` in the layout of ``Salesforce/blip2-opt-2.7b``
     (model config and safetensors, processor, image processor and tokenizer files).
+    Images are resized to 32 x 32 pixels; the tokenizer's words are :data:`CAPTION_WORDS`.
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write.
+    seed : int
+        Seeds the random initialisation.
+    num_query_tokens : int
+        Q-Former query tokens.
+
+    Returns
+    -------
+    Path
+        ``path``; :func:`pipeline.models.loading.load_captioner` reads it.
     """
     from transformers import (
         Blip2Config,
@@ -181,6 +223,19 @@ def write_tiny_models(
     latents, as for the SD VAE; ``output/vae/metadata.json`` records the
     reconstruction SSIM on ``held_out`` frames not used for fitting. The
     directory appears only once complete.
+
+    Parameters
+    ----------
+    output : path
+        The tiny preset's folder (``{models.root}/tiny``), written atomically.
+    frame_stores : list of path
+        ``extract_frames`` stores of the training stimuli.
+    seed : int
+        Seeds the weights, the held-out split and the VAE fit.
+    vae_steps : int
+        Optimisation steps of the VAE fit.
+    held_out : int
+        Frames kept out of the fit to measure the reconstruction SSIM.
 
     Returns
     -------

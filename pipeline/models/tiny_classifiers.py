@@ -131,6 +131,35 @@ def write_tiny_frame_classifier(
     Returns the metadata also written to ``path/metadata.json``: cluster
     sizes, the final loss and the accuracy on ``held_out`` frames not used
     for fitting (against their k-means cluster).
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write (transformers layout).
+    frames : ndarray of shape (n_frames, height, width, 3), uint8
+        Resized to :data:`IMAGE_SIZE` pixels by the saved image processor.
+    seed : int
+        Seeds the weights, the k-means, the held-out split and the batches.
+    steps : int
+        Optimisation steps (AdamW, cosine learning-rate decay).
+    classes : int
+        Number of k-means clusters, the classifier's classes.
+    held_out : int
+        Frames kept out of the fit; must be fewer than ``n_frames``.
+    batch_size : int
+        Frames per step.
+    lr : float
+        Initial learning rate.
+
+    Returns
+    -------
+    dict
+        The metadata (JSON-serialisable).
+
+    Raises
+    ------
+    ValueError
+        If there are no more frames than ``held_out``.
     """
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -181,6 +210,35 @@ def write_tiny_video_classifier(
     The clusters are those of the clips' frames' 8 x 8 mean colours taken
     together, so content and its change over the clip both count. Metadata
     as for :func:`write_tiny_frame_classifier`.
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write (transformers layout).
+    clips : ndarray of shape (n_clips, n_frames, height, width, 3), uint8
+        ``n_frames`` must be even (VideoMAE's tubelets of 2 frames).
+    seed : int
+        Seeds the weights, the k-means, the held-out split and the batches.
+    steps : int
+        Optimisation steps (AdamW, cosine learning-rate decay).
+    classes : int
+        Number of k-means clusters, the classifier's classes.
+    held_out : int
+        Clips kept out of the fit; must be fewer than ``n_clips``.
+    batch_size : int
+        Clips per step.
+    lr : float
+        Initial learning rate.
+
+    Returns
+    -------
+    dict
+        The metadata (JSON-serialisable).
+
+    Raises
+    ------
+    ValueError
+        If ``n_frames`` is odd or there are no more clips than ``held_out``.
     """
     from transformers import (
         VideoMAEConfig,
@@ -237,7 +295,22 @@ TINY_CLIP_ROLES = {"clip_vit_l14": 4, "clip_vit_b32": 8}
 def write_tiny_openai_clip(path: str | os.PathLike, *, seed: int = 0, patch_size: int = 8) -> dict:
     """A tiny, seeded ``CLIPModel`` (both towers) with its image processor, saved in the
     layout of the openai CLIP hub repositories (``config.json``, ``model.safetensors``,
-    ``preprocessor_config.json``); not trained: CLIP-pcc of the demo only runs the code."""
+    ``preprocessor_config.json``); not trained: CLIP-pcc of the demo only runs the code.
+
+    Parameters
+    ----------
+    path : path
+        The role folder to write.
+    seed : int
+        Seeds the random weights.
+    patch_size : int
+        Patch side of the image tower, pixels (images are :data:`IMAGE_SIZE` pixels).
+
+    Returns
+    -------
+    dict
+        The metadata also written to ``path/metadata.json``.
+    """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(seed)
@@ -271,7 +344,30 @@ def write_tiny_classifiers(
 
     Fitted to at most ``max_frames`` frames and ``max_clips`` clips of the
     training ``frame_stores``, drawn with ``seed``. The directory appears only
-    once complete. Returns the metadata per role.
+    once complete. Returns the metadata per role. The tiny CLIP models of
+    :data:`TINY_CLIP_ROLES` are written beside the classifiers.
+
+    Parameters
+    ----------
+    output : path
+        The tiny preset's classifier folder, written atomically.
+    frame_stores : list of path
+        ``extract_frames`` stores of the training stimuli.
+    seed : int
+        Seeds the weights, the k-means, the held-out split and the batches.
+    steps : int
+        Optimisation steps (AdamW, cosine learning-rate decay).
+    classes : int
+        Number of k-means clusters, the classifier's classes.
+    max_frames : int
+        Most frames the frame classifier is fitted to.
+    max_clips : int
+        Most clips the video classifier is fitted to.
+
+    Returns
+    -------
+    dict of str to dict
+        Role → its metadata, as written to ``{role}/metadata.json``.
     """
     import zarr
 

@@ -234,6 +234,21 @@ def write_tiny_generation(
     ``encoders`` is the tiny preset's directory (its fitted ``vae`` is reused);
     the generated image size is the VAE's ``sample_size`` (the frames' size).
     The directory appears only once complete. Returns a small manifest.
+
+    Parameters
+    ----------
+    output : path
+        The tiny preset's generation folder (``{models.root}/tiny-generation``).
+    encoders : path
+        The tiny preset's folder, with a fitted ``vae`` and its ``metadata.json``.
+    seed : int
+        Seeds the random weights.
+
+    Returns
+    -------
+    dict
+        ``seed``, ``image_size`` (pixels) and ``vae`` (the VAE folder read), also
+        written to ``output/manifest.json``.
     """
     from pipeline.stores import atomic_output
 

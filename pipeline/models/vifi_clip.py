@@ -41,7 +41,19 @@ PREFIXES = ("module.image_encoder.", "image_encoder.")
 
 
 def image_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The image tower's tensors of a ViFi-CLIP ``model`` state, prefixes removed."""
+    """The image tower's tensors of a ViFi-CLIP ``model`` state, prefixes removed.
+
+    Parameters
+    ----------
+    state : dict of str to torch.Tensor
+        A released checkpoint's ``model`` state (DataParallel names).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Tensors under ``module.image_encoder.`` or ``image_encoder.``, in OpenAI CLIP's
+        names (``conv1.weight``, ``transformer.resblocks.*``, ``proj``, ...); empty if none.
+    """
     tower = {}
     for key, value in state.items():
         prefix = next((p for p in PREFIXES if key.startswith(p)), None)
@@ -72,7 +84,23 @@ def _build(tower: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 class ViFiClip:
     """ViFi-CLIP's image tower from a safetensors file of a released checkpoint's ``model``
-    state; :meth:`similarity` of predicted and ground-truth videos."""
+    state; :meth:`similarity` of predicted and ground-truth videos.
+
+    Parameters
+    ----------
+    path : path
+        A ``.safetensors`` file of the checkpoint's ``model`` state (``evaluation.vifi_clip``).
+    device : torch.device or str
+        Where the tower runs.
+    dtype : torch.dtype
+        Precision of the weights and inputs.
+
+    Raises
+    ------
+    DataError
+        If the file is not a ``.safetensors`` file, is missing, or holds no complete
+        ViFi-CLIP image tower.
+    """
 
     def __init__(self, path: str | os.PathLike, device="cpu", dtype=torch.float32):
         from safetensors.torch import load_file
@@ -113,7 +141,21 @@ class ViFiClip:
 
     @torch.no_grad()
     def video_embeds(self, videos: np.ndarray, batch_size: int = 32) -> torch.Tensor:
-        """uint8 (n, f, h, w, 3) → (n, dim): frame embeddings averaged, then normalised."""
+        """uint8 (n, f, h, w, 3) → (n, dim): frame embeddings averaged, then normalised.
+
+        Parameters
+        ----------
+        videos : ndarray of shape (n_videos, n_frames, height, width, 3), uint8
+            RGB frames of any size in pixels; resized to 512, then 256 and centre-cropped
+            to the tower's 224 x 224.
+        batch_size : int
+            Frames per model call.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_videos, embed_dim), float32, on the CPU
+            Unit L2 norm.
+        """
         flat = videos.reshape(-1, *videos.shape[2:])
         parts = [
             self.model(self._pixels(flat[i : i + batch_size])).float().cpu()
@@ -130,6 +172,20 @@ class ViFiClip:
         ``swap_pred``: swap red and blue of the predictions first, as Mind-Animator's
         predictions reach ViFi-CLIP (``gif_to_avi.py`` hands RGB frames to OpenCV's
         writer, which takes them for BGR).
+
+        Parameters
+        ----------
+        pred, gt : ndarray of shape (n_videos, n_frames, height, width, 3), uint8
+            Predicted and ground-truth videos, paired by index.
+        batch_size : int
+            Frames per model call.
+        swap_pred : bool
+            Swap the red and blue channels of ``pred`` first.
+
+        Returns
+        -------
+        ndarray of shape (n_videos,), float32
+            Cosine similarity in [-1, 1]; Mind-Animator's gate is ``> 0.6``.
         """
         if swap_pred:
             pred = pred[..., ::-1]

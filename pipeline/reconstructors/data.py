@@ -31,7 +31,26 @@ class Split:
 
 
 def load_split(aligned: str | os.PathLike, split: str) -> Split:
-    """Read ``train`` or ``test`` of an aligned store into memory."""
+    """Read ``train`` or ``test`` of an aligned store into memory.
+
+    Parameters
+    ----------
+    aligned : str or PathLike
+        The subject's aligned store.
+    split : str
+        ``train`` or ``test``.
+
+    Returns
+    -------
+    Split
+        ``fmri`` float32 (n_samples, n_voxels), ``segment`` str and ``clip`` int64
+        (n_samples,).
+
+    Raises
+    ------
+    DataError
+        When the store has no such split.
+    """
     store = open_store(aligned, stage="align")
     if split not in store:
         raise DataError(f"{aligned}: no {split!r} split")
@@ -46,6 +65,20 @@ def load_split(aligned: str | os.PathLike, split: str) -> Split:
 def cache_rows(cache: str | os.PathLike, split: Split, stage: str) -> np.ndarray:
     """Row of a cache store for every sample of ``split`` (anything with ``segment`` and
     ``clip`` arrays).
+
+    Parameters
+    ----------
+    cache : str or PathLike
+        A cache store with ``segment`` and ``clip`` arrays.
+    split : Split
+        Or anything with ``segment`` and ``clip`` arrays of shape (n_samples,).
+    stage : str
+        The stage that must have written ``cache``.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), int64
+        Row indices into the cache's arrays.
 
     Raises
     ------
@@ -68,7 +101,18 @@ def cache_rows(cache: str | os.PathLike, split: Split, stage: str) -> np.ndarray
 
 
 def input_identity(*stores: str | os.PathLike) -> list[dict]:
-    """Which version of each input store a result was computed from (stage, params, time)."""
+    """Which version of each input store a result was computed from (stage, params, time).
+
+    Parameters
+    ----------
+    *stores : str or PathLike
+        Input stores.
+
+    Returns
+    -------
+    list of dict
+        Per store, its ``path``, ``stage`` and ``created`` time.
+    """
     out = []
     for path in stores:
         record = open_store(path).attrs.get("provenance", {})

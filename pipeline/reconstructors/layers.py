@@ -18,7 +18,15 @@ __all__ = [
 
 
 class ResidualMLP(nn.Module):
-    """``x + Dropout(Linear(GELU(Linear(LayerNorm(x)))))``: the MLP block of the backbones."""
+    """``x + Dropout(Linear(GELU(Linear(LayerNorm(x)))))``: the MLP block of the backbones.
+
+    Parameters
+    ----------
+    width : int
+        Width of the input and output.
+    dropout : float
+        Dropout probability before the second linear layer.
+    """
 
     def __init__(self, width: int, dropout: float = 0.0):
         super().__init__()
@@ -31,6 +39,16 @@ class ResidualMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block applied to the last axis.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (..., width)
+
+        Returns
+        -------
+        torch.Tensor of shape (..., width)
+        """
         return x + self.net(x)
 
 
@@ -39,6 +57,18 @@ class Attention(nn.Module):
 
     Input ``(batch, sequence, width)``; ``torch``'s fused scaled-dot-product
     kernel does the attention.
+
+    Parameters
+    ----------
+    width : int
+        Width of the tokens.
+    heads : int
+        Attention heads; must divide ``width``.
+
+    Raises
+    ------
+    ValueError
+        When ``heads`` does not divide ``width``.
     """
 
     def __init__(self, width: int, heads: int):
@@ -51,6 +81,16 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention over the sequence, added to the input.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (batch, sequence, width)
+
+        Returns
+        -------
+        torch.Tensor of shape (batch, sequence, width)
+        """
         b, n, w = x.shape
         q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.heads, w // self.heads).unbind(2)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -77,6 +117,18 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> to
 
     Both inputs are flattened per sample and L2-normalised; the positive of
     row ``i`` is row ``i``.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor of shape (n, ...)
+        Paired embeddings, flattened to (n, d).
+    temperature : float
+        τ of the logits.
+
+    Returns
+    -------
+    torch.Tensor, scalar, float32
+        The mean of the two directions' cross-entropies.
     """
     p, t = _normalised(pred), _normalised(target)
     logits = _logits(p, t, temperature)
@@ -92,6 +144,26 @@ def mix_samples(
     Returns ``(mixed, perm, betas, select)``; each sample is selected with
     ``probability`` and mixed with a random partner at a weight drawn from
     ``beta`` (global torch RNG, so a seeded epoch replays the same draws).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (b, ...)
+        A batch of fMRI inputs.
+    beta : torch.distributions.Beta
+        Distribution of the mixing weights λ (eq. 7).
+    probability : float
+        Chance, in [0, 1], that a sample is mixed.
+
+    Returns
+    -------
+    mixed : torch.Tensor of shape (b, ...)
+        The batch after mixing (eq. 7); unselected samples unchanged.
+    perm : torch.Tensor of shape (b,), int64
+        Each sample's partner.
+    betas : torch.Tensor of shape (b,)
+        Each sample's weight on itself.
+    select : torch.Tensor of shape (b,), bool
+        Which samples were mixed.
     """
     b = len(x)
     perm = torch.randperm(b, device=x.device)
@@ -103,7 +175,19 @@ def mix_samples(
 def mix_like(
     x: torch.Tensor, perm: torch.Tensor, betas: torch.Tensor, select: torch.Tensor
 ) -> torch.Tensor:
-    """``x`` mixed with the partners and weights of :func:`mix_samples` (e.g. the targets)."""
+    """``x`` mixed with the partners and weights of :func:`mix_samples` (e.g. the targets).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (b, ...)
+        A batch to mix.
+    perm, betas, select : torch.Tensor of shape (b,)
+        As returned by :func:`mix_samples`.
+
+    Returns
+    -------
+    torch.Tensor of shape (b, ...)
+    """
     shape = (-1,) + (1,) * (x.dim() - 1)
     mixed = x * betas.view(shape) + x[perm] * (1 - betas.view(shape))
     return torch.where(select.view(shape), mixed, x)
@@ -123,6 +207,22 @@ def bimixco_loss(
     where ``select``; its target distribution puts ``beta`` on its own target
     and ``1 - beta`` on the partner's. The backward direction (targets to
     predictions) uses the same soft labels, transposed.
+
+    Parameters
+    ----------
+    pred : torch.Tensor of shape (n, ...)
+        Embeddings of the mixed inputs; flattened to (n, d).
+    target : torch.Tensor of shape (n, ...)
+        The unmixed targets (e.g. CLIP image tokens (n, 256, 1664)).
+    temperature : float
+        τ of the logits.
+    perm, betas, select : torch.Tensor of shape (n,)
+        The mixing of :func:`mix_samples`.
+
+    Returns
+    -------
+    torch.Tensor, scalar, float32
+        The mean of the two directions' soft cross-entropies.
     """
     p, t = _normalised(pred), _normalised(target)
     logits = _logits(p, t, temperature)
@@ -136,7 +236,20 @@ def bimixco_loss(
 
 
 def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SoftCLIP: the targets' own similarity distribution as soft labels, both directions."""
+    """SoftCLIP: the targets' own similarity distribution as soft labels, both directions.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor of shape (n, ...)
+        Paired embeddings, flattened to (n, d).
+    temperature : float
+        τ of the logits.
+
+    Returns
+    -------
+    torch.Tensor, scalar, float32
+        The mean of the two directions' soft cross-entropies.
+    """
     p, t = _normalised(pred), _normalised(target)
     target_probs = F.softmax(_logits(t, t, temperature), dim=-1)
     logits = _logits(p, t, temperature)

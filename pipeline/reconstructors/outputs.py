@@ -26,7 +26,21 @@ def write_model_dir(
     rows: list[dict],
     title: str,
 ) -> None:
-    """Write ``model.safetensors``, ``config.json``, ``metrics.csv`` and ``loss.png``."""
+    """Write ``model.safetensors``, ``config.json``, ``metrics.csv`` and ``loss.png``.
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The model directory; created if needed.
+    model : torch.nn.Module
+        Its ``state_dict`` is saved, on the CPU.
+    config : dict
+        The exact configuration; ``n_parameters`` is added.
+    rows : list of dict
+        Per-epoch metrics (``metrics.csv`` and the curves of ``loss.png``).
+    title : str
+        The figure's title.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -40,7 +54,29 @@ def write_model_dir(
 def read_model_dir(
     directory: str | os.PathLike, stage: str, weights: str = WEIGHTS
 ) -> tuple[dict, dict]:
-    """``(config, tensors)`` of a model directory written by ``stage``."""
+    """``(config, tensors)`` of a model directory written by ``stage``.
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The model directory.
+    stage : str
+        The stage that must have written it.
+    weights : str
+        The weights' file name.
+
+    Returns
+    -------
+    config : dict
+        ``config.json``.
+    tensors : dict of str to torch.Tensor
+        The weights, on the CPU.
+
+    Raises
+    ------
+    StoreError
+        When a file is missing or ``config.json`` names another stage.
+    """
     directory = Path(directory)
     try:
         config = json.loads((directory / CONFIG).read_text())

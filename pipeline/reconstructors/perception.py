@@ -34,6 +34,11 @@ class PerceptionConfig:
 
     ``n_voxels``, ``n_frames`` and ``latent_shape`` come from the data (the
     aligned store and the VAE cache); the widths from the preset and config.
+
+    Raises
+    ------
+    ValueError
+        When the latent height or width is not divisible by ``2 ** upsamplings``.
     """
 
     n_voxels: int
@@ -61,10 +66,18 @@ class PerceptionConfig:
 
     @property
     def base_size(self) -> tuple[int, int]:
+        """tuple of int: (height, width) of the feature map before Temporal Upsampling,
+        the latent's divided by ``2 ** upsamplings``."""
         _, h, w = self.latent_shape
         return h // 2**self.upsamplings, w // 2**self.upsamplings
 
     def to_dict(self) -> dict:
+        """The configuration as JSON-ready fields (``latent_shape`` a list).
+
+        Returns
+        -------
+        dict
+        """
         return asdict(self) | {"latent_shape": list(self.latent_shape)}
 
 
@@ -126,7 +139,13 @@ class TemporalStage(nn.Module):
 
 
 class PerceptionReconstructor(nn.Module):
-    """fMRI (batch, voxels) → latents (batch, frames, channels, height, width)."""
+    """fMRI (batch, voxels) → latents (batch, frames, channels, height, width).
+
+    Parameters
+    ----------
+    config : PerceptionConfig
+        The architecture.
+    """
 
     def __init__(self, config: PerceptionConfig):
         super().__init__()
@@ -157,6 +176,18 @@ class PerceptionReconstructor(nn.Module):
         )
 
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The blurry video's VAE latents predicted from fMRI (section 3.1).
+
+        Parameters
+        ----------
+        fmri : torch.Tensor of shape (batch, n_voxels)
+            Aligned fMRI samples.
+
+        Returns
+        -------
+        torch.Tensor of shape (batch, n_frames, channels, height, width)
+            One VAE latent per frame (``config.latent_shape``), scaled like the VAE cache.
+        """
         c = self.config
         b = len(fmri)
         x = self.backbone(self.ridge(self.extension(fmri)))  # (b, frames, hidden)
@@ -171,7 +202,22 @@ class PerceptionReconstructor(nn.Module):
 def pr_loss(
     pred: torch.Tensor, target: torch.Tensor, temperature: float, contrastive_weight: float
 ) -> dict[str, torch.Tensor]:
-    """Eq. 1: MAE + ``contrastive_weight`` × bidirectional InfoNCE over the clips of the batch."""
+    """Eq. 1: MAE + ``contrastive_weight`` × bidirectional InfoNCE over the clips of the batch.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor of shape (batch, n_frames, channels, height, width)
+        Predicted and cached VAE latents of the clips' frames.
+    temperature : float
+        τ of the InfoNCE logits.
+    contrastive_weight : float
+        Weight of the InfoNCE term.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Scalars ``loss`` (what is minimised), ``mae`` and ``nce``.
+    """
     mae = F.l1_loss(pred.float(), target.float())
     nce = info_nce(pred, target, temperature)
     return {"loss": mae + contrastive_weight * nce, "mae": mae, "nce": nce}

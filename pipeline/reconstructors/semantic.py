@@ -53,6 +53,12 @@ class SemanticConfig:
     condition_drop: float = 0.2
 
     def to_dict(self) -> dict:
+        """The configuration as JSON-ready fields.
+
+        Returns
+        -------
+        dict
+        """
         return asdict(self)
 
 
@@ -97,6 +103,16 @@ class DiffusionPrior(nn.Module):
     The sequence is ``[condition tokens, timestep token, noisy tokens]`` with
     learned position embeddings; the output is read at the noisy tokens'
     positions (``prediction_type='sample'``, as DALL·E 2's prior).
+
+    Parameters
+    ----------
+    c : SemanticConfig
+        Its ``n_tokens``, ``width``, ``prior_heads``, ``prior_depth``.
+
+    Raises
+    ------
+    ValueError
+        When ``prior_heads`` does not divide ``width``.
     """
 
     def __init__(self, c: SemanticConfig):
@@ -129,7 +145,24 @@ class DiffusionPrior(nn.Module):
         condition: torch.Tensor,
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``drop``: boolean (batch,) mask of samples given the null condition instead."""
+        """``drop``: boolean (batch,) mask of samples given the null condition instead.
+
+        Parameters
+        ----------
+        noisy : torch.Tensor of shape (batch, n_tokens, width)
+            CLIP tokens noised to ``timesteps``.
+        timesteps : torch.Tensor of shape (batch,), int
+            DDPM timesteps, in [0, prior_timesteps).
+        condition : torch.Tensor of shape (batch, n_tokens, width)
+            The fMRI embeddings.
+        drop : torch.Tensor of shape (batch,), bool, optional
+            Samples given the null condition (classifier-free guidance).
+
+        Returns
+        -------
+        torch.Tensor of shape (batch, n_tokens, width)
+            The predicted clean tokens.
+        """
         if drop is not None:
             condition = torch.where(
                 drop[:, None, None], self.null_condition.to(condition), condition
@@ -153,7 +186,13 @@ def make_scheduler(timesteps: int):
 
 
 class SemanticReconstructor(nn.Module):
-    """Backbone + projector, diffusion prior and the frozen Reftm text projector."""
+    """Backbone + projector, diffusion prior and the frozen Reftm text projector.
+
+    Parameters
+    ----------
+    config : SemanticConfig
+        The architecture.
+    """
 
     def __init__(self, config: SemanticConfig):
         super().__init__()
@@ -165,21 +204,60 @@ class SemanticReconstructor(nn.Module):
         self.scheduler = make_scheduler(config.prior_timesteps)
 
     def to_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Reftm's frozen projector: mean over tokens, then the fitted linear map."""
+        """Reftm's frozen projector: mean over tokens, then the fitted linear map.
+
+        Parameters
+        ----------
+        tokens : torch.Tensor of shape (n, n_tokens, width)
+            CLIP tokens (predicted or the prior's output).
+
+        Returns
+        -------
+        torch.Tensor of shape (n, text_dim), float32
+        """
         return tokens.float().mean(1) @ self.text_projection
 
     def reftm_loss(
         self, tokens: torch.Tensor, text: torch.Tensor, temperature: float
     ) -> torch.Tensor:
         """Eq. 10 (:math:`\\mathcal{L}_{Reftm}`): bidirectional InfoNCE between the projected
-        tokens (n, tokens, width) and the caption embeddings (n, text_dim)."""
+        tokens (n, tokens, width) and the caption embeddings (n, text_dim).
+
+        Parameters
+        ----------
+        tokens : torch.Tensor of shape (n, n_tokens, width)
+            The prior's reconstructed tokens (or the backbone's).
+        text : torch.Tensor of shape (n, text_dim)
+            CLIP text embeddings of the keyframes' captions.
+        temperature : float
+            τ of the logits.
+
+        Returns
+        -------
+        torch.Tensor, scalar, float32
+        """
         return info_nce(self.to_text(tokens), text, temperature)
 
     def prior_loss(
         self, embedding: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 9 (:math:`\\mathcal{L}_{Prior}`), DALL·E 2's objective at a random timestep:
-        ``(MSE, predicted clean tokens)``."""
+        ``(MSE, predicted clean tokens)``.
+
+        Parameters
+        ----------
+        embedding : torch.Tensor of shape (n, n_tokens, width)
+            The fMRI embeddings (the condition).
+        target : torch.Tensor of shape (n, n_tokens, width)
+            The keyframes' CLIP image tokens.
+
+        Returns
+        -------
+        loss : torch.Tensor, scalar, float32
+            The MSE.
+        pred : torch.Tensor of shape (n, n_tokens, width)
+            The predicted clean tokens.
+        """
         b = len(target)
         t = torch.randint(0, self.config.prior_timesteps, (b,), device=target.device)
         noise = torch.randn_like(target)
@@ -199,6 +277,22 @@ class SemanticReconstructor(nn.Module):
         """Reconstructed CLIP tokens from fMRI embeddings (``steps`` steps, CFG ``guidance``).
 
         The sampler's state stays float32 under autocast; only the prior's layers are cast.
+
+        Parameters
+        ----------
+        embedding : torch.Tensor of shape (n, n_tokens, width)
+            The fMRI embeddings (the backbone's projector output).
+        steps : int
+            DDPM sampling steps.
+        guidance : float
+            Classifier-free guidance scale; 1 for none.
+        generator : torch.Generator, optional
+            A CPU generator for the initial noise and the sampler.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, n_tokens, width), float32
+            The reconstruction-embeddings e^re of the keyframes (section 3.2).
         """
         scheduler = make_scheduler(self.config.prior_timesteps)
         scheduler.set_timesteps(steps, device=embedding.device)
@@ -221,6 +315,20 @@ def fit_text_projector(
     """Least-squares map from mean CLIP tokens (n, width) to text embeddings (n, text_dim).
 
     Ridge penalty ``ridge × mean eigenvalue`` of the input covariance; fitted in float64.
+
+    Parameters
+    ----------
+    mean_tokens : torch.Tensor of shape (n, width)
+        The mean over tokens of the training clips' CLIP image tokens.
+    text : torch.Tensor of shape (n, text_dim)
+        CLIP text embeddings of their captions.
+    ridge : float
+        Relative ridge penalty.
+
+    Returns
+    -------
+    torch.Tensor of shape (width, text_dim), float32
+        The projection matrix (``SemanticReconstructor.text_projection``).
     """
     x, y = mean_tokens.double(), text.double()
     gram = x.T @ x

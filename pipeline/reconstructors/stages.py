@@ -81,6 +81,34 @@ def train_perception(
     Writes ``output`` (a model directory: weights, config, metrics.csv, loss.png)
     atomically; returns the metrics rows, or None when stopped early by
     ``stop_after_epoch`` (no output then, only the checkpoint).
+
+    Parameters
+    ----------
+    aligned : str or PathLike
+        The subject's aligned store: fMRI float32 (n_samples, n_voxels) per split.
+    vae_cache : str or PathLike
+        The ``cache_vae`` store: ``latents`` float16 (n_clips, n_frames, c, h, w), the
+        targets of eq. 1.
+    output : str or PathLike
+        The model directory.
+    settings : dict
+        The effective reconstructor settings: ``architecture`` and the training keys
+        (epochs, batch size, learning rate, ...), ``tau``, ``contrastive_weight``,
+        ``mixup_fraction`` and ``mixup_beta``.
+    checkpoint_dir : str or PathLike
+        Where per-epoch checkpoints go (training resumes from them); removed on success.
+    checkpoint_every : int
+        Epochs between checkpoints.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    stop_after_epoch : int, optional
+        Stop after this many epochs, writing only the checkpoint.
+
+    Returns
+    -------
+    list of dict or None
+        One metrics row per epoch (training losses and test-set scores), or None when
+        stopped early.
     """
     device = resolve_device(device)
     train_split, test_split = load_split(aligned, "train"), load_split(aligned, "test")
@@ -193,6 +221,28 @@ def predict_perception(
     Store: ``latents`` (sample, frame, channel, y, x) float16 (as cached: times
     the VAE's scaling factor), ``frames`` (sample, frame, y, x, channel) uint8
     RGB decoded by the VAE, ``segment`` and ``clip``.
+
+    Parameters
+    ----------
+    model_dir : str or PathLike
+        The ``train_perception`` model directory.
+    aligned : str or PathLike
+        The subject's aligned store; its ``test`` split is read.
+    vae : str or PathLike
+        The VAE that decodes the latents (upsampling factor f).
+    output : str or PathLike
+        The store (written atomically): ``frames`` are (n_clips, n_frames, f h, f w, 3).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    dtype : torch.dtype
+        Precision of the model (autocast) and of the VAE.
+    batch_size : int
+        Samples per call.
+
+    Raises
+    ------
+    StoreError
+        When ``model_dir`` is not a complete ``train_perception`` model directory.
     """
     device = resolve_device(device)
     model = load_perception(model_dir, device)
@@ -286,6 +336,36 @@ def train_semantic(
 
     ``stop_after_epoch`` counts epochs of both phases together. Writes the
     model directory ``output`` atomically when both phases are complete.
+
+    Parameters
+    ----------
+    aligned : str or PathLike
+        The subject's aligned store: fMRI float32 (n_samples, n_voxels) per split.
+    clip_cache : str or PathLike
+        The ``cache_clip_images`` store: ``tokens`` float16 (n_clips, n_candidates,
+        n_tokens, width), e.g. 256 x 1664 OpenCLIP ViT-bigG/14 tokens.
+    text_cache : str or PathLike
+        The ``cache_clip_text`` store: ``text_embeds`` (n_clips, n_candidates, text_dim).
+    output : str or PathLike
+        The model directory.
+    settings : dict
+        The effective reconstructor settings: ``architecture`` and the training keys
+        of both phases, and the loss weights μ (``reftm_weight``) and δ
+        (``prior_weight``) of eq. 4, temperatures and mixup settings.
+    checkpoint_dir : str or PathLike
+        Where per-epoch checkpoints go (training resumes from them); removed on success.
+    checkpoint_every : int
+        Epochs between checkpoints.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    stop_after_epoch : int, optional
+        Stop after this many epochs, writing only the checkpoint.
+
+    Returns
+    -------
+    list of dict or None
+        One metrics row per epoch (training losses and test-set scores), or None when
+        stopped early.
     """
     device = resolve_device(device)
     clip_store = open_store(clip_cache, stage="cache_clip_images")
@@ -491,6 +571,40 @@ def predict_semantic(
     Store: ``fmri_embeds`` and ``prior_embeds`` (sample, token, width) float16,
     ``segment``, ``clip``; attribute ``retrieval``: top-1 keyframe and fMRI
     retrieval of both against the cached tokens of the first candidate frame.
+
+    Parameters
+    ----------
+    model_dir : str or PathLike
+        The ``train_semantic`` model directory.
+    aligned : str or PathLike
+        The subject's aligned store; its ``test`` split is read.
+    clip_cache : str or PathLike
+        The ``cache_clip_images`` store (retrieval targets: the first candidate's tokens).
+    output : str or PathLike
+        The store (written atomically).
+    steps : int
+        Prior sampling steps.
+    guidance : float
+        Classifier-free guidance scale of the prior; 1 for none.
+    seed : int
+        Seed of the prior's sampling noise.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    dtype : str
+        Autocast precision name, e.g. ``float32`` or ``bfloat16``.
+    batch_size : int
+        Samples per call.
+
+    Returns
+    -------
+    dict of str to float
+        Test-set top-1 retrieval, in [0, 1], within parts of at most 300 clips:
+        ``{fmri_embeds,prior_embeds}_{keyframe,fmri}_top1``.
+
+    Raises
+    ------
+    StoreError
+        When ``model_dir`` is not a complete ``train_semantic`` model directory.
     """
     device = resolve_device(device)
     compute = resolve_dtype(dtype, device)

@@ -91,26 +91,51 @@ def train(
 
     Parameters
     ----------
-    load
-        Gathers the batch of the given sample indices (from memory, onto the
-        device); its time is the ``data_fraction`` of the metrics.
-    step
-        Computes the losses of one loaded batch in train mode; this function
-        does the backward pass and the optimizer step.
-    identity
+    model : torch.nn.Module
+        The model, on ``device``; only its parameters that require gradients train.
+    load : callable
+        ``load(batch_indices, epoch) -> batch``: gathers the batch of the given
+        sample indices, int64 (batch_size,) (from memory, onto the device); its time
+        is the ``data_fraction`` of the metrics.
+    step : callable
+        ``step(batch, epoch) -> {"loss": tensor, ...}``: computes the losses of one
+        loaded batch in train mode; this function does the backward pass and the
+        optimizer step.
+    n_samples : int
+        Training samples; an epoch is ``n_samples // batch_size`` steps (at least one).
+    settings : TrainSettings
+        AdamW and one-cycle schedule settings, epochs, batch size, seed, precision.
+    checkpoint_dir : str or PathLike
+        Where the checkpoint goes and is resumed from.
+    identity : dict
         JSON-serialisable description of the run (configuration, input
         provenance); a checkpoint with a different identity is discarded.
-    stop_after_epoch
+    evaluate : callable, optional
+        ``evaluate(epoch) -> {metric: float}``, run after every epoch in eval mode.
+    device : torch.device or str
+        Where the model is.
+    desc : str
+        Label of the progress bar and the log lines.
+    stop_after_epoch : int, optional
         Return after this epoch (with its checkpoint written), as if the job
         had been interrupted there; for tests and for time-limited jobs.
-    checkpoint_every
+    checkpoint_every : int
         Epochs between checkpoints; the last epoch (and ``stop_after_epoch``)
         always writes one. Only the newest is kept. It is not part of the
         identity: a run may resume with another interval.
 
-    Each metrics row holds the epoch, learning rate, the mean of every loss
-    part, the evaluation metrics, the epoch's wall time, samples per second
-    and the fraction of step time spent assembling batches (``data_fraction``).
+    Returns
+    -------
+    list of dict
+        One row per epoch run so far, resumed ones included: the epoch, learning
+        rate, the mean of every loss part (``train_*``), the evaluation metrics, the
+        epoch's wall time (``seconds``), ``samples_per_s`` and the fraction of step
+        time spent assembling batches (``data_fraction``).
+
+    Raises
+    ------
+    FloatingPointError
+        When an epoch's mean loss is not finite.
     """
     device = torch.device(device)
     checkpoint_dir = Path(checkpoint_dir)
@@ -207,7 +232,13 @@ def _save(directory: Path, identity, model, optimizer, schedule, rows) -> None:
 
 def remove_checkpoints(directory: str | os.PathLike) -> None:
     """Remove a finished training's checkpoints once its model directory is written: at
-    paper size they hold the weights and AdamW's two moments, about 25 GB per model."""
+    paper size they hold the weights and AdamW's two moments, about 25 GB per model.
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The checkpoint directory; nothing happens when it does not exist.
+    """
     directory = Path(directory)
     if directory.exists():
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
@@ -232,7 +263,15 @@ def _resume(directory: Path, identity, model, optimizer, schedule) -> tuple[list
 
 
 def write_metrics(rows: list[dict], path: str | os.PathLike) -> None:
-    """Per-epoch metrics as CSV (one column per key seen in any row)."""
+    """Per-epoch metrics as CSV (one column per key seen in any row).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One row per epoch (or per item); missing keys are empty cells.
+    path : str or PathLike
+        The CSV file.
+    """
     keys = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -241,7 +280,17 @@ def write_metrics(rows: list[dict], path: str | os.PathLike) -> None:
 
 
 def plot_losses(rows: list[dict], path: str | os.PathLike, title: str) -> None:
-    """Loss curves (every ``train_*`` and ``test_*`` loss column) against the epoch, as PNG."""
+    """Loss curves (every ``train_*`` and ``test_*`` loss column) against the epoch, as PNG.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Per-epoch rows with ``epoch`` and loss columns.
+    path : str or PathLike
+        The PNG file (600 x 400 pixels).
+    title : str
+        The figure's title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
