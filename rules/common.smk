@@ -287,6 +287,17 @@ if unknown:
 EXTERNAL = EVALUATION_CONFIG["external"]
 
 
+def output_parent(wildcards, output):
+    """The folder holding the rule's first output: a prefix derived from the output, not
+    written twice (and so right without a shared filesystem)."""
+    return os.path.dirname(output[0])
+
+
+def dataset_root_of(wildcards, output):
+    """The dataset root: the folder holding the demo's ground_truth.zarr output."""
+    return os.path.dirname(output.ground_truth)
+
+
 def external_folder(wildcards):
     """The ``evaluation.external`` entry (path, layout, panels) of a named folder."""
     return EXTERNAL[wildcards.name]

@@ -15,7 +15,7 @@ rule demo_dataset:
     threads: 1
     params:
         # the dataset root holds ground_truth.zarr
-        root=DATASET_CONFIG["root"],
+        root=dataset_root_of,
         settings=demo_settings_json(),
     shell:
         "python -m pipeline demo --root {params.root:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -32,7 +32,7 @@ rule download_generation_models:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=output_parent,
         generator=keyframe_generator(),
     shell:
         "python -m pipeline download-models --set generation --preset paper"

@@ -36,7 +36,7 @@ rule download_models:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=output_parent,
     shell:
         "python -m pipeline download-models --preset paper --root {params.root:q} > {log:q} 2>&1"
 
@@ -73,7 +73,7 @@ rule download_classifiers:
     conda:
         "../envs/models.yaml"
     params:
-        root=MODELS_CONFIG["root"],
+        root=output_parent,
     shell:
         "python -m pipeline download-models --set classifiers --preset paper"
         " --root {params.root:q} > {log:q} 2>&1"
