@@ -1,146 +1,247 @@
-"""Command line: one subcommand per stage (what the Snakemake rules call) plus ``inspect``.
+"""Command line: one subcommand per stage (what the Snakemake rules call) plus utilities.
 
 Run ``python -m pipeline --help`` (or ``pipeline --help`` once installed).
+
+Every subcommand is one :class:`Command` of :data:`COMMANDS`, and every option one
+:class:`Option` of it; :func:`_parser` builds the parser from that table. An option that
+stands for a configuration key (``config="section.key"``) takes its default, type, choices
+and help from the schema (``pipeline/schemas/config.schema.yaml``), so that running a
+stage by hand with an option left out does what the workflow's default configuration
+does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import importlib
 import json
 import logging
 import os
+import re
 import select
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError, StoreError
 from pipeline.stores import WarningCollector
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "Option", "main"]
 
 log = logging.getLogger("pipeline")
 
-
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from pipeline.demo import DemoSettings, generate_demo
-
-    generate_demo(DemoSettings.from_dict(json.loads(args.settings)), args.root)
+#: An option's ``default`` when the table gives none (argparse's own: ``None``).
+_UNSET: Any = object()
 
 
-def _cmd_preprocess(args: argparse.Namespace) -> None:
-    from pipeline.preprocess import preprocess_subject
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One command-line option of a :class:`Command`, and the keyword it becomes.
 
-    preprocess_subject(
-        args.runs,
-        args.stimuli,
-        args.output,
-        subject=args.subject,
-        tr_s=args.tr_s,
-        trailing_volumes=args.trailing_volumes,
-        max_leading_volumes=args.max_leading_volumes,
-        detrend_order=args.detrend_order,
-        max_dropped_fraction=args.max_dropped_fraction,
-        accept_tr_mismatch=args.accept_tr_mismatch == "true",
-        threads=args.threads,
-    )
+    Attributes
+    ----------
+    flags : tuple of str
+        ``("--tr-s",)``, ``("--directory", "-d")``, or ``("path",)`` for a positional.
+    help : str, optional
+        Help text; an option with ``config`` and no help shows the key's description.
+    config : str, optional
+        ``"section.key"`` of the configuration schema (``*`` stands for any name of a
+        mapping, as in ``evaluation.external.*.layout``). The option's default is the
+        key's schema default, and its type, ``nargs`` and choices follow the key's type and
+        enum unless given here; ``default`` must then stay unset.
+    type, nargs, choices, required, default, action, metavar
+        As :meth:`argparse.ArgumentParser.add_argument`.
+    keyword : str, optional
+        The target's keyword argument (default: the option's name, dashes as underscores).
+    convert : callable, optional
+        Applied to a given value before the call (e.g. ``json.loads`` of a JSON option);
+        at call time, so that a bad value is a one-line ``error:`` like any bad input.
+    """
 
+    flags: tuple[str, ...]
+    help: str | None = None
+    config: str | None = None
+    type: Callable[[str], Any] | None = None
+    nargs: str | int | None = None
+    choices: Sequence[Any] | None = None
+    required: bool = False
+    default: Any = _UNSET
+    action: str | None = None
+    metavar: str | None = None
+    keyword: str | None = None
+    convert: Callable[[Any], Any] | None = None
 
-def _cmd_select(args: argparse.Namespace) -> None:
-    from pipeline.selection import select_vertices
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed namespace."""
+        name = next((f for f in self.flags if f.startswith("--")), self.flags[-1])
+        return name.lstrip("-").replace("-", "_")
 
-    select_vertices(
-        args.preprocessed,
-        args.output,
-        train_segments=args.train_segments,
-        alpha=args.alpha,
-        alternative=args.alternative,
-    )
-
-
-def _cmd_align(args: argparse.Namespace) -> None:
-    from pipeline.alignment import align_subject
-
-    align_subject(
-        args.preprocessed,
-        args.selection,
-        args.output,
-        train_segments=args.train_segments,
-        test_segments=args.test_segments,
-        shift_s=args.shift_s,
-        tr_s=args.tr_s,
-    )
-
-
-def _cmd_frames(args: argparse.Namespace) -> None:
-    from pipeline.frames import extract_frames
-
-    extract_frames(
-        args.video, args.output, tr_s=args.tr_s, fps=args.fps, size=args.size, threads=args.threads
-    )
+    def but(self, **changes: Any) -> Option:
+        """This option with some fields changed (the same option in another command)."""
+        return dataclasses.replace(self, **changes)
 
 
-def _model_args(args: argparse.Namespace) -> dict:
-    from pipeline.models.loading import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    return {"model": args.model, "device": device, "dtype": resolve_dtype(args.dtype, device)}
+def option(*flags: str, **fields: Any) -> Option:
+    """An :class:`Option` with these flags (``option("--tr-s", config="dataset.tr_s")``)."""
+    return Option(flags, **fields)
 
 
-def _cmd_tiny_models(args: argparse.Namespace) -> None:
-    from pipeline.models.tiny import write_tiny_models
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, the function it runs and that function's options.
 
-    write_tiny_models(args.output, args.frames, seed=args.seed, vae_steps=args.vae_steps)
+    Attributes
+    ----------
+    name : str
+        The subcommand (``python -m pipeline NAME``).
+    help : str
+        One line for ``--help``.
+    target : str or callable
+        ``"module:function"``, imported when the command runs (the command line imports
+        no model library before a model stage runs), or a function of this module (an
+        adapter, for a command that does more than one call). It is called with one
+        keyword argument per option.
+    options : tuple of Option
+    devices : bool
+        Resolve the ``device`` and ``dtype`` keywords to a ``torch.device`` and
+        ``torch.dtype`` (:func:`pipeline.models.loading.resolve_device`,
+        :func:`~pipeline.models.loading.resolve_dtype`) before the call.
+    utility : bool
+        A command for people, not called by a rule of the workflow.
+    status : bool
+        The target returns the exit status; otherwise what it returns is dropped (a stage's
+        return value is for callers in Python) and the command exits 0.
+    """
+
+    name: str
+    help: str
+    target: str | Callable[..., Any]
+    options: tuple[Option, ...]
+    devices: bool = False
+    utility: bool = False
+    status: bool = False
+
+    def function(self) -> Callable[..., Any]:
+        """The target, imported."""
+        if callable(self.target):
+            return self.target
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def keywords(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The target's keyword arguments from the parsed ``args``."""
+        kwargs = {}
+        for opt in self.options:
+            value = getattr(args, opt.dest)
+            if opt.convert is not None and value is not None:
+                value = opt.convert(value)
+            kwargs[opt.keyword or opt.dest] = value
+        if self.devices:
+            from pipeline.models.loading import resolve_device, resolve_dtype
+
+            kwargs["device"] = resolve_device(kwargs["device"])
+            kwargs["dtype"] = resolve_dtype(kwargs["dtype"], kwargs["device"])
+        return kwargs
+
+    def __call__(self, args: argparse.Namespace) -> int | None:
+        result = self.function()(**self.keywords(args))
+        return result if self.status else None
 
 
-def _cmd_download_models(args: argparse.Namespace) -> None:
-    from pipeline.models.download import download_set
-
-    download_set(args.set, args.preset, args.root, generator=args.generator)
+# -- the schema behind the options ---------------------------------------------------
 
 
-def _cmd_cache(args: argparse.Namespace) -> None:
-    from pipeline import caches
+@functools.cache
+def _schema() -> dict:
+    from pipeline.config import load_schema
 
-    model = _model_args(args)
-    if args.kind == "vae":
-        caches.cache_vae_latents(args.frames, args.output, batch_size=args.batch_size, **model)
-    elif args.kind == "clip-images":
-        caches.cache_clip_images(
-            args.frames,
-            args.output,
-            candidates=args.candidates,
-            batch_size=args.batch_size,
-            **model,
-        )
-    elif args.kind == "captions":
-        caches.cache_captions(
-            args.frames,
-            args.output,
-            candidates=args.candidates,
-            max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens,
-            num_beams=args.num_beams,
-            batch_size=args.batch_size,
-            **model,
-        )
-    else:
-        caches.cache_clip_text(args.captions, args.output, **model)
+    return load_schema()
 
 
-def _cmd_train_perception(args: argparse.Namespace) -> None:
-    from pipeline.reconstructors.stages import train_perception
+def config_node(key: str) -> dict:
+    """The schema node of a configuration key ``"section.key"`` (``*``: any name)."""
+    node = _schema()
+    for part in key.split("."):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node
 
-    rows = train_perception(
-        args.aligned,
-        args.vae_cache,
-        args.output,
-        settings=json.loads(args.settings),
-        checkpoint_dir=args.checkpoints,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-        stop_after_epoch=args.stop_after_epoch,
-    )
-    _stopped_early(rows)
+
+def _true_false(value: str) -> bool:
+    """``true`` / ``false`` (any case) as a bool: how a rule passes a boolean key."""
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+    return value.lower() == "true"
+
+
+#: The argument type of a schema type.
+_SCHEMA_TYPES = {"integer": int, "number": float, "string": str, "boolean": _true_false}
+
+
+def _schema_type(node: dict) -> Callable[[str], Any] | None:
+    types = node.get("type", [])
+    names = [t for t in ([types] if isinstance(types, str) else types) if t != "null"]
+    return _SCHEMA_TYPES.get(names[0]) if names else None
+
+
+def argument(opt: Option) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The flags and keyword arguments of :meth:`~argparse.ArgumentParser.add_argument`
+    for ``opt``, with the default, type, choices and help of its configuration key."""
+    fields = {
+        "help": opt.help,
+        "type": opt.type,
+        "nargs": opt.nargs,
+        "choices": opt.choices,
+        "action": opt.action,
+        "metavar": opt.metavar,
+    }
+    if opt.config is not None:
+        if opt.default is not _UNSET:
+            raise ValueError(f"{opt.flags[0]}: a default beside config={opt.config!r}")
+        node = config_node(opt.config)
+        fields["default"] = node.get("default")
+        if node.get("type") == "array":
+            fields["nargs"] = fields["nargs"] or "+"
+            node = node["items"]
+        fields["type"] = fields["type"] or _schema_type(node)
+        enum = [v for v in node.get("enum", ()) if v is not None]
+        fields["choices"] = fields["choices"] or enum or None
+        if fields["type"] is _true_false:
+            fields["metavar"] = fields["metavar"] or "{true,false}"
+        if fields["help"] is None:
+            fields["help"] = " ".join(node.get("description", "").split())
+        fields["help"] = f"{fields['help']} (config {opt.config}; default %(default)s)"
+    elif opt.default is not _UNSET:
+        fields["default"] = opt.default
+    if fields["help"]:
+        fields["help"] = re.sub(r"%(?!\(default\)s)", "%%", fields["help"])
+    if opt.flags[0].startswith("-"):
+        fields["dest"] = opt.dest
+        fields["required"] = opt.required or None
+    return opt.flags, {k: v for k, v in fields.items() if v is not None}
+
+
+def _add(parser: argparse.ArgumentParser, opt: Option) -> None:
+    """Add ``opt`` to ``parser``: the one place an option is added."""
+    flags, fields = argument(opt)
+    parser.add_argument(*flags, **fields)
+
+
+# -- adapters: commands that do more than one call -------------------------------------
+
+
+def _demo_settings(text: str) -> Any:
+    from pipeline.demo import DemoSettings
+
+    return DemoSettings.from_dict(json.loads(text))
+
+
+def _greedy(text: str) -> dict:
+    """The captions section (JSON) with sampling off: a caption is a function of its keyframe."""
+    return json.loads(text) | {"do_sample": False}
 
 
 def _stopped_early(rows: list | None) -> None:
@@ -150,289 +251,156 @@ def _stopped_early(rows: list | None) -> None:
         raise SystemExit(3)
 
 
-def _cmd_predict_perception(args: argparse.Namespace) -> None:
-    from pipeline.models.loading import resolve_device, resolve_dtype
-    from pipeline.reconstructors.stages import predict_perception
+def _train_perception(**kwargs: Any) -> None:
+    from pipeline.reconstructors.stages import train_perception
 
-    device = resolve_device(args.device)
-    predict_perception(
-        args.model_dir,
-        args.aligned,
-        args.vae,
-        args.output,
-        device=device,
-        dtype=resolve_dtype(args.dtype, device),
-        batch_size=args.batch_size,
-    )
+    _stopped_early(train_perception(**kwargs))
 
 
-def _cmd_train_semantic(args: argparse.Namespace) -> None:
+def _train_semantic(**kwargs: Any) -> None:
     from pipeline.reconstructors.stages import train_semantic
 
-    rows = train_semantic(
-        args.aligned,
-        args.clip_cache,
-        args.text_cache,
-        args.output,
-        settings=json.loads(args.settings),
-        checkpoint_dir=args.checkpoints,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-        stop_after_epoch=args.stop_after_epoch,
-    )
-    _stopped_early(rows)
+    _stopped_early(train_semantic(**kwargs))
 
 
-def _cmd_predict_semantic(args: argparse.Namespace) -> None:
-    from pipeline.reconstructors.stages import predict_semantic
+def _cache(
+    kind: str,
+    *,
+    frames: list[str] | None,
+    captions: str | None,
+    output: str,
+    candidates: list[int],
+    max_new_tokens: int,
+    min_new_tokens: int,
+    num_beams: int,
+    batch_size: int,
+    **model: Any,
+) -> None:
+    """One feature cache; ``model`` holds the model directory, device and dtype."""
+    from pipeline import caches
 
-    predict_semantic(
-        args.model_dir,
-        args.aligned,
-        args.clip_cache,
-        args.output,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-    )
+    if kind == "vae":
+        caches.cache_vae_latents(frames, output, batch_size=batch_size, **model)
+    elif kind == "clip-images":
+        caches.cache_clip_images(
+            frames, output, candidates=candidates, batch_size=batch_size, **model
+        )
+    elif kind == "captions":
+        caches.cache_captions(
+            frames,
+            output,
+            candidates=candidates,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            num_beams=num_beams,
+            batch_size=batch_size,
+            **model,
+        )
+    else:
+        caches.cache_clip_text(captions, output, **model)
 
 
-def _devices(args: argparse.Namespace) -> dict:
-    from pipeline.models.loading import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    return {"device": device, "dtype": resolve_dtype(args.dtype, device)}
-
-
-def _cmd_tiny_generation_models(args: argparse.Namespace) -> None:
-    from pipeline.models.tiny_generation import write_tiny_generation
-
-    write_tiny_generation(args.output, args.encoders, seed=args.seed)
-
-
-def _cmd_fit_keyframe_embedder(args: argparse.Namespace) -> None:
+def _fit_keyframe_embedder(*, settings: dict, **kwargs: Any) -> None:
     from pipeline.generation.stages import fit_keyframe_embedder
 
-    settings = json.loads(args.settings)
     fit_keyframe_embedder(
-        args.aligned,
-        args.frames_dir,
-        args.generation,
-        args.output,
         generator=settings["generator"],
         frame=settings["frame"],
         alphas=settings["embedder_alphas"],
-        **_devices(args),
+        **kwargs,
     )
 
 
-def _cmd_generate_keyframes(args: argparse.Namespace) -> None:
-    from pipeline.generation.stages import generate_keyframes
-
-    generate_keyframes(
-        args.blurry,
-        args.generation,
-        args.output,
-        settings=json.loads(args.settings),
-        aligned=args.aligned,
-        embedder=args.embedder,
-        semantic=args.semantic,
-        batch_size=args.batch_size,
-        **_devices(args),
-    )
-
-
-def _cmd_caption_keyframes(args: argparse.Namespace) -> None:
-    from pipeline.generation.stages import caption_keyframes
-
-    caption_keyframes(
-        args.keyframes,
-        args.captioner,
-        args.output,
-        generation=json.loads(args.settings) | {"do_sample": False},
-        batch_size=args.batch_size,
-        **_devices(args),
-    )
-
-
-def _cmd_synthesize_videos(args: argparse.Namespace) -> None:
-    from pipeline.generation.stages import synthesize_videos
-
-    synthesize_videos(
-        args.blurry,
-        args.keyframes,
-        args.captions,
-        args.generation,
-        args.output,
-        settings=json.loads(args.settings),
-        batch_size=args.batch_size,
-        **_devices(args),
-    )
-
-
-def _cmd_tiny_classifiers(args: argparse.Namespace) -> None:
-    from pipeline.models.tiny_classifiers import write_tiny_classifiers
-
-    write_tiny_classifiers(
-        args.output, args.frames, seed=args.seed, steps=args.steps, classes=args.classes
-    )
-
-
-def _cmd_train_fusion(args: argparse.Namespace) -> None:
-    from pipeline.generation.fusion import fit_fusion
-
-    fit_fusion(
-        args.clip_images,
-        args.frames,
-        args.classifier,
-        args.output,
-        settings=json.loads(args.settings),
-        **_devices(args),
-    )
-
-
-def _cmd_fuse_videos(args: argparse.Namespace) -> None:
-    from pipeline.generation.fusion import fuse_videos
-
-    fuse_videos(
-        args.videos,
-        args.blurry,
-        args.clip,
-        args.generation,
-        args.fusion,
-        args.output,
-        threshold=args.threshold,
-        max_chain=args.max_chain,
-        batch_size=args.batch_size,
-        **_devices(args),
-    )
-
-
-def _evaluation_settings(args: argparse.Namespace) -> dict:
-    return json.loads(args.settings) | {"batch_size": args.batch_size}
-
-
-def _cmd_evaluate_videos(args: argparse.Namespace) -> None:
+def _evaluate_videos(
+    *, videos: str, frames_dir: str, settings: dict, batch_size: int, **kw: Any
+) -> None:
     from pipeline.evaluation.evaluate import evaluate, pipeline_reconstructions
 
-    evaluate(
-        pipeline_reconstructions(args.videos, args.frames_dir),
-        args.output,
-        classifiers=args.classifiers,
-        clip=args.clip,
-        settings=_evaluation_settings(args),
-        **_devices(args),
-    )
+    data = pipeline_reconstructions(videos, frames_dir)
+    evaluate(data, settings=settings | {"batch_size": batch_size}, **kw)
 
 
-def _cmd_evaluate_external(args: argparse.Namespace) -> None:
+def _evaluate_external(
+    *,
+    folder: str,
+    layout: str,
+    panels: int,
+    gt_panel: int,
+    pred_panel: int,
+    border: str,
+    frames_dir: str,
+    settings: dict,
+    batch_size: int,
+    **kw: Any,
+) -> None:
     from pipeline.evaluation.evaluate import evaluate, external_reconstructions
 
     data = external_reconstructions(
-        args.folder,
-        layout=args.layout,
-        panels=args.panels,
-        gt_panel=args.gt_panel,
-        pred_panel=args.pred_panel,
-        border=args.border,
-        frames_dir=args.frames_dir,
+        folder,
+        layout=layout,
+        panels=panels,
+        gt_panel=gt_panel,
+        pred_panel=pred_panel,
+        border=border,
+        frames_dir=frames_dir,
     )
-    evaluate(
-        data,
-        args.output,
-        classifiers=args.classifiers,
-        clip=args.clip,
-        settings=_evaluation_settings(args),
-        stage="evaluate_external",
-        **_devices(args),
-    )
+    evaluate(data, settings=settings | {"batch_size": batch_size}, stage="evaluate_external", **kw)
 
 
-def _cmd_evaluate_retrieval(args: argparse.Namespace) -> None:
-    from pipeline.evaluation.evaluate import evaluate_retrieval
-
-    evaluate_retrieval(
-        args.semantic, args.clip_images, args.output, settings=json.loads(args.settings)
-    )
-
-
-def _cmd_evaluation_tables(args: argparse.Namespace) -> None:
-    from pipeline.evaluation.tables import write_tables
-
-    write_tables(
-        args.results,
-        args.output,
-        subjects=args.subjects,
-        ablation_subjects=args.ablation_subjects,
-        ablations=args.ablations,
-        external=args.external,
-        settings=json.loads(args.settings),
-    )
-
-
-def _cmd_report(args: argparse.Namespace) -> None:
+def _report(*, results: str, subjects: list[str], clips: int, **kwargs: Any) -> None:
+    """The report of ``subjects``, their stores found under ``results``."""
     from pipeline.evaluation.report import write_report
 
-    results = Path(args.results)
-    subjects = {
-        s: {
-            "selection": results / s / "selection.zarr",
-            "perception": results / s / "perception" / "model",
-            "semantic": results / s / "semantic" / "model",
-            "blurry": results / s / "perception" / "blurry.zarr",
-            "keyframes": results / s / "keyframes" / "keyframes.zarr",
-            "videos": results / s / "videos",
-            "evaluation": results / s / "evaluation" / "videos",
-        }
-        for s in args.subjects
+    results = Path(results)
+    paths = {
+        "selection": ("selection.zarr",),
+        "perception": ("perception", "model"),
+        "semantic": ("semantic", "model"),
+        "blurry": ("perception", "blurry.zarr"),
+        "keyframes": ("keyframes", "keyframes.zarr"),
+        "videos": ("videos",),
+        "evaluation": ("evaluation", "videos"),
     }
     write_report(
-        args.output,
-        tables=args.tables,
-        subjects={s: {k: str(v) for k, v in p.items()} for s, p in subjects.items()},
-        fusion=args.fusion,
-        frames_dir=args.frames_dir,
-        config=json.loads(args.config),
-        n_clips=args.clips,
-        figures=args.figures,
-        methods=args.methods,
+        subjects={s: {k: str(results.joinpath(s, *p)) for k, p in paths.items()} for s in subjects},
+        n_clips=clips,
         results=results,
+        **kwargs,
     )
 
 
-def _cmd_inspect(args: argparse.Namespace) -> None:
+def _inspect(path: str, provenance: bool) -> None:
     from pipeline.stores import inspect_store
 
-    print(inspect_store(args.path, show_provenance=args.provenance))
+    print(inspect_store(path, show_provenance=provenance))
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _verify(
+    paths: list[str], directory: str | None, snakefile: str, configfile: list[str], no_config: bool
+) -> int:
     from pipeline.verify import find_stores, load_rule_params, verify_stores
 
-    if args.directory:
-        os.chdir(args.directory)
-    if not args.no_config:
-        load_rule_params(Path(args.snakefile), args.configfile)
-    paths = [Path(p) for p in args.paths] if args.paths else list(find_stores())
+    if directory:
+        os.chdir(directory)
+    if not no_config:
+        load_rule_params(Path(snakefile), configfile)
+    stores = [Path(p) for p in paths] if paths else list(find_stores())
     failed = 0
-    for path, problems in verify_stores(paths).items():
+    for path, problems in verify_stores(stores).items():
         if problems:
             failed += 1
             print(f"FAILED  {path}: " + "; ".join(p.removeprefix(f"{path}: ") for p in problems))
         else:
             print(f"ok      {path}")
-    print(f"{len(paths) - failed} of {len(paths)} stores verified", file=sys.stderr)
+    print(f"{len(stores) - failed} of {len(stores)} stores verified", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _cmd_versions(args: argparse.Namespace) -> None:
+def _versions(check: bool) -> None:
     from pipeline.environment import LOCK, lock_drift, versions_table
 
     print(versions_table(lock=LOCK if LOCK.exists() else None))
-    if args.check:
+    if check:
         drift = lock_drift(LOCK)
         if drift:
             raise PipelineError(
@@ -441,33 +409,33 @@ def _cmd_versions(args: argparse.Namespace) -> None:
         print(f"every installed package of {LOCK.name} is at its locked version")
 
 
-def _cmd_memory_budget(args: argparse.Namespace) -> None:
+def _memory_budget(profile: str) -> None:
     import yaml
 
     from pipeline.models.budget import paper_budgets, table
 
-    profile = yaml.safe_load(Path(args.profile).read_text())
-    mem_mb = {rule: r["mem_mb"] for rule, r in profile["set-resources"].items() if "mem_mb" in r}
+    resources = yaml.safe_load(Path(profile).read_text())["set-resources"]
+    mem_mb = {rule: r["mem_mb"] for rule, r in resources.items() if "mem_mb" in r}
     print(table(paper_budgets(), mem_mb))
 
 
-def _cmd_sync_envs(args: argparse.Namespace) -> None:
+def _sync_envs(env_files: list[str]) -> None:
     from pipeline.environment import LOCK, env_file_text
 
-    for path in args.env_files:
+    for path in env_files:
         text = env_file_text(path, LOCK)
         if Path(path).read_text() != text:
             Path(path).write_text(text)
             log.info("%s: pinned from %s", path, LOCK.name)
 
 
-def _cmd_lag_scan(args: argparse.Namespace) -> None:
+def _lag_scan(preprocessed: str, selection: str, frames: list[str], lags: list[int]) -> None:
     from pipeline.analysis import lag_profile_from_stores
 
-    stores = {Path(p).name.removesuffix(".zarr"): p for p in args.frames}
-    scores = lag_profile_from_stores(args.preprocessed, args.selection, stores, args.lags)
+    stores = {Path(p).name.removesuffix(".zarr"): p for p in frames}
+    scores = lag_profile_from_stores(preprocessed, selection, stores, lags)
     print("lag_volumes\tcv_correlation")
-    for lag, score in zip(args.lags, scores, strict=True):
+    for lag, score in zip(lags, scores, strict=True):
         print(f"{lag}\t{score:.4f}")
 
 
@@ -483,389 +451,595 @@ def _write_or_print(content: str, page: str | None, name: str) -> None:
         log.info("%s: %s already up to date", page, name)
 
 
-def _cmd_rerun_table(args: argparse.Namespace) -> None:
+def _rerun_table(snakefile: str, write: str | None) -> None:
     from pipeline.rerun import markdown, rerun_table
 
-    table = markdown(rerun_table(Path(args.snakefile).resolve()))
-    _write_or_print(table, args.write, "rerun-table")
+    _write_or_print(markdown(rerun_table(Path(snakefile).resolve())), write, "rerun-table")
 
 
-def _cmd_config_docs(args: argparse.Namespace) -> None:
+def _config_docs(write: str | None) -> None:
     from pipeline.config import load_schema
     from pipeline.docs import config_markdown
 
-    _write_or_print(config_markdown(load_schema()), args.write, "config-keys")
+    _write_or_print(config_markdown(load_schema()), write, "config-keys")
 
 
-def _cmd_rulegraph(args: argparse.Namespace) -> None:
+def _rulegraph(snakefile: str, configfile: list[str], write: str | None) -> None:
     from pipeline.docs import parse_rulegraph, rulegraph, rulegraph_markdown
 
-    graph = parse_rulegraph(rulegraph(args.snakefile, tuple(args.configfile)))
-    _write_or_print(rulegraph_markdown(graph), args.write, "rulegraph")
+    graph = parse_rulegraph(rulegraph(snakefile, tuple(configfile)))
+    _write_or_print(rulegraph_markdown(graph), write, "rulegraph")
 
 
-def _training_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by the reconstructor training subcommands."""
-    p.add_argument("--output", required=True, help="model directory to write")
-    p.add_argument("--settings", required=True, help="effective settings, JSON")
-    p.add_argument("--checkpoints", required=True, help="checkpoint directory (resumed from)")
-    p.add_argument(
-        "--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)"
+# -- the table of commands -----------------------------------------------------------
+
+OUTPUT = option("--output", required=True)
+SETTINGS = option("--settings", required=True, convert=json.loads, help="JSON of the settings")
+DEVICE = option("--device", config="models.device")
+DTYPE = option(
+    "--dtype",
+    default="float32",
+    help="floating-point type of the model computations (the precision section)",
+)
+TR_S = option("--tr-s", config="dataset.tr_s")
+TINY_SEED = option("--seed", config="models.tiny_seed")
+CACHE_BATCH = option("--batch-size", config="models.batch_size")
+FRAMES_DIR = option("--frames-dir", required=True, help="directory of the frame stores")
+GENERATION = option(
+    "--generation",
+    required=True,
+    keyword="generation_dir",
+    help="the preset's generation model directory",
+)
+TRAIN_SEGMENTS = option("--train-segments", nargs="+", required=True)
+FRAME_STORES = option("--frames", nargs="+", required=True, keyword="frame_stores")
+WRITE = option("--write", metavar="PAGE", help="write it between the page's markers (else print)")
+SNAKEFILE = option("--snakefile", default="Snakefile")
+CONFIGFILE = option(
+    "--configfile", nargs="*", default=[], help="config files merged over the default"
+)
+
+
+def _training(section: str) -> tuple[Option, ...]:
+    """Options shared by the reconstructor trainings (``section``: their config section)."""
+    return (
+        OUTPUT.but(help="model directory to write"),
+        SETTINGS.but(help="effective settings, JSON"),
+        option(
+            "--checkpoints",
+            required=True,
+            keyword="checkpoint_dir",
+            help="checkpoint directory (resumed from)",
+        ),
+        option("--checkpoint-every", config=f"{section}.checkpoint_every"),
+        DEVICE,
+        option(
+            "--stop-after-epoch",
+            type=int,
+            help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
+        ),
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--stop-after-epoch",
-        type=int,
-        help="stop after this epoch (exit status 3), leaving the checkpoint to resume from",
+
+
+def _evaluation(*options: Option) -> tuple[Option, ...]:
+    """Options shared by the evaluation of our videos and of folders made elsewhere."""
+    return (
+        *options,
+        OUTPUT,
+        SETTINGS.but(help="JSON of the evaluation settings"),
+        FRAMES_DIR,
+        option("--classifiers", required=True, help="the preset's classifier directory"),
+        option(
+            "--clip", required=True, help="the preset's OpenCLIP directory (neuroclips CLIP-pcc)"
+        ),
+        option("--batch-size", config="evaluation.batch_size"),
+        DEVICE,
+        DTYPE,
     )
+
+
+def _external(key: str, **fields: Any) -> Option:
+    """An option of one folder of ``evaluation.external``."""
+    return option(f"--{key.replace('_', '-')}", config=f"evaluation.external.*.{key}", **fields)
+
+
+#: Every subcommand. Rules call the stage commands (tests/test_cli.py checks that each
+#: planned shell command parses); the utilities are for people.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "demo",
+        "generate the synthetic demo dataset (cc2017 layout)",
+        "pipeline.demo:generate_demo",
+        (
+            option("--root", required=True, help="dataset root to create"),
+            SETTINGS.but(convert=_demo_settings, help="JSON of pipeline.demo.DemoSettings fields"),
+        ),
+    ),
+    Command(
+        "preprocess",
+        "trim, detrend and z-score the runs of one subject",
+        "pipeline.preprocess:preprocess_subject",
+        (
+            option("--subject", required=True),
+            option(
+                "--runs", nargs="+", required=True, keyword="run_files", help="CIFTI dtseries files"
+            ),
+            option(
+                "--stimuli",
+                nargs="+",
+                required=True,
+                keyword="stimulus_files",
+                help="stimulus mp4 files",
+            ),
+            OUTPUT,
+            TR_S,
+            option("--trailing-volumes", config="dataset.trailing_volumes"),
+            option("--max-leading-volumes", config="dataset.max_leading_volumes"),
+            option("--detrend-order", config="preprocess.detrend_order"),
+            option("--max-dropped-fraction", config="preprocess.max_dropped_fraction"),
+            option("--accept-tr-mismatch", config="preprocess.accept_tr_mismatch"),
+            option("--threads", type=int, default=1, help="> 1: read runs in parallel"),
+        ),
+    ),
+    Command(
+        "select",
+        "reliability t-test with Bonferroni correction",
+        "pipeline.selection:select_vertices",
+        (
+            option("--preprocessed", required=True),
+            OUTPUT,
+            TRAIN_SEGMENTS,
+            option("--alpha", config="selection.alpha"),
+            option("--alternative", config="selection.alternative"),
+        ),
+    ),
+    Command(
+        "align",
+        "hemodynamic shift and train/test samples",
+        "pipeline.alignment:align_subject",
+        (
+            option("--preprocessed", required=True),
+            option("--selection", required=True),
+            OUTPUT,
+            TRAIN_SEGMENTS,
+            option("--test-segments", nargs="+", required=True),
+            option("--shift-s", config="alignment.shift_s"),
+            TR_S,
+        ),
+    ),
+    Command(
+        "frames",
+        "extract clip frames from one stimulus video",
+        "pipeline.frames:extract_frames",
+        (
+            option("--video", required=True),
+            OUTPUT,
+            TR_S,
+            option("--fps", config="frames.fps"),
+            option("--size", config="frames.size"),
+            option("--threads", type=int, default=1),
+        ),
+    ),
+    Command(
+        "tiny-models",
+        "write the tiny preset (VAE fitted to the frames)",
+        "pipeline.models.tiny:write_tiny_models",
+        (
+            OUTPUT,
+            FRAME_STORES.but(help="frame stores to fit the VAE on"),
+            TINY_SEED,
+            option("--vae-steps", config="models.tiny_vae_steps"),
+        ),
+    ),
+    Command(
+        "tiny-classifiers",
+        "write the tiny classifiers (fitted to k-means of the frames)",
+        "pipeline.models.tiny_classifiers:write_tiny_classifiers",
+        (
+            OUTPUT,
+            FRAME_STORES.but(help="training frame stores"),
+            TINY_SEED,
+            option("--steps", config="models.tiny_classifier_steps"),
+            option("--classes", config="models.tiny_classifier_classes"),
+        ),
+    ),
+    Command(
+        "download-models",
+        "fetch a preset's models from the hub (network)",
+        "pipeline.models.download:download_set",
+        (
+            option("--preset", required=True),
+            option("--root", required=True),
+            option(
+                "--set",
+                choices=["encoders", "generation", "classifiers"],
+                default="encoders",
+                keyword="name",
+                help="which models",
+            ),
+            option(
+                "--generator",
+                config="keyframes.generator",
+                help="keyframe generator whose roles to fetch (generation)",
+            ),
+        ),
+    ),
+    Command(
+        "cache",
+        "a feature cache: vae, clip-images, captions, clip-text",
+        _cache,
+        (
+            option("kind", choices=["vae", "clip-images", "captions", "clip-text"]),
+            OUTPUT,
+            option("--model", required=True, help="model directory"),
+            option("--frames", nargs="+", help="frame stores, in sample order"),
+            option("--captions", help="captions store (clip-text)"),
+            option("--candidates", config="keyframes.candidates"),
+            option("--max-new-tokens", config="captions.max_new_tokens"),
+            option("--min-new-tokens", config="captions.min_new_tokens"),
+            option("--num-beams", config="captions.num_beams"),
+            DEVICE,
+            DTYPE,
+            CACHE_BATCH,
+        ),
+        devices=True,
+    ),
+    Command(
+        "train-perception",
+        "train a subject's Perception Reconstructor",
+        _train_perception,
+        (
+            option("--aligned", required=True, help="the subject's aligned store"),
+            option("--vae-cache", required=True, help="the VAE latents cache"),
+            *_training("perception"),
+        ),
+    ),
+    Command(
+        "predict-perception",
+        "blurry videos of a subject's test clips",
+        "pipeline.reconstructors.stages:predict_perception",
+        (
+            option("--model-dir", required=True),
+            option("--aligned", required=True),
+            option("--vae", required=True, help="VAE model directory (decodes the latents)"),
+            OUTPUT,
+            DEVICE,
+            DTYPE,
+            CACHE_BATCH,
+        ),
+        devices=True,
+    ),
+    Command(
+        "train-semantic",
+        "train a subject's Semantic Reconstructor",
+        _train_semantic,
+        (
+            option("--aligned", required=True, help="the subject's aligned store"),
+            option("--clip-cache", required=True, help="the CLIP image-token cache"),
+            option("--text-cache", required=True, help="the CLIP caption-embedding cache"),
+            *_training("semantic"),
+        ),
+    ),
+    Command(
+        "predict-semantic",
+        "fMRI and prior CLIP embeddings of test clips",
+        "pipeline.reconstructors.stages:predict_semantic",
+        (
+            option("--model-dir", required=True),
+            option("--aligned", required=True),
+            option("--clip-cache", required=True, help="the CLIP image-token cache (targets)"),
+            OUTPUT,
+            option("--steps", config="semantic.sampling_steps"),
+            option("--guidance", config="semantic.guidance"),
+            option("--seed", config="semantic.seed"),
+            DEVICE,
+            DTYPE.but(help="autocast precision (float32: none)"),
+            CACHE_BATCH,
+        ),
+    ),
+    Command(
+        "tiny-generation-models",
+        "write the tiny preset's generation models",
+        "pipeline.models.tiny_generation:write_tiny_generation",
+        (
+            OUTPUT,
+            option("--encoders", required=True, help="the tiny preset's directory (fitted VAE)"),
+            TINY_SEED,
+        ),
+    ),
+    Command(
+        "fit-keyframe-embedder",
+        "ridge fMRI -> a diffusers unCLIP generator's image embedding",
+        _fit_keyframe_embedder,
+        (
+            OUTPUT,
+            SETTINGS.but(help="JSON of the effective keyframes settings"),
+            DEVICE,
+            DTYPE,
+            option("--aligned", required=True),
+            FRAMES_DIR.but(keyword="frame_dir"),
+            GENERATION,
+        ),
+        devices=True,
+    ),
+    Command(
+        "generate-keyframes",
+        "one keyframe per test clip",
+        "pipeline.generation.stages:generate_keyframes",
+        (
+            OUTPUT,
+            SETTINGS.but(help="JSON of the effective keyframes settings"),
+            DEVICE,
+            DTYPE,
+            option("--blurry", required=True, help="the subject's blurry videos"),
+            GENERATION,
+            option("--aligned", help="aligned store (generators conditioned on image embeddings)"),
+            option("--embedder", help="fitted keyframe embedder directory"),
+            option("--semantic", help="SR embeddings store (generators on prior tokens)"),
+            option("--batch-size", config="keyframes.batch_size"),
+        ),
+        devices=True,
+    ),
+    Command(
+        "caption-keyframes",
+        "BLIP-2 captions of the generated keyframes",
+        "pipeline.generation.stages:caption_keyframes",
+        (
+            OUTPUT,
+            SETTINGS.but(
+                convert=_greedy, keyword="generation", help="JSON of the captions section"
+            ),
+            DEVICE,
+            DTYPE,
+            option("--keyframes", required=True),
+            option("--captioner", required=True, help="BLIP-2 model directory"),
+            CACHE_BATCH,
+        ),
+        devices=True,
+    ),
+    Command(
+        "synthesize-videos",
+        "AnimateDiff + SparseCtrl videos",
+        "pipeline.generation.stages:synthesize_videos",
+        (
+            OUTPUT,
+            SETTINGS.but(help="JSON of the effective video settings"),
+            DEVICE,
+            DTYPE,
+            option("--blurry", required=True),
+            option("--keyframes", required=True),
+            option("--captions", required=True, help="keyframe captions store"),
+            GENERATION,
+            option("--batch-size", config="video.batch_size"),
+        ),
+        devices=True,
+    ),
+    Command(
+        "train-fusion",
+        "the multi-fMRI fusion pair classifier",
+        "pipeline.generation.fusion:fit_fusion",
+        (
+            OUTPUT,
+            SETTINGS.but(help="JSON of the fusion training settings"),
+            DEVICE,
+            DTYPE,
+            option("--clip-images", required=True, help="CLIP image cache store"),
+            FRAME_STORES.but(help="training frame stores"),
+            option(
+                "--classifier",
+                required=True,
+                keyword="classifier_dir",
+                help="frame classifier directory",
+            ),
+        ),
+        devices=True,
+    ),
+    Command(
+        "fuse-videos",
+        "chain neighbouring test clips into longer videos",
+        "pipeline.generation.fusion:fuse_videos",
+        (
+            option("--videos", required=True, help="the subject's videos directory"),
+            option("--blurry", required=True),
+            option("--clip", required=True, keyword="clip_model", help="OpenCLIP model directory"),
+            GENERATION,
+            option("--fusion", required=True, help="the trained fusion classifier"),
+            OUTPUT,
+            option("--threshold", config="fusion.threshold"),
+            option("--max-chain", config="fusion.max_chain"),
+            option("--batch-size", config="video.batch_size"),
+            DEVICE,
+            DTYPE,
+        ),
+        devices=True,
+    ),
+    Command(
+        "evaluate-videos",
+        "the field's metrics of a videos directory",
+        _evaluate_videos,
+        _evaluation(
+            option("--videos", required=True, help="synthesize_videos or fuse_videos output")
+        ),
+        devices=True,
+    ),
+    Command(
+        "evaluate-external",
+        "the same metrics of a folder made elsewhere",
+        _evaluate_external,
+        _evaluation(
+            option("--folder", required=True, help="one GIF or video per clip"),
+            _external("layout"),
+            _external("panels", help="side_by_side: panels per file"),
+            _external("gt_panel", help="side_by_side: the ground truth's panel"),
+            _external("pred_panel", help="side_by_side: the prediction's panel"),
+            _external("border", help="grid border around the panels (pixels) or auto"),
+        ),
+        devices=True,
+    ),
+    Command(
+        "evaluate-retrieval",
+        "keyframe and fMRI retrieval top-1 among 300",
+        "pipeline.evaluation.evaluate:evaluate_retrieval",
+        (
+            option("--semantic", required=True, help="predict_semantic's embeddings store"),
+            option(
+                "--clip-images", required=True, keyword="clip_cache", help="CLIP image cache store"
+            ),
+            OUTPUT,
+            SETTINGS.but(help="JSON of the retrieval settings"),
+        ),
+    ),
+    Command(
+        "evaluation-tables",
+        "Table 1, Table 2 and retrieval across subjects",
+        "pipeline.evaluation.tables:write_tables",
+        (
+            option("--results", required=True, help="the results directory"),
+            OUTPUT,
+            option("--subjects", nargs="+", required=True),
+            option("--ablation-subjects", nargs="*", default=[]),
+            option("--ablations", nargs="*", default=[]),
+            option("--external", nargs="*", default=[], help="names of external folders"),
+            SETTINGS.but(help="JSON: protocols, n_way, bootstrap_resamples, seed"),
+        ),
+    ),
+    Command(
+        "report",
+        "the self-contained HTML report of a run",
+        _report,
+        (
+            OUTPUT.but(help="the HTML file"),
+            option("--methods", help="the methods text (default: methods.md beside --output)"),
+            option("--figures", help="directory for the figures as separate files"),
+            option("--results", required=True, help="the results directory"),
+            option("--tables", required=True, help="evaluation_tables output"),
+            option("--subjects", nargs="+", required=True),
+            option("--fusion", required=True, help="the fusion classifier directory"),
+            FRAMES_DIR,
+            option(
+                "--config",
+                required=True,
+                convert=json.loads,
+                help="the run's configuration as JSON",
+            ),
+            option("--clips", config="evaluation.report_clips"),
+        ),
+    ),
+    Command(
+        "inspect",
+        "tree, shapes, dtypes, chunks and attributes of a store",
+        _inspect,
+        (
+            option("path"),
+            option("--provenance", action="store_true", help="show the full provenance record"),
+        ),
+        utility=True,
+    ),
+    Command(
+        "lag-scan",
+        "cross-validated encoding accuracy per BOLD delay",
+        _lag_scan,
+        (
+            option("--preprocessed", required=True),
+            option("--selection", required=True),
+            option("--frames", nargs="+", required=True, help="frame stores, one per segment"),
+            option("--lags", nargs="+", type=int, default=[0, 1, 2, 3, 4]),
+        ),
+        utility=True,
+    ),
+    Command(
+        "versions",
+        "installed and locked versions of the key packages",
+        _versions,
+        (
+            option(
+                "--check",
+                action="store_true",
+                help="fail when an installed package differs from requirements.lock",
+            ),
+        ),
+        utility=True,
+    ),
+    Command(
+        "memory-budget",
+        "host and GPU memory of the model stages at paper size (estimates)",
+        _memory_budget,
+        (option("--profile", default="profiles/slurm/config.yaml"),),
+        utility=True,
+    ),
+    Command(
+        "sync-envs",
+        "pin the conda env files from requirements.lock",
+        _sync_envs,
+        (
+            option(
+                "env_files",
+                nargs="*",
+                default=sorted(str(f) for f in (Path(__file__).parents[1] / "envs").glob("*.yaml")),
+            ),
+        ),
+        utility=True,
+    ),
+    Command(
+        "verify",
+        "read every chunk of the stores and check them against their records and "
+        "the current config; one line per store",
+        _verify,
+        (
+            option("paths", nargs="*", help="stores (default: all under results/, resources/)"),
+            option("--directory", "-d", help="the workflow's working directory (default: here)"),
+            SNAKEFILE.but(default=str(Path(__file__).parents[1] / "Snakefile")),
+            CONFIGFILE.but(help="config files of the run, as given to Snakemake"),
+            option(
+                "--no-config",
+                action="store_true",
+                help="skip the comparison with the current config",
+            ),
+        ),
+        utility=True,
+        status=True,
+    ),
+    Command(
+        "rerun-table",
+        "config key -> rules that rerun, from the workflow",
+        _rerun_table,
+        (SNAKEFILE, WRITE.but(help="write the table between the page's markers (else print)")),
+        utility=True,
+    ),
+    Command(
+        "config-docs",
+        "every config key, from the schema, as Markdown",
+        _config_docs,
+        (WRITE.but(help="write the keys between the page's markers (else print)"),),
+        utility=True,
+    ),
+    Command(
+        "rulegraph",
+        "the rule graph as a Mermaid flowchart",
+        _rulegraph,
+        (
+            SNAKEFILE,
+            CONFIGFILE,
+            WRITE.but(help="write the graph between the page's markers (else print)"),
+        ),
+        utility=True,
+    ),
+)
+
+#: The top-level options.
+VERBOSE = option("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The parser of every command of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add(parser, VERBOSE)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="generate the synthetic demo dataset (cc2017 layout)")
-    p.add_argument("--root", required=True, help="dataset root to create")
-    p.add_argument("--settings", required=True, help="JSON of pipeline.demo.DemoSettings fields")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("preprocess", help="trim, detrend and z-score the runs of one subject")
-    p.add_argument("--subject", required=True)
-    p.add_argument("--runs", nargs="+", required=True, help="CIFTI dtseries files")
-    p.add_argument("--stimuli", nargs="+", required=True, help="stimulus mp4 files")
-    p.add_argument("--output", required=True)
-    p.add_argument("--tr-s", type=float, required=True)
-    p.add_argument("--trailing-volumes", type=int, required=True)
-    p.add_argument("--max-leading-volumes", type=int, required=True)
-    p.add_argument("--detrend-order", type=int, required=True)
-    p.add_argument(
-        "--max-dropped-fraction",
-        type=float,
-        default=0.05,
-        help="largest share of a run's vertices dropped as non-finite or constant",
-    )
-    p.add_argument(
-        "--accept-tr-mismatch",
-        type=str.lower,
-        choices=["true", "false"],
-        default="false",
-        help="true: a CIFTI time step other than --tr-s is a warning, not an error",
-    )
-    p.add_argument("--threads", type=int, default=1, help="> 1: read runs in parallel")
-    p.set_defaults(func=_cmd_preprocess)
-
-    p = sub.add_parser("select", help="reliability t-test with Bonferroni correction")
-    p.add_argument("--preprocessed", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--train-segments", nargs="+", required=True)
-    p.add_argument("--alpha", type=float, required=True)
-    p.add_argument("--alternative", choices=["two-sided", "greater"], default="two-sided")
-    p.set_defaults(func=_cmd_select)
-
-    p = sub.add_parser("align", help="hemodynamic shift and train/test samples")
-    p.add_argument("--preprocessed", required=True)
-    p.add_argument("--selection", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--train-segments", nargs="+", required=True)
-    p.add_argument("--test-segments", nargs="+", required=True)
-    p.add_argument("--shift-s", type=float, required=True)
-    p.add_argument("--tr-s", type=float, required=True)
-    p.set_defaults(func=_cmd_align)
-
-    p = sub.add_parser("frames", help="extract clip frames from one stimulus video")
-    p.add_argument("--video", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--tr-s", type=float, required=True)
-    p.add_argument("--fps", type=int, required=True)
-    p.add_argument("--size", type=int, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=_cmd_frames)
-
-    p = sub.add_parser("tiny-models", help="write the tiny preset (VAE fitted to the frames)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--frames", nargs="+", required=True, help="frame stores to fit the VAE on")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.set_defaults(func=_cmd_tiny_models)
-
-    p = sub.add_parser(
-        "tiny-classifiers", help="write the tiny classifiers (fitted to k-means of the frames)"
-    )
-    p.add_argument("--output", required=True)
-    p.add_argument("--frames", nargs="+", required=True, help="training frame stores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--classes", type=int, default=8)
-    p.set_defaults(func=_cmd_tiny_classifiers)
-
-    p = sub.add_parser("download-models", help="fetch a preset's models from the hub (network)")
-    p.add_argument("--preset", required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument(
-        "--set",
-        choices=["encoders", "generation", "classifiers"],
-        default="encoders",
-        help="which models",
-    )
-    p.add_argument("--generator", help="keyframe generator whose roles to fetch (generation)")
-    p.set_defaults(func=_cmd_download_models)
-
-    p = sub.add_parser("cache", help="a feature cache: vae, clip-images, captions, clip-text")
-    p.add_argument("kind", choices=["vae", "clip-images", "captions", "clip-text"])
-    p.add_argument("--output", required=True)
-    p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--frames", nargs="+", help="frame stores, in sample order")
-    p.add_argument("--captions", help="captions store (clip-text)")
-    p.add_argument("--candidates", nargs="+", type=int, help="keyframe candidate frame indices")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--min-new-tokens", type=int, default=3)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=_cmd_cache)
-
-    p = sub.add_parser("train-perception", help="train a subject's Perception Reconstructor")
-    p.add_argument("--aligned", required=True, help="the subject's aligned store")
-    p.add_argument("--vae-cache", required=True, help="the VAE latents cache")
-    _training_arguments(p)
-    p.set_defaults(func=_cmd_train_perception)
-
-    p = sub.add_parser("predict-perception", help="blurry videos of a subject's test clips")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--aligned", required=True)
-    p.add_argument("--vae", required=True, help="VAE model directory (decodes the latents)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=_cmd_predict_perception)
-
-    p = sub.add_parser("train-semantic", help="train a subject's Semantic Reconstructor")
-    p.add_argument("--aligned", required=True, help="the subject's aligned store")
-    p.add_argument("--clip-cache", required=True, help="the CLIP image-token cache")
-    p.add_argument("--text-cache", required=True, help="the CLIP caption-embedding cache")
-    _training_arguments(p)
-    p.set_defaults(func=_cmd_train_semantic)
-
-    p = sub.add_parser("predict-semantic", help="fMRI and prior CLIP embeddings of test clips")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--aligned", required=True)
-    p.add_argument("--clip-cache", required=True, help="the CLIP image-token cache (targets)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--steps", type=int, default=20, help="prior sampling steps")
-    p.add_argument("--guidance", type=float, default=1.0, help="prior guidance scale")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior's noise")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="autocast precision (float32: none)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=_cmd_predict_semantic)
-
-    p = sub.add_parser("tiny-generation-models", help="write the tiny preset's generation models")
-    p.add_argument("--output", required=True)
-    p.add_argument("--encoders", required=True, help="the tiny preset's directory (fitted VAE)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_tiny_generation_models)
-
-    def generation_parser(name: str, help: str, settings: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.add_argument("--output", required=True)
-        p.add_argument("--settings", required=True, help=f"JSON of the {settings}")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="float32")
-        return p
-
-    p = generation_parser(
-        "fit-keyframe-embedder",
-        "ridge fMRI -> a diffusers unCLIP generator's image embedding",
-        "effective keyframes settings",
-    )
-    p.add_argument("--aligned", required=True)
-    p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
-    p.add_argument("--generation", required=True, help="the preset's generation model directory")
-    p.set_defaults(func=_cmd_fit_keyframe_embedder)
-
-    p = generation_parser(
-        "generate-keyframes", "one keyframe per test clip", "effective keyframes settings"
-    )
-    p.add_argument("--blurry", required=True, help="the subject's blurry videos")
-    p.add_argument("--generation", required=True, help="the preset's generation model directory")
-    p.add_argument("--aligned", help="aligned store (generators conditioned on image embeddings)")
-    p.add_argument("--embedder", help="fitted keyframe embedder directory")
-    p.add_argument("--semantic", help="SR embeddings store (generators on prior tokens)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=_cmd_generate_keyframes)
-
-    p = generation_parser(
-        "caption-keyframes", "BLIP-2 captions of the generated keyframes", "captions section"
-    )
-    p.add_argument("--keyframes", required=True)
-    p.add_argument("--captioner", required=True, help="BLIP-2 model directory")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=_cmd_caption_keyframes)
-
-    p = generation_parser(
-        "synthesize-videos", "AnimateDiff + SparseCtrl videos", "effective video settings"
-    )
-    p.add_argument("--blurry", required=True)
-    p.add_argument("--keyframes", required=True)
-    p.add_argument("--captions", required=True, help="keyframe captions store")
-    p.add_argument("--generation", required=True, help="the preset's generation model directory")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.set_defaults(func=_cmd_synthesize_videos)
-
-    p = generation_parser(
-        "train-fusion", "the multi-fMRI fusion pair classifier", "fusion training settings"
-    )
-    p.add_argument("--clip-images", required=True, help="CLIP image cache store")
-    p.add_argument("--frames", nargs="+", required=True, help="training frame stores")
-    p.add_argument("--classifier", required=True, help="frame classifier directory")
-    p.set_defaults(func=_cmd_train_fusion)
-
-    p = sub.add_parser("fuse-videos", help="chain neighbouring test clips into longer videos")
-    p.add_argument("--videos", required=True, help="the subject's videos directory")
-    p.add_argument("--blurry", required=True)
-    p.add_argument("--clip", required=True, help="OpenCLIP model directory")
-    p.add_argument("--generation", required=True, help="the preset's generation model directory")
-    p.add_argument("--fusion", required=True, help="the trained fusion classifier")
-    p.add_argument("--output", required=True)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--max-chain", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.set_defaults(func=_cmd_fuse_videos)
-
-    def evaluation_parser(name: str, help: str) -> argparse.ArgumentParser:
-        p = generation_parser(name, help, "evaluation settings")
-        p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
-        p.add_argument("--classifiers", required=True, help="the preset's classifier directory")
-        p.add_argument(
-            "--clip", required=True, help="the preset's OpenCLIP directory (neuroclips CLIP-pcc)"
-        )
-        p.add_argument("--batch-size", type=int, default=32)
-        return p
-
-    p = evaluation_parser("evaluate-videos", "the field's metrics of a videos directory")
-    p.add_argument("--videos", required=True, help="synthesize_videos or fuse_videos output")
-    p.set_defaults(func=_cmd_evaluate_videos)
-
-    p = evaluation_parser("evaluate-external", "the same metrics of a folder made elsewhere")
-    p.add_argument("--folder", required=True, help="one GIF or video per clip")
-    p.add_argument("--layout", choices=("side_by_side", "separate"), default="side_by_side")
-    p.add_argument("--panels", type=int, default=2, help="side_by_side: panels per file")
-    p.add_argument("--gt-panel", type=int, default=0)
-    p.add_argument("--pred-panel", type=int, default=1)
-    p.add_argument(
-        "--border", default="auto", help="grid border around the panels (pixels) or auto"
-    )
-    p.set_defaults(func=_cmd_evaluate_external)
-
-    p = sub.add_parser("evaluate-retrieval", help="keyframe and fMRI retrieval top-1 among 300")
-    p.add_argument("--semantic", required=True, help="predict_semantic's embeddings store")
-    p.add_argument("--clip-images", required=True, help="CLIP image cache store")
-    p.add_argument("--output", required=True)
-    p.add_argument("--settings", required=True, help="JSON of the retrieval settings")
-    p.set_defaults(func=_cmd_evaluate_retrieval)
-
-    p = sub.add_parser("evaluation-tables", help="Table 1, Table 2 and retrieval across subjects")
-    p.add_argument("--results", required=True, help="the results directory")
-    p.add_argument("--output", required=True)
-    p.add_argument("--subjects", nargs="+", required=True)
-    p.add_argument("--ablation-subjects", nargs="*", default=[])
-    p.add_argument("--ablations", nargs="*", default=[])
-    p.add_argument("--external", nargs="*", default=[], help="names of external folders")
-    p.add_argument(
-        "--settings", required=True, help="JSON: protocols, n_way, bootstrap_resamples, seed"
-    )
-    p.set_defaults(func=_cmd_evaluation_tables)
-
-    p = sub.add_parser("report", help="the self-contained HTML report of a run")
-    p.add_argument("--output", required=True, help="the HTML file")
-    p.add_argument("--methods", help="the methods text (default: methods.md beside --output)")
-    p.add_argument("--figures", help="directory for the figures as separate files")
-    p.add_argument("--results", required=True, help="the results directory")
-    p.add_argument("--tables", required=True, help="evaluation_tables output")
-    p.add_argument("--subjects", nargs="+", required=True)
-    p.add_argument("--fusion", required=True, help="the fusion classifier directory")
-    p.add_argument("--frames-dir", required=True, help="directory of the frame stores")
-    p.add_argument("--config", required=True, help="the run's configuration as JSON")
-    p.add_argument("--clips", type=int, default=6, help="test clips shown as animated grids")
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("inspect", help="tree, shapes, dtypes, chunks and attributes of a store")
-    p.add_argument("path")
-    p.add_argument("--provenance", action="store_true", help="show the full provenance record")
-    p.set_defaults(func=_cmd_inspect)
-
-    p = sub.add_parser("lag-scan", help="cross-validated encoding accuracy per BOLD delay")
-    p.add_argument("--preprocessed", required=True)
-    p.add_argument("--selection", required=True)
-    p.add_argument("--frames", nargs="+", required=True, help="frame stores, one per segment")
-    p.add_argument("--lags", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.set_defaults(func=_cmd_lag_scan)
-
-    p = sub.add_parser("versions", help="installed and locked versions of the key packages")
-    p.add_argument(
-        "--check",
-        action="store_true",
-        help="fail when an installed package differs from requirements.lock",
-    )
-    p.set_defaults(func=_cmd_versions)
-
-    p = sub.add_parser(
-        "memory-budget", help="host and GPU memory of the model stages at paper size (estimates)"
-    )
-    p.add_argument("--profile", default="profiles/slurm/config.yaml")
-    p.set_defaults(func=_cmd_memory_budget)
-
-    p = sub.add_parser("sync-envs", help="pin the conda env files from requirements.lock")
-    p.add_argument(
-        "env_files",
-        nargs="*",
-        default=sorted(str(f) for f in (Path(__file__).parents[1] / "envs").glob("*.yaml")),
-    )
-    p.set_defaults(func=_cmd_sync_envs)
-
-    p = sub.add_parser(
-        "verify",
-        help="read every chunk of the stores and check them against their records and "
-        "the current config; one line per store",
-    )
-    p.add_argument("paths", nargs="*", help="stores (default: all under results/, resources/)")
-    p.add_argument("--directory", "-d", help="the workflow's working directory (default: here)")
-    p.add_argument("--snakefile", default=str(Path(__file__).parents[1] / "Snakefile"))
-    p.add_argument(
-        "--configfile", nargs="*", default=[], help="config files of the run, as given to Snakemake"
-    )
-    p.add_argument(
-        "--no-config", action="store_true", help="skip the comparison with the current config"
-    )
-    p.set_defaults(func=_cmd_verify)
-
-    p = sub.add_parser("rerun-table", help="config key -> rules that rerun, from the workflow")
-    p.add_argument("--snakefile", default="Snakefile")
-    p.add_argument(
-        "--write", metavar="PAGE", help="write the table between the page's markers (else print)"
-    )
-    p.set_defaults(func=_cmd_rerun_table)
-
-    p = sub.add_parser("config-docs", help="every config key, from the schema, as Markdown")
-    p.add_argument(
-        "--write", metavar="PAGE", help="write the keys between the page's markers (else print)"
-    )
-    p.set_defaults(func=_cmd_config_docs)
-
-    p = sub.add_parser("rulegraph", help="the rule graph as a Mermaid flowchart")
-    p.add_argument("--snakefile", default="Snakefile")
-    p.add_argument(
-        "--configfile", nargs="*", default=[], help="config files merged over the default"
-    )
-    p.add_argument(
-        "--write", metavar="PAGE", help="write the graph between the page's markers (else print)"
-    )
-    p.set_defaults(func=_cmd_rulegraph)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help)
+        for opt in command.options:
+            _add(p, opt)
+        p.set_defaults(func=command)
     return parser
 
 
@@ -905,6 +1079,11 @@ def _collect_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``python -m pipeline`` (default: the process's own).
 
     Returns
     -------
