@@ -31,6 +31,7 @@ import zarr
 
 from pipeline.evaluation.protocols import PROTOCOLS
 from pipeline.generation.registry import KEYFRAME_GENERATORS, KeyframeGeneratorEntry
+from pipeline.models.presets import GENERATION
 from pipeline.verify import find_stores
 
 __all__ = [
@@ -347,9 +348,16 @@ PACKAGE_REFERENCES: dict[str, str] = {
     "nibabel": "nibabel",
 }
 
-#: The generation roles of the video model (the rest of a generation folder is the
-#: keyframe generator's model).
-VIDEO_ROLES = ("video_base", "video_vae", "motion_adapter", "sparsectrl", "domain_adapter")
+#: The generation roles of the video model: every role of the presets' generation folders
+#: that no keyframe generator loads (the rest is the keyframe generator's model).
+VIDEO_ROLES = tuple(
+    dict.fromkeys(
+        role
+        for roles in GENERATION.values()
+        for role in roles
+        if role not in {entry.role for entry in KEYFRAME_GENERATORS.values()}
+    )
+)
 
 
 def _protocol_cites(name: str) -> tuple[str, ...]:
