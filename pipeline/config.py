@@ -208,6 +208,11 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config key 'demo.luminance_grid': {demo['luminance_grid']} cells a side exceed "
             f"the frame size demo.frame_size = {demo['frame_size']}"
         )
+    if demo["feature_shares"] is not None and not any(demo["feature_shares"].values()):
+        raise ConfigError(
+            "config key 'demo.feature_shares': every share is 0, so no feature drives the "
+            "demo's responses"
+        )
     if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "

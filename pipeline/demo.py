@@ -9,9 +9,12 @@ stimulus through a known linear encoding model:
 
 ``bold = baseline + scale * (snr * (hrf * (features @ W)) + drift + noise)``
 
-with stimulus features per TR (a coarse luminance grid — the retinotopic
-part, ``luminance_grid`` cells a side — mean colour, the area
-of every object class and the motion energy), a canonical (SPM double-gamma)
+with stimulus features per TR in four families — a coarse luminance grid (the
+retinotopic part, ``luminance_grid`` cells a side), the mean colour, the area
+of every object class and the motion energy — every feature weighing the
+same, or each family scaled to carry a configured share of the drive's
+variance (``feature_shares``), a
+canonical (SPM double-gamma)
 HRF shifted so that its peak lies at the planted delay, slow polynomial and
 cosine drifts, and noise drawn independently for every repetition. The
 ground truth (driven mask, SNR, weights, HRF, delay, per-clip classes) is
@@ -38,10 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLASSES",
+    "FEATURE_FAMILIES",
     "FULL_SCALE",
     "DemoSettings",
     "canonical_hrf",
     "expected_dataset",
+    "family_scales",
+    "family_sizes",
     "generate_demo",
     "render_segment",
 ]
@@ -49,6 +55,9 @@ __all__ = [
 
 #: Object classes of the demo scenes (their area per clip is the semantic ground truth).
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
+
+#: The encoding model's feature families, in the order of the feature vector.
+FEATURE_FAMILIES = ("luminance", "colour", "objects", "motion")
 
 #: Sizes of one cc2017 subject (Wen et al. 2018's release), used by ``demo.scale: full``.
 FULL_SCALE = {
@@ -86,6 +95,10 @@ class DemoSettings:
         Stimulus frame side, pixels.
     luminance_grid : int
         Cells per side of the luminance-grid features.
+    feature_shares : tuple of (str, float), or None
+        Share of the drive's variance carried by each feature family of
+        :data:`FEATURE_FAMILIES` (normalised to sum to 1); None weighs every
+        feature alike, so each family's share is its size's.
     object_speed, pan_speed : float
         Velocity standard deviations per axis, frame sizes per second.
     cortex_vertices : tuple of int
@@ -117,6 +130,7 @@ class DemoSettings:
     fps: int = 30
     frame_size: int = 160
     luminance_grid: int = 8
+    feature_shares: tuple[tuple[str, float], ...] | None = None
     object_speed: float = 0.3
     pan_speed: float = 0.1
     cortex_vertices: tuple[int, int] = (1200, 1200)
@@ -172,7 +186,12 @@ class DemoSettings:
         DemoSettings
         """
         values = values | extra
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        shares = values.get("feature_shares")
+        if shares is not None:  # a mapping, or (family, share) pairs as to_json writes them
+            pairs = shares.items() if isinstance(shares, dict) else shares
+            values["feature_shares"] = tuple((str(k), float(v)) for k, v in pairs)
+        return cls(**values)
 
     def to_json(self) -> str:
         """Every setting as JSON, in a stable key order.
@@ -512,6 +531,65 @@ def _tr_features(features: np.ndarray, frames_per_tr: int, n_clips: int) -> np.n
     return features[: n_clips * frames_per_tr].reshape(n_clips, frames_per_tr, -1).mean(1)
 
 
+def _family_sizes(grid: int) -> dict[str, int]:
+    return {"luminance": grid * grid, "colour": 3, "objects": len(CLASSES), "motion": 1}
+
+
+def family_sizes(settings: DemoSettings) -> dict[str, float]:
+    """Each feature family's share of the drive when every feature weighs the same.
+
+    Parameters
+    ----------
+    settings : DemoSettings
+
+    Returns
+    -------
+    dict of str to float
+        Family → its number of features over the total, summing to 1.
+    """
+    sizes = _family_sizes(settings.luminance_grid)
+    total = sum(sizes.values())
+    return {family: sizes[family] / total for family in FEATURE_FAMILIES}
+
+
+def family_scales(grid: int, shares: dict[str, float]) -> np.ndarray:
+    """Per-feature factors that give each family its share of the drive's variance.
+
+    With independent standard-normal weights, a standardised feature scaled by
+    ``c`` adds ``c**2`` to each vertex's drive variance in expectation; a family
+    of ``n`` features scaled by ``sqrt(share / n)`` adds ``share``.
+
+    Parameters
+    ----------
+    grid : int
+        Cells per side of the luminance grid.
+    shares : dict of str to float
+        Share per family of :data:`FEATURE_FAMILIES`, non-negative, normalised here.
+
+    Returns
+    -------
+    ndarray of shape (n_features,), float32
+        Factors in the order of the feature vector of :func:`render_segment`.
+
+    Raises
+    ------
+    ValueError
+        If a family is missing or unknown, or all shares are zero.
+    """
+    if set(shares) != set(FEATURE_FAMILIES):
+        raise ValueError(f"feature shares {sorted(shares)}; need exactly {list(FEATURE_FAMILIES)}")
+    total = float(sum(shares.values()))
+    if total <= 0:
+        raise ValueError("feature shares are all zero: no feature drives the responses")
+    sizes = _family_sizes(grid)
+    return np.concatenate(
+        [
+            np.full(sizes[f], np.sqrt(shares[f] / total / sizes[f]), np.float32)
+            for f in FEATURE_FAMILIES
+        ]
+    )
+
+
 @dataclass
 class _SubjectModel:
     driven: np.ndarray  # (n_cortex,) bool
@@ -615,6 +693,8 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             clip_classes[segment] = _tr_features(area, frames_per_tr, settings.n_clips)
         train = np.concatenate([tr_features[s] for s in dataset.train_segments])
         mean, std = train.mean(0), train.std(0) + 1e-6
+        if settings.feature_shares is not None:
+            std = std / family_scales(settings.luminance_grid, dict(settings.feature_shares))
 
         # 2. neural responses per segment: features @ W, convolved with the HRF over the
         #    clips and the trailing volumes, normalised to unit variance on training data
@@ -664,6 +744,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 + ["mean_r", "mean_g", "mean_b"]
                 + [f"area_{c}" for c in CLASSES]
                 + ["motion"],
+                "feature_shares": dict(settings.feature_shares or family_sizes(settings)),
                 "vertex_order": "cortical vertices, CORTEX_LEFT then CORTEX_RIGHT",
                 "provenance": provenance("demo_dataset", asdict(settings)),
             }

@@ -40,6 +40,10 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"frames": {"fps": 7}}, "frames.fps"),
         ({"demo": {"scale": "huge"}}, "demo.scale"),
         ({"demo": {"luminance_grid": 200}}, "demo.luminance_grid"),
+        (
+            {"demo": {"feature_shares": {"luminance": 0, "colour": 0, "objects": 0, "motion": 0}}},
+            "demo.feature_shares",
+        ),
         ({"demo": {"object_speed": -1}}, "demo.object_speed"),
         ({"dataset": {"subjects": ["sub_01"]}}, "dataset.subjects.0"),  # sub-01 is valid
         ({"keyframes": {"generator": "sd21_unclip"}}, "keyframes.generator"),  # tiny preset

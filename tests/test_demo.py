@@ -6,7 +6,14 @@ import pytest
 import zarr
 
 from pipeline.cc2017 import discover_dataset, run_path, stimulus_path
-from pipeline.demo import DemoSettings, canonical_hrf, expected_dataset, generate_demo
+from pipeline.demo import (
+    FEATURE_FAMILIES,
+    DemoSettings,
+    canonical_hrf,
+    expected_dataset,
+    family_scales,
+    generate_demo,
+)
 from tests.conftest import small_config
 
 TINY = {
@@ -36,6 +43,34 @@ def test_ground_truth_matches_the_settings(demo_root):
     assert driven.size == 1200 and driven.mean() == pytest.approx(0.2, abs=1e-3)
     assert (truth["subject1/snr"][:][driven] >= 3.0).all()
     assert truth.attrs["delay_s"] == 4.0
+
+
+def test_each_feature_family_carries_its_share_of_the_drive(rng):
+    shares = {"luminance": 2.0, "colour": 1.0, "objects": 1.0, "motion": 0.0}
+    scales = family_scales(4, shares)
+    sizes = {"luminance": 16, "colour": 3, "objects": 5, "motion": 1}
+    assert scales.shape == (sum(sizes.values()),)
+    # standardised independent features, standard-normal weights: each family's part of
+    # the drive has the variance of its share
+    features = rng.standard_normal((20000, len(scales))) * scales
+    weights = rng.standard_normal((len(scales), 50))
+    start = 0
+    for family in FEATURE_FAMILIES:
+        part = features[:, start : start + sizes[family]] @ weights[start : start + sizes[family]]
+        start += sizes[family]
+        expected = shares[family] / sum(shares.values())
+        assert part.var(axis=0).mean() == pytest.approx(expected, abs=0.1)
+    with pytest.raises(ValueError, match="need exactly"):
+        family_scales(4, {"luminance": 1.0})
+    with pytest.raises(ValueError, match="all zero"):
+        family_scales(4, dict.fromkeys(FEATURE_FAMILIES, 0.0))
+
+
+def test_ground_truth_records_the_feature_shares(demo_root):
+    truth = zarr.open_group(demo_root / "ground_truth.zarr", mode="r")
+    # every feature alike (the default): an 8 x 8 grid holds 64 of the 73 features
+    assert truth.attrs["feature_shares"]["luminance"] == pytest.approx(64 / 73)
+    assert sum(truth.attrs["feature_shares"].values()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("delay", [4.0, 6.0])
