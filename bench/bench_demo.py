@@ -19,7 +19,8 @@ Usage::
 
     python bench/bench_demo.py [--workdir bench/output/demo] [--cores 2] [--score-only]
 
-``--score-only`` scores an existing workspace without running Snakemake.
+``--score-only`` scores an existing workspace without running Snakemake;
+``--grid docs/images/demo-grid.png`` writes a still of the sample grid.
 Results go to ``bench/output/demo.json``.
 """
 
@@ -111,12 +112,50 @@ def _showcase(workdir: Path, subject: str) -> dict:
     return out
 
 
+def _grid_png(workdir: Path, subject: str, n_clips: int, path: Path) -> None:
+    """A still of the report's sample grid: one frame of each clip's animated grid
+    (ground truth | blurry | keyframe | video), evenly spaced test clips stacked."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.evaluation.report import clip_grid
+    from pipeline.stores import open_store
+
+    results = workdir / "results" / subject
+    videos = open_store(results / "videos/frames.zarr")
+    blurry = open_store(results / "perception/blurry.zarr")
+    keyframes = open_store(results / "keyframes/keyframes.zarr")
+    segments, clips = videos["segment"][:].tolist(), videos["clip"][:]
+    rows = []
+    for i in np.linspace(0, len(segments) - 1, n_clips).round().astype(int):
+        frames = open_store(workdir / f"results/frames/{segments[i]}.zarr")
+        gif = Image.open(
+            io.BytesIO(
+                clip_grid(
+                    frames["frames"][int(clips[i])],
+                    blurry["frames"][i],
+                    keyframes["keyframes"][i],
+                    videos["videos"][i],
+                    gt_fps=float(frames.attrs["fps"]),
+                    video_fps=float(videos.attrs["settings"]["fps"]),
+                )
+            )
+        )
+        gif.seek(gif.n_frames // 2)
+        rows.append(np.asarray(gif.convert("RGB")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows)).save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=OUTPUT / "demo")
     parser.add_argument("--cores", default="2")
     parser.add_argument("--subject", default="subject1")
     parser.add_argument("--score-only", action="store_true")
+    parser.add_argument("--grid", type=Path, help="write a still of the sample grid here (PNG)")
+    parser.add_argument("--grid-clips", type=int, default=4)
     args = parser.parse_args()
     result: dict = {"workdir": str(args.workdir), "cores": args.cores}
     if not args.score_only:
@@ -146,6 +185,9 @@ def main() -> None:
     result["blurry_ssim"]["margin_over_best_baseline"] = round(
         scores["perception_reconstructor"] - best_baseline, 4
     )
+    if args.grid:
+        _grid_png(args.workdir, args.subject, args.grid_clips, args.grid)
+        result["grid"] = str(args.grid)
     report("demo", result)
 
 

@@ -13,6 +13,7 @@ does.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import importlib
@@ -170,6 +171,24 @@ def config_node(key: str) -> dict:
     return node
 
 
+def _config_default(key: str) -> Any:
+    """The default of a configuration key as the validated default config has it (a null
+    that the preset resolves, such as ``frames.size``, resolved); ``*`` keys: the schema's."""
+    if "*" in key:
+        return config_node(key).get("default")
+    value = _default_config()
+    for part in key.split("."):
+        value = value[part]
+    return copy.deepcopy(value)
+
+
+@functools.cache
+def _default_config() -> dict:
+    from pipeline.config import default_config
+
+    return default_config()
+
+
 def _true_false(value: str) -> bool:
     """``true`` / ``false`` (any case) as a bool: how a rule passes a boolean key."""
     if value.lower() not in ("true", "false"):
@@ -202,7 +221,7 @@ def argument(opt: Option) -> tuple[tuple[str, ...], dict[str, Any]]:
         if opt.default is not _UNSET:
             raise ValueError(f"{opt.flags[0]}: a default beside config={opt.config!r}")
         node = config_node(opt.config)
-        fields["default"] = node.get("default")
+        fields["default"] = _config_default(opt.config)
         if node.get("type") == "array":
             fields["nargs"] = fields["nargs"] or "+"
             node = node["items"]
@@ -744,7 +763,9 @@ COMMANDS: tuple[Command, ...] = (
         (
             OUTPUT,
             option("--encoders", required=True, help="the tiny preset's directory (fitted VAE)"),
+            FRAME_STORES.but(help="frame stores to fit the UNets on"),
             TINY_SEED,
+            option("--steps", config="models.tiny_generation_steps"),
         ),
     ),
     Command(

@@ -139,7 +139,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        The same object, with every default filled in.
+        The same object, with every default filled in, and ``frames.size`` resolved
+        from the preset when null.
 
     Raises
     ------
@@ -152,6 +153,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if errors:
         lines = [f"  config key '{_key_name(e)}': {_describe(e)}" for e in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    if config["frames"]["size"] is None:
+        from pipeline.models.presets import FRAME_SIZES
+
+        config["frames"]["size"] = FRAME_SIZES[config["models"]["preset"]]
     _check_consistency(config)
     return config
 

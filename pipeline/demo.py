@@ -123,12 +123,12 @@ class DemoSettings:
     seed: int = 0
     n_subjects: int = 1
     n_train_segments: int = 12
-    n_test_segments: int = 3
+    n_test_segments: int = 2
     segment_duration_s: float = 80
     train_repetitions: int = 2
     test_repetitions: int = 10
     fps: int = 30
-    frame_size: int = 160
+    frame_size: int = 64
     luminance_grid: int = 8
     feature_shares: tuple[tuple[str, float], ...] | None = None
     object_speed: float = 0.3

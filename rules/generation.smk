@@ -6,21 +6,27 @@ localrules:
 
 
 rule tiny_generation_models:
-    """Tiny unCLIP and AnimateDiff/SparseCtrl models in hub layouts, decoding with the tiny VAE."""
+    """Tiny unCLIP and AnimateDiff/SparseCtrl models in hub layouts, decoding with the tiny VAE;
+    their UNets fitted to the training frames."""
     input:
-        f"{MODELS_CONFIG['root']}/tiny",
+        encoders=f"{MODELS_CONFIG['root']}/tiny",
+        frames=training_frame_stores,
     output:
         directory(f"{MODELS_CONFIG['root']}/tiny-generation"),
     log:
         "logs/tiny_generation_models/tiny_generation_models.log",
+    benchmark:
+        "benchmarks/tiny_generation_models/tiny_generation_models.tsv"
     conda:
         "../envs/models.yaml"
     threads: 2
     params:
-        models=config_values("models", "tiny_seed"),
+        models=config_values("models", "tiny_seed", "tiny_generation_steps"),
     shell:
-        "python -m pipeline tiny-generation-models --output {output:q} --encoders {input:q}"
-        " --seed {params.models[tiny_seed]} > {log:q} 2>&1"
+        "python -m pipeline tiny-generation-models --output {output:q}"
+        " --encoders {input.encoders:q} --frames {input.frames:q}"
+        " --seed {params.models[tiny_seed]} --steps {params.models[tiny_generation_steps]}"
+        " > {log:q} 2>&1"
 
 
 rule download_generation_models:

@@ -32,10 +32,11 @@ SMALL_DEMO = {
 }
 SMALL_OVERLAY = {
     "demo": SMALL_DEMO,
-    # 64 px frames and a 300-step tiny VAE: at 32 px the VAE's 4 x 4 latents cannot
-    # carry a blurry video (round-trip SSIM ~0.2), and the blurry-video check says nothing
+    # 64 px frames and a 600-step tiny VAE (32 px crops): at 32 px frames the VAE's 4 x 4
+    # latents cannot carry a blurry video (round-trip SSIM ~0.2), and the blurry-video check
+    # says nothing
     "frames": {"size": 64},
-    "models": {"tiny_vae_steps": 300, "batch_size": 64},
+    "models": {"tiny_vae_steps": 600, "tiny_generation_steps": 100, "batch_size": 64},
     "semantic": {"align_epochs": 10, "prior_epochs": 2},
     # 10-step schedules: alpha guidance runs round(0.3 * 10) = 3 of them per video; videos
     # at the frames' size (the tiny preset's half would leave 4 x 4 latents)

@@ -90,7 +90,14 @@ def test_defaults_are_filled_in_place():
     validate_config(config)
     assert config["alignment"]["shift_s"] == 6.0
     assert config["dataset"]["trailing_volumes"] == 4
-    assert config["frames"] == {"fps": 3, "size": 224}
+    assert config["frames"] == {"fps": 3, "size": 64}  # the tiny preset's
+
+
+@pytest.mark.parametrize(("preset", "size"), [("tiny", 64), ("paper", 224), ("tiny", 96)])
+def test_null_frame_size_takes_the_presets(preset, size):
+    frames = {} if size in (64, 224) else {"size": size}
+    config = validate_config({"models": {"preset": preset}, "frames": frames})
+    assert config["frames"]["size"] == size
 
 
 @pytest.mark.parametrize(
@@ -110,9 +117,10 @@ def test_snakemake_rejects_bad_config_at_dag_time(tmp_path, overlay, message):
 @pytest.mark.parametrize(
     ("sections", "size", "steps"),
     [
-        ({}, 112, 10),  # tiny: half the 224 px frames
-        ({"frames": {"size": 100}}, 48, 10),  # rounded down to a multiple of 8
-        ({"frames": {"size": 40}}, 32, 10),  # never below 32
+        ({}, 64, 10),  # tiny: its own 64 px frames
+        ({"frames": {"size": 224}}, 112, 10),  # half larger frames
+        ({"frames": {"size": 200}}, 96, 10),  # rounded down to a multiple of 8
+        ({"frames": {"size": 44}}, 40, 10),  # never above the frames, a multiple of 8
         ({"video": {"size": 64, "steps": 4}}, 64, 4),  # explicit values win
         ({"models": {"preset": "paper"}, "keyframes": {"generator": "sd21_unclip"}}, 256, 25),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import av
@@ -20,7 +21,7 @@ from pipeline.generation.video import (
     interpolate_frames,
 )
 from pipeline.stores import open_store
-from tests.conftest import FRAME_SIZE
+from tests.conftest import FRAME_SIZE, SMALL_OVERLAY
 
 CPU = torch.device("cpu")
 
@@ -28,6 +29,18 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def generation_dir(workspace):
     return workspace / "resources/models/tiny-generation"
+
+
+def test_the_tiny_unets_are_fitted_and_the_motion_modules_start_at_identity(generation_dir):
+    from diffusers import MotionAdapter
+
+    manifest = json.loads((generation_dir / "manifest.json").read_text())
+    steps = SMALL_OVERLAY["models"]["tiny_generation_steps"]
+    for role in ("unclip", "video_base"):
+        assert manifest["fit"][role]["steps"] == steps and manifest["fit"][role]["frames"] > 0
+    adapter = MotionAdapter.from_pretrained(generation_dir / "motion_adapter")
+    outputs = [m for name, m in adapter.named_modules() if name.endswith("proj_out")]
+    assert outputs and all(float(m.weight.abs().sum()) == 0.0 for m in outputs)
 
 
 @pytest.fixture(scope="module")

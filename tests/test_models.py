@@ -215,3 +215,63 @@ def test_clip_weights_that_do_not_fit_the_model_are_named(tmp_path):
     save_file({k: v for k, v in state.items() if k != name}, weights)
     with pytest.raises(DataError, match=rf"does not fit the model \(missing \['{name}'\]"):
         load_clip(path)
+
+
+def _denoising_loss(unet, scheduler, latents, context, labels, seed=1):
+    """MSE of the noise prediction on a fixed draw of noise and timesteps."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
+    with torch.no_grad():
+        eps = unet(
+            scheduler.add_noise(latents, noise, t),
+            t,
+            encoder_hidden_states=context.expand(len(latents), -1, -1),
+            class_labels=labels,
+        ).sample
+    return torch.nn.functional.mse_loss(eps, noise).item()
+
+
+def test_the_generation_unets_learn_to_denoise_the_frames_latents(rng):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from pipeline.generation.diffusion import ANIMATEDIFF_DDIM
+    from pipeline.models.tiny_generation import fit_denoiser
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        class_embed_type="projection",  # as unCLIP's UNet: the image embedding enters here
+        projection_class_embeddings_input_dim=6,
+    )
+    scheduler = DDIMScheduler(**ANIMATEDIFF_DDIM)
+    # latents of two smooth patterns, each with its own "image embedding"
+    base = torch.from_numpy(rng.normal(size=(2, 4, 8, 8)).astype(np.float32))
+    which = torch.from_numpy(rng.integers(0, 2, 64))
+    latents = base[which] + 0.05 * torch.randn(64, 4, 8, 8)
+    labels = torch.nn.functional.one_hot(which, 6).float()
+    context = torch.zeros(1, 3, 8)
+    before = _denoising_loss(unet, scheduler, latents, context, labels)
+    losses = fit_denoiser(
+        unet,
+        scheduler,
+        latents,
+        context,
+        80,
+        class_labels=labels,
+        uncond_fraction=0.1,
+        batch_size=16,
+        lr=3e-3,
+    )
+    after = _denoising_loss(unet, scheduler, latents, context, labels)
+    assert len(losses) == 80 and not unet.training
+    assert after < 0.7 * before

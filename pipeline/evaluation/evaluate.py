@@ -26,7 +26,9 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -511,6 +513,20 @@ def _frame_metrics(pred: np.ndarray, gt: np.ndarray, protocol: Protocol) -> dict
     return out
 
 
+def _pixel_row(i: int, pred, gt, pairing, protocol: Protocol, flows) -> dict[str, float]:
+    """The pixel metrics of prediction ``i`` against ground truth ``pairing[i]``."""
+    out = _frame_metrics(pred[i], gt[pairing[i]], protocol)
+    if protocol.epe:
+        out["epe"] = flow_epe(flows["pred"][i], flows["gt"][pairing[i]])
+    return out
+
+
+def _workers() -> int:
+    """Threads for the per-clip pixel metrics: the CPUs this process may use (OpenCV's
+    optical flow and most of the filtering release the GIL)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def _flows(frames: np.ndarray, protocol: Protocol) -> np.ndarray:
     """A clip's optical flows at the protocol's EPE size."""
     side = (protocol.epe_size,) * 2 if protocol.epe_size else frames.shape[1:3]
@@ -612,19 +628,23 @@ def compute_metrics(
             desc = f"{protocol.name} pixel metrics"
             # each clip's flows once: EPE of any pairing compares them
             flows = {"pred": [], "gt": []} if protocol.epe else None
-            with tqdm(total=(4 if protocol.epe else 2) * n, desc=desc, unit="clip") as progress:
+            total = (4 if protocol.epe else 2) * n
+            with (
+                ThreadPoolExecutor(_workers()) as pool,
+                tqdm(total=total, desc=desc, unit="clip") as progress,
+            ):
                 if protocol.epe:
                     for which, videos in (("pred", pred_px), ("gt", gt_px)):
-                        for video in videos:
-                            flows[which].append(_flows(video, protocol))
+                        for flow in pool.map(partial(_flows, protocol=protocol), videos):
+                            flows[which].append(flow)
                             progress.update()
                 for name, pairing in pairings.items():
+                    row = partial(
+                        _pixel_row, pred=pred_px, gt=gt_px, pairing=pairing, protocol=protocol
+                    )
                     rows = []
-                    for i in range(n):
-                        row = _frame_metrics(pred_px[i], gt_px[pairing[i]], protocol)
-                        if protocol.epe:
-                            row["epe"] = flow_epe(flows["pred"][i], flows["gt"][pairing[i]])
-                        rows.append(row)
+                    for values in pool.map(partial(row, flows=flows), range(n)):
+                        rows.append(values)
                         progress.update()
                     results[name] |= {m: np.array([r[m] for r in rows]) for m in rows[0]}
             scores.time("pixel", begin)

@@ -14,8 +14,16 @@ preset names (:data:`pipeline.models.presets.GENERATION`):
 * ``motion_adapter`` — a ``MotionAdapter`` like ``guoyww/animatediff-motion-adapter-v1-5-3``;
 * ``sparsectrl`` — a ``SparseControlNetModel`` like ``guoyww/animatediff-sparsectrl-rgb``.
 
-Both pipelines decode with the tiny preset's fitted VAE (copied in), so their
-images look like the demo's frames rather than noise. The text tokenizer is a
+Both pipelines decode with the tiny preset's fitted VAE (copied in). Their
+UNets are then fitted to the training frames (:func:`fit_denoiser`), as the
+tiny VAE is: the unCLIP UNet learns to denoise a frame's latents given the
+frame's own image embedding (dropped to zeros for a tenth of the samples, the
+unconditional input of classifier-free guidance), the video UNet to denoise
+them whatever the prompt (random character strings, since the tiny captions
+carry no meaning). So both generate images of the demo's world rather than
+noise. The motion modules' output projections start at zero, as AnimateDiff's
+training starts them, so that the untrained motion adapter leaves the image
+model's frames unchanged instead of adding noise. The text tokenizer is a
 real ``CLIPTokenizer`` over a byte-level vocabulary without merges (every
 character a token, up to 256 per prompt), written as ``vocab.json`` + ``merges.txt``.
 """
@@ -27,9 +35,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["write_tiny_generation"]
+__all__ = ["fit_denoiser", "write_tiny_generation"]
 
 _WIDTH = 32  # text/image embedding width of the tiny CLIP encoders
 #: Prompt length in tokens: the character-level tokenizer needs more than CLIP's 77 BPE
@@ -190,14 +199,22 @@ def write_tiny_video(root: Path, vae_dir: Path, seed: int, image_size: int) -> d
         feature_extractor=None,
         requires_safety_checker=False,
     ).save_pretrained(str(base), safe_serialization=True)
-    MotionAdapter(
+    adapter = MotionAdapter(
         block_out_channels=_BLOCKS,
         motion_layers_per_block=1,
         motion_num_attention_heads=2,
         motion_norm_num_groups=8,
         motion_max_seq_length=32,
         use_motion_mid_block=False,  # AnimateDiff v3 has no mid-block motion module
-    ).save_pretrained(str(root / "motion_adapter"), safe_serialization=True)
+    )
+    # AnimateDiff trains its motion modules from zero output projections (the temporal
+    # transformer is then an identity on the image model's features)
+    with torch.no_grad():
+        for name, module in adapter.named_modules():
+            if name.endswith("proj_out") and isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+                module.bias.zero_()
+    adapter.save_pretrained(str(root / "motion_adapter"), safe_serialization=True)
     sparsectrl = SparseControlNetModel(
         in_channels=4,
         conditioning_channels=4,  # the VAE-encoded RGB condition (SparseCtrl RGB)
@@ -226,8 +243,181 @@ def write_tiny_video(root: Path, vae_dir: Path, seed: int, image_size: int) -> d
     return {role: root / role for role in ("video_base", "motion_adapter", "sparsectrl")}
 
 
+def fit_denoiser(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    contexts: torch.Tensor,
+    steps: int,
+    *,
+    class_labels: torch.Tensor | None = None,
+    uncond_fraction: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    desc: str = "fit tiny UNet",
+) -> list[float]:
+    """Fit a diffusers UNet to denoise ``latents`` (ε-prediction, the DDPM objective).
+
+    Each step draws a batch of latents, a timestep per sample uniformly over the
+    scheduler's training timesteps and Gaussian noise, and regresses the noise
+    from ``scheduler.add_noise``'s mix.
+
+    Parameters
+    ----------
+    unet : diffusers.UNet2DConditionModel
+        Trained in place, on the CPU, in float32; left in eval mode without gradients.
+    scheduler : diffusers scheduler
+        Its ``alphas_cumprod`` define the noising (the pipeline's own scheduler).
+    latents : torch.Tensor of shape (n, channels, height, width)
+        Scaled VAE latents of the training images.
+    contexts : torch.Tensor of shape (m, tokens, width)
+        Text-encoder states; each sample gets one drawn at random.
+    steps : int
+        Optimisation steps (AdamW, cosine learning-rate decay).
+    class_labels : torch.Tensor of shape (n, dim), optional
+        Per-latent class input (unCLIP: the noise-augmented image embedding).
+    uncond_fraction : float
+        Share of samples whose class label is replaced by zeros (the
+        unconditional input of classifier-free guidance).
+    seed : int
+        Seeds the batches, timesteps and noise.
+    batch_size : int
+        Samples per step.
+    lr : float
+        Initial learning rate.
+    desc : str
+        Progress-bar label.
+
+    Returns
+    -------
+    list of float
+        The loss of every step.
+    """
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    n, n_timesteps = len(latents), scheduler.config.num_train_timesteps
+    unet.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, unit="step"):
+        idx = torch.randint(0, n, (batch_size,), generator=generator)
+        z = latents[idx]
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, n_timesteps, (batch_size,), generator=generator)
+        context = contexts[torch.randint(0, len(contexts), (batch_size,), generator=generator)]
+        labels = None
+        if class_labels is not None:
+            keep = torch.rand(batch_size, generator=generator) >= uncond_fraction
+            labels = class_labels[idx] * keep[:, None]
+        eps = unet(
+            scheduler.add_noise(z, noise, t), t, encoder_hidden_states=context, class_labels=labels
+        ).sample
+        loss = torch.nn.functional.mse_loss(eps, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    unet.eval().requires_grad_(False)
+    return losses
+
+
+def _training_frames(frame_stores, limit: int, seed: int) -> np.ndarray:
+    """Up to ``limit`` frames drawn without replacement from the stores, uint8 (n, h, w, 3)."""
+    import zarr
+
+    clips = [np.asarray(zarr.open_group(p, mode="r")["frames"][:]) for p in frame_stores]
+    frames = np.concatenate([c.reshape(-1, *c.shape[2:]) for c in clips])
+    rng = np.random.default_rng(seed)
+    return frames[np.sort(rng.permutation(len(frames))[:limit])]
+
+
+def _random_prompts(n: int, seed: int) -> list[str]:
+    """``n`` prompts of random printable characters, of random length, the first empty."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz ,.0123456789"))
+    lengths = rng.integers(0, 2 * _CONTEXT, n)
+    return ["", *("".join(rng.choice(letters, k)) for k in lengths[1:])]
+
+
+@torch.no_grad()
+def _fit_unclip(path: Path, frames, steps: int, seed: int) -> dict:
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    from pipeline.generation.diffusion import encode_images
+
+    pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(
+        path, use_safetensors=True, local_files_only=True
+    )
+    latents = encode_images(pipe.vae, frames, "cpu", torch.float32)
+    pixels = pipe.feature_extractor(images=list(frames), return_tensors="pt").pixel_values
+    embeds = pipe.image_encoder(pixels).image_embeds
+    generator = torch.Generator().manual_seed(seed)
+    labels = pipe.noise_image_embeddings(embeds, 0, generator=generator)
+    # the keyframe stage's prompt is empty (KeyframeSettings.prompt), unguided and guided
+    context, _ = pipe.encode_prompt([""], "cpu", 1, False)
+    with torch.enable_grad():
+        losses = fit_denoiser(
+            pipe.unet,
+            pipe.scheduler,
+            latents,
+            context,
+            steps,
+            class_labels=labels,
+            uncond_fraction=0.1,
+            seed=seed,
+            desc="fit tiny unCLIP UNet",
+        )
+    pipe.unet.save_pretrained(str(path / "unet"), safe_serialization=True)
+    return {"steps": steps, "frames": len(frames), "final_loss": _tail_mean(losses)}
+
+
+@torch.no_grad()
+def _fit_video_base(path: Path, frames, steps: int, seed: int) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    from pipeline.generation.diffusion import encode_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, use_safetensors=True, local_files_only=True, safety_checker=None
+    )
+    latents = encode_images(pipe.vae, frames, "cpu", torch.float32)
+    prompts = _random_prompts(64, seed)
+    contexts = torch.cat([pipe.encode_prompt([p], "cpu", 1, False)[0] for p in prompts])
+    with torch.enable_grad():
+        losses = fit_denoiser(
+            pipe.unet,
+            pipe.scheduler,
+            latents,
+            contexts,
+            steps,
+            seed=seed,
+            desc="fit tiny video UNet",
+        )
+    pipe.unet.save_pretrained(str(path / "unet"), safe_serialization=True)
+    return {
+        "steps": steps,
+        "frames": len(frames),
+        "prompts": f"{len(prompts)} random character strings",
+        "final_loss": _tail_mean(losses),
+    }
+
+
+def _tail_mean(losses: list[float], n: int = 20) -> float | None:
+    return float(sum(losses[-n:]) / len(losses[-n:])) if losses else None
+
+
 def write_tiny_generation(
-    output: str | os.PathLike, encoders: str | os.PathLike, *, seed: int = 0
+    output: str | os.PathLike,
+    encoders: str | os.PathLike,
+    *,
+    seed: int = 0,
+    frame_stores: list[str | os.PathLike] | None = None,
+    steps: int = 0,
+    max_frames: int = 4096,
 ) -> dict:
     """Write the tiny generation models to ``output/{unclip,video_base,motion_adapter,sparsectrl}``.
 
@@ -242,13 +432,20 @@ def write_tiny_generation(
     encoders : path
         The tiny preset's folder, with a fitted ``vae`` and its ``metadata.json``.
     seed : int
-        Seeds the random weights.
+        Seeds the random weights and the fits.
+    frame_stores : list of path, optional
+        ``extract_frames`` stores of the training stimuli, to fit the UNets on.
+    steps : int
+        Optimisation steps of each UNet's fit (:func:`fit_denoiser`); 0 leaves them random.
+    max_frames : int
+        At most this many training frames (a seeded draw) are encoded for the fits.
 
     Returns
     -------
     dict
-        ``seed``, ``image_size`` (pixels) and ``vae`` (the VAE folder read), also
-        written to ``output/manifest.json``.
+        ``seed``, ``image_size`` (pixels), ``vae`` (the VAE folder read) and ``fit``
+        (per model: steps, frames and the final loss), also written to
+        ``output/manifest.json``.
     """
     from pipeline.stores import atomic_output
 
@@ -257,7 +454,12 @@ def write_tiny_generation(
     with atomic_output(output) as tmp:
         write_tiny_unclip(tmp / "unclip", vae_dir, seed, image_size)
         write_tiny_video(tmp, vae_dir, seed, image_size)
+        fit = {}
+        if steps > 0 and frame_stores:
+            frames = _training_frames(frame_stores, max_frames, seed)
+            fit["unclip"] = _fit_unclip(tmp / "unclip", frames, steps, seed)
+            fit["video_base"] = _fit_video_base(tmp / "video_base", frames, steps, seed)
         shutil.copy(vae_dir / "metadata.json", tmp / "vae_metadata.json")
-        manifest = {"seed": seed, "image_size": image_size, "vae": str(vae_dir)}
+        manifest = {"seed": seed, "image_size": image_size, "vae": str(vae_dir), "fit": fit}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
