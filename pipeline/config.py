@@ -283,6 +283,19 @@ def _check_evaluation(config: dict[str, Any], frames_per_clip: int) -> None:
             f"config key 'evaluation.ablations': {sorted(reserved)} name other evaluations "
             "(results/{subject}/evaluation/...); choose another name"
         )
+    chosen = evaluation["ablation_protocols"] or []
+    outside = [name for name in chosen if name not in evaluation["protocols"]]
+    if outside:
+        raise ConfigError(
+            f"config key 'evaluation.ablation_protocols': {outside} are not among "
+            f"evaluation.protocols {evaluation['protocols']}"
+        )
+    from pipeline.evaluation.protocols import protocols
+
+    if chosen and not any(p.video_metrics(evaluation["n_way"]) for p in protocols(chosen)):
+        raise ConfigError(
+            f"config key 'evaluation.ablation_protocols': none of {chosen} scores videos"
+        )
     for name, folder in evaluation["external"].items():
         panels = folder["panels"]
         for key in ("gt_panel", "pred_panel"):

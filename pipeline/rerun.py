@@ -35,6 +35,7 @@ EXPLICIT = {
     ("perception", "architecture"): [{"hidden": 128}],
     ("semantic", "architecture"): [{"hidden": 128}],
     ("demo", "missing_runs"): [["subject1/test1/1"]],
+    ("evaluation", "ablation_protocols"): [["neuroclips", "mindvideo"]],
     ("demo", "feature_shares"): [{"luminance": 0.4, "colour": 0.3, "objects": 0.2, "motion": 0.1}],
 }
 #: keys left out: their effect depends on what they name (a dataset, a folder of

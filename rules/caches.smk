@@ -14,7 +14,7 @@ rule cache_vae:
         "benchmarks/cache_vae/cache_vae.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -42,7 +42,7 @@ rule cache_clip_images:
         "benchmarks/cache_clip_images/cache_clip_images.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -72,7 +72,7 @@ rule cache_captions:
         "benchmarks/cache_captions/cache_captions.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -106,7 +106,7 @@ rule cache_clip_text:
         "logs/cache_clip_text/cache_clip_text.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,

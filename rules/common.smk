@@ -8,7 +8,7 @@ from pipeline.cc2017 import discover_dataset, stimulus_path
 from pipeline.demo import DemoSettings, expected_dataset
 from pipeline.errors import ConfigError
 from pipeline.workflow import ConfigValues
-from pipeline.models.presets import model_device
+from pipeline.models.presets import MODEL_THREADS as PRESET_THREADS, model_device
 
 DATASET_CONFIG = config["dataset"]
 
@@ -103,6 +103,7 @@ def frame_stores(wildcards):
 
 MODELS_CONFIG = config["models"]
 MODEL_DEVICE = model_device(MODELS_CONFIG)
+MODEL_THREADS = PRESET_THREADS[MODELS_CONFIG["preset"]]
 
 
 def precision(family):
@@ -308,6 +309,17 @@ def evaluation_json(*keys):
     import json
 
     return json.dumps({k: EVALUATION_CONFIG[k] for k in keys}, sort_keys=True)
+
+
+def video_evaluation_json(wildcards):
+    """The ``evaluation`` settings of one system's video evaluation, as JSON: an ablation
+    variant is scored under evaluation.ablation_protocols (null: the main protocol)."""
+    from pipeline.evaluation.protocols import ablation_protocols
+
+    settings = {k: EVALUATION_CONFIG[k] for k in EVALUATION_KEYS}
+    if wildcards.system in ABLATIONS:
+        settings["protocols"] = ablation_protocols(EVALUATION_CONFIG)
+    return json.dumps(settings, sort_keys=True)
 
 
 def ablation_json(wildcards):

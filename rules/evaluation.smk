@@ -24,7 +24,7 @@ rule synthesize_ablation:
         "benchmarks/synthesize_ablation/{subject}-{ablation}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -42,8 +42,8 @@ rule synthesize_ablation:
 
 rule evaluate_videos:
     """Per-clip metrics of one system's videos against the test clips' frames under each
-    protocol (evaluation.protocols), with a shuffled-pairing control; metrics.zarr,
-    clips.csv and summary.csv."""
+    protocol (evaluation.protocols; an ablation under evaluation.ablation_protocols), with a
+    shuffled-pairing control; metrics.zarr, clips.csv and summary.csv."""
     input:
         videos=evaluated_videos,
         frames=test_frame_stores,
@@ -58,13 +58,13 @@ rule evaluate_videos:
         "benchmarks/evaluate_videos/{subject}-{system}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
         batch_size=config["evaluation"]["batch_size"],
     params:
-        settings=evaluation_json(*EVALUATION_KEYS),
+        settings=video_evaluation_json,
         frames_dir="results/frames",
         precision=precision("evaluation"),
     shell:
@@ -109,7 +109,7 @@ rule evaluate_external:
         "logs/evaluate_external/{name}.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,

@@ -12,6 +12,10 @@ rule preprocess:
         "logs/preprocess/{subject}.log",
     benchmark:
         "benchmarks/preprocess/{subject}.tsv"
+    # the fMRI stages first: they take seconds and both reconstructors wait for them, but a
+    # job of two threads would otherwise wait behind the one-thread model stages until
+    # both cores are free at once (minutes into the tiny demo on 2 cores)
+    priority: 10
     conda:
         "../envs/pipeline.yaml"
     threads: 2
@@ -41,6 +45,7 @@ rule select_voxels:
         directory("results/{subject}/selection.zarr"),
     log:
         "logs/select_voxels/{subject}.log",
+    priority: 10
     conda:
         "../envs/pipeline.yaml"
     threads: 1
@@ -62,6 +67,7 @@ rule align:
         directory("results/{subject}/aligned.zarr"),
     log:
         "logs/align/{subject}.log",
+    priority: 10
     conda:
         "../envs/pipeline.yaml"
     threads: 1

@@ -16,7 +16,7 @@ rule train_fusion:
         "benchmarks/train_fusion/train_fusion.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -48,7 +48,7 @@ rule fuse_videos:
         "benchmarks/fuse_videos/{subject}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,

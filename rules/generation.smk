@@ -19,7 +19,7 @@ rule tiny_generation_models:
         "benchmarks/tiny_generation_models/tiny_generation_models.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     params:
         models=config_values("models", "tiny_seed", "tiny_generation_steps"),
     shell:
@@ -57,7 +57,7 @@ rule fit_keyframe_embedder:
         "logs/fit_keyframe_embedder/{subject}.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -86,7 +86,7 @@ rule generate_keyframes:
         "benchmarks/generate_keyframes/{subject}.tsv"
     conda:
         "../envs/keyframes.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -114,7 +114,7 @@ rule caption_keyframes:
         "logs/caption_keyframes/{subject}.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -144,7 +144,7 @@ rule synthesize_videos:
         "benchmarks/synthesize_videos/{subject}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,

@@ -18,6 +18,8 @@ rule tiny_models:
         "benchmarks/tiny_models/tiny_models.tsv"
     conda:
         "../envs/models.yaml"
+    # two threads, unlike the other tiny model stages: nearly every stage waits for the
+    # fitted VAE (only the classifiers and the fMRI stages, seconds, can run beside it)
     threads: 2
     params:
         models=config_values("models", "tiny_seed", "tiny_vae_steps"),
@@ -53,7 +55,7 @@ rule tiny_classifiers:
         "benchmarks/tiny_classifiers/tiny_classifiers.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     params:
         models=config_values(
             "models", "tiny_seed", "tiny_classifier_steps", "tiny_classifier_classes"

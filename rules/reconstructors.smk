@@ -14,7 +14,7 @@ rule train_perception:
         "benchmarks/train_perception/{subject}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -41,7 +41,7 @@ rule predict_perception:
         "logs/predict_perception/{subject}.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -69,7 +69,7 @@ rule train_semantic:
         "benchmarks/train_semantic/{subject}.tsv"
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,
@@ -97,7 +97,7 @@ rule predict_semantic:
         "logs/predict_semantic/{subject}.log",
     conda:
         "../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         device=MODEL_DEVICE,
         gpu=1,

@@ -43,6 +43,19 @@ SMALL_OVERLAY = {
     "keyframes": {"steps": 10},
     "video": {"steps": 10, "size": 64, "batch_size": 8},
 }
+#: What the run through Slurm changes in the small demo: every rule still runs once, on
+#: less data and with fewer steps, since it tests the executor and the profile, not the
+#: reconstructions (the small demo's run in :func:`workspace` does that).
+SLURM_OVERLAY = {
+    "demo": {"n_train_segments": 4, "test_repetitions": 2},
+    "models": {"tiny_vae_steps": 50, "tiny_generation_steps": 10, "tiny_classifier_steps": 30},
+    "perception": {"epochs": 3},
+    "semantic": {"align_epochs": 2, "prior_epochs": 1},
+    "fusion": {"epochs": 3},
+    "keyframes": {"steps": 4},
+    "video": {"steps": 4},
+    "evaluation": {"trials": 10, "bootstrap_resamples": 100},
+}
 #: Side of the extracted frames in the small demo.
 FRAME_SIZE = SMALL_OVERLAY["frames"]["size"]
 
@@ -120,19 +133,54 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Path:
-    """A workdir where the whole workflow ran once on the small demo."""
+def pytest_collection_modifyitems(config, items):
+    """Tests of the workflow's run last, in their collected order: the run itself starts
+    with the session (:func:`_workspace_run`) and goes on beside the unit tests."""
+    later = [item for item in items if WORKSPACE in getattr(item, "fixturenames", ())]
+    moved = set(map(id, later))
+    items[:] = [item for item in items if id(item) not in moved] + later
+
+
+#: The fixture of the one end-to-end run.
+WORKSPACE = "workspace"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _workspace_run(request, tmp_path_factory):
+    """The small demo's whole workflow, started in the background when the session begins
+    if a selected test needs it; :func:`workspace` waits for it. Its log is
+    ``snakemake.log`` in the workdir."""
+    if not any(WORKSPACE in getattr(i, "fixturenames", ()) for i in request.session.items):
+        yield None
+        return
     workdir = tmp_path_factory.mktemp("workspace")
-    snakemake(workdir)
+    log = workdir / "snakemake.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            snakemake_command(workdir), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    try:
+        yield workdir, process, log
+    finally:
+        if process.poll() is None:  # the session stopped early
+            process.terminate()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def workspace(_workspace_run) -> Path:
+    """A workdir where the whole workflow ran once on the small demo."""
+    workdir, process, log = _workspace_run
+    if process.wait() != 0:
+        raise AssertionError(f"snakemake failed:\n{log.read_text()[-20000:]}")
     return workdir
 
 
 @pytest.fixture(scope="session")
 def slurm_workspace(tmp_path_factory) -> dict:
-    """The small demo's whole workflow run through the Slurm executor with the repository's
-    profile (profiles/slurm) on a single-node cluster started on this machine
-    (tests/slurm.py), stopped before the tests look at the result.
+    """The small demo's whole workflow, cut by :data:`SLURM_OVERLAY`, run through the Slurm
+    executor with the repository's profile (profiles/slurm) on a single-node cluster
+    started on this machine (tests/slurm.py), stopped before the tests look at the result.
 
     Returns the workdir, Snakemake's output and the daemons' pids. Skips, with the
     reason, where no cluster can be started (not root, or no slurm-wlm / munge).
@@ -144,7 +192,9 @@ def slurm_workspace(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm")
     with slurm.slurm_cluster(root / "cluster") as (env, daemons):
         profile = slurm.fitted_profile(REPO / "profiles/slurm", root / "profile")
-        result = snakemake(workdir, "--profile", str(profile), *slurm.OPTIONS, env=env)
+        result = snakemake(
+            workdir, "--profile", str(profile), *slurm.OPTIONS, overlay=SLURM_OVERLAY, env=env
+        )
     return {"workdir": workdir, "result": result, "daemons": daemons}
 
 

@@ -69,6 +69,12 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"evaluation": {"ablations": {"videos": {"use_blurry": False}}}}, "evaluation.ablations"),
         ({"evaluation": {"ablations": {"none": {}}}}, "evaluation.ablations.none"),
         ({"evaluation": {"ablations": {"x": {"theta": 0.5}}}}, "evaluation.ablations.x.theta"),
+        # the ablations' protocols are some of the chosen ones, and one of them scores videos
+        (
+            {"evaluation": {"protocols": ["neuroclips"], "ablation_protocols": ["mindvideo"]}},
+            "evaluation.ablation_protocols",
+        ),
+        ({"evaluation": {"ablation_protocols": ["mindeye3"]}}, "evaluation.ablation_protocols.0"),
         ({"evaluation": {"external": {"mv": {}}}}, "evaluation.external.mv"),
         (
             {"evaluation": {"external": {"mv": {"path": "x", "gt_panel": 2}}}},

@@ -32,7 +32,9 @@ def test_every_system_has_every_metric_per_clip(workspace, system):
     directory = workspace / "results/subject1/evaluation" / system
     store = open_store(directory / "metrics.zarr", stage="evaluate_videos")
     summary = read_summary(directory)
-    assert list(summary) == metric_names(list(PROTOCOLS), [2, 50])  # every protocol's column
+    # every protocol's column; an ablation's, the main protocol's (Table 2)
+    scored = ["neuroclips"] if system.startswith("no_") else list(PROTOCOLS)
+    assert list(summary) == metric_names(scored, [2, 50])
     assert len(_rows(directory / "clips.csv")) == N_TEST_CLIPS
     for metric, row in summary.items():
         values = store[metric][:]
@@ -45,6 +47,9 @@ def test_every_system_has_every_metric_per_clip(workspace, system):
             assert row["field_pm"] == pytest.approx(row["std"])
     assert summary["neuroclips.video_50way"]["chance"] == pytest.approx(3 / 52)
     protocols = store.attrs["protocols"]
+    assert list(protocols) == scored
+    if system.startswith("no_"):
+        return
     assert protocols["neurons"]["frame_indices"] == sample_frames(16, 6, "neurons").tolist()
     assert protocols["mindeye2"]["size"] == [425, 425]
     assert protocols["mind_animator"]["clip_gate"].startswith("skipped")
@@ -118,6 +123,10 @@ def test_tables_in_the_papers_layout(workspace):
     assert "binomial sd" in markdown  # which ± is which
     assert len(_rows(tables / "retrieval.csv")) == 1
     assert '"fwd" is fMRI retrieval' in (tables / "retrieval.md").read_text()
+    # the ablations in the main protocol's columns only
+    rows = {r["system"]: r for r in _rows(tables / "protocols.csv")}
+    assert rows["no_blurry"]["neuroclips.psnr"] and not rows["no_blurry"]["mindvideo.psnr"]
+    assert rows["NeuroClips (this run)"]["mindvideo.psnr"]
     protocols = (tables / "protocols.md").read_text()
     for name, protocol in PROTOCOLS.items():
         if protocol.video_metrics([2]):

@@ -34,7 +34,13 @@ from pipeline.evaluation.metrics import (
     retrieval_top1,
     ssim,
 )
-from pipeline.evaluation.protocols import PROTOCOLS, metric_names, protocols
+from pipeline.evaluation.protocols import (
+    PROTOCOLS,
+    ablation_protocols,
+    main_protocol,
+    metric_names,
+    protocols,
+)
 from pipeline.evaluation.summary import paired_test
 
 MINDVIDEO = "jqin4749/MindVideo@5097206d93209e7b32d24169a0b81e0d1104e6d1"
@@ -481,3 +487,20 @@ def test_mindeye2_ssim_resizes_to_425_as_torchvision_in_float():
     ]
     np.testing.assert_allclose(scores.metrics["mindeye2.ssim_gray_gaussian"], expected, atol=1e-6)
     assert scores.protocols["mindeye2"]["size"] == [425, 425]
+
+
+@pytest.mark.parametrize(
+    ("chosen", "ablation", "expected"),
+    [
+        # null: the main protocol, neuroclips where chosen, else the first that scores videos
+        (list(PROTOCOLS), None, ["neuroclips"]),
+        (["neurons", "mindvideo", "mindeye2"], None, ["neurons"]),
+        # a list: in the order of evaluation.protocols
+        (list(PROTOCOLS), ["mind_animator", "neuroclips"], ["neuroclips", "mind_animator"]),
+    ],
+)
+def test_ablations_are_scored_under_the_main_protocol_unless_told(chosen, ablation, expected):
+    evaluation = {"protocols": chosen, "n_way": [2, 50], "ablation_protocols": ablation}
+    assert ablation_protocols(evaluation) == expected
+    if ablation is None:
+        assert expected == [main_protocol(chosen, [2, 50])]

@@ -20,7 +20,7 @@ from pipeline.reconstructors.layers import (
 from pipeline.reconstructors.perception import PerceptionConfig, PerceptionReconstructor
 from pipeline.reconstructors.semantic import SemanticConfig, SemanticReconstructor
 from pipeline.reconstructors.stages import predict_perception, train_perception, train_semantic
-from pipeline.reconstructors.training import TrainSettings, train
+from pipeline.reconstructors.training import TrainSettings, one_cycle, train
 from pipeline.stores import open_store
 from tests.conftest import small_config
 
@@ -491,3 +491,22 @@ def test_joint_schedule_trains_backbone_and_prior_together(workspace, tmp_path):
     for prefix in ("backbone.", "prior."):
         names = [k for k in trained if k.startswith(prefix)]
         assert any(not torch.equal(trained[k], initial[k]) for k in names), prefix
+
+
+@pytest.mark.parametrize(("total", "pct_start"), [(10, 0.1), (20, 0.05), (1, 0.1), (7, 0.3)])
+def test_the_learning_rate_schedule_takes_any_number_of_steps(total, pct_start):
+    """A one-step warm-up (pct_start x steps = 1: 10 steps at 0.1, a short epoch of the
+    prior) divides by zero in torch's OneCycleLR; the schedule warms up for two instead."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    if pct_start * total == 1:
+        with pytest.raises(ZeroDivisionError):
+            torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=1.0, total_steps=total, pct_start=pct_start
+            )
+    schedule = one_cycle(optimizer, 1.0, total, pct_start)
+    rates = []
+    for _ in range(total):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert max(rates) <= 1.0 and rates[-1] < max(rates) or total == 1

@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import REPO, planned_jobs, rule_blocks
+from tests.conftest import REPO, SLURM_OVERLAY, planned_jobs, rule_blocks
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 
@@ -80,7 +80,7 @@ def test_the_demo_ran_to_its_final_target_through_slurm(slurm_workspace):
     # the profile's resources reached sbatch: the GPU stages asked for the GPU
     train_log = next(p for p in logs if "rule_train_perception" in str(p)).read_text()
     assert "gpu=1" in train_log.replace(" ", "")
-    assert planned_jobs(workspace) == {}
+    assert planned_jobs(workspace, SLURM_OVERLAY) == {}
 
 
 @pytest.mark.cluster

@@ -141,10 +141,15 @@ EMB = {"fit_keyframe_embedder": 1, **GEN}
         # evaluation: metric settings rerun the evaluations, never a video
         ({"evaluation": {"n_way": [2, 10]}}, {**EVALUATIONS, "all": 1}),
         ({"evaluation": {"retrieval_pool": 50}}, {"evaluate_retrieval": 1, **TABLES, "all": 1}),
-        # fewer protocols: every evaluation again, retrieval included; no video
+        # fewer protocols: the evaluations of videos and fused again, retrieval included; the
+        # ablations keep theirs (the main protocol), and no video is made again
         (
             {"evaluation": {"protocols": ["neuroclips", "mindvideo"]}},
-            {**EVALUATIONS, "evaluate_retrieval": 1, "all": 1},
+            {"evaluate_videos": 2, **TABLES, "evaluate_retrieval": 1, "all": 1},
+        ),
+        (
+            {"evaluation": {"ablation_protocols": ["neuroclips", "mindvideo"]}},
+            {"evaluate_videos": N_ABLATIONS, **TABLES, "all": 1},
         ),
         ({"evaluation": {"report_clips": 2}}, {"report": 1, "all": 1}),
         ({"evaluation": {"ablations": {"no_keyframe": None}}}, {**TABLES, "all": 1}),

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PROTOCOLS", "Protocol", "metric_names", "protocols"]
+__all__ = [
+    "PROTOCOLS",
+    "Protocol",
+    "ablation_protocols",
+    "main_protocol",
+    "metric_names",
+    "protocols",
+]
 
 #: N-way metric families (the classifier each uses): per video and per frame.
 N_WAY_KINDS = ("video", "frame")
@@ -263,3 +270,50 @@ def metric_names(names: list[str], n_way: list[int], retrieval: bool = False) ->
         for p in protocols(names)
         for m in (p.retrieval_metrics() if retrieval else p.video_metrics(n_way))
     ]
+
+
+def main_protocol(names: list[str], n_way: list[int]) -> str:
+    """The protocol of Tables 1 and 2: ``neuroclips`` if chosen, else the first that scores
+    videos.
+
+    Parameters
+    ----------
+    names : list of str
+        The chosen protocols.
+    n_way : list of int
+        The N of the N-way metrics.
+
+    Returns
+    -------
+    str
+        The protocol's name.
+
+    Raises
+    ------
+    ValueError
+        For an unknown protocol name.
+    """
+    chosen = [p for p in protocols(names) if p.video_metrics(n_way)]
+    return next((p.name for p in chosen if p.name == "neuroclips"), chosen[0].name)
+
+
+def ablation_protocols(evaluation: dict) -> list[str]:
+    """The protocols the ablation variants are scored under: ``ablation_protocols`` of the
+    ``evaluation`` configuration, or, where it is null, the main protocol alone (the
+    columns of Table 2, :func:`main_protocol`).
+
+    Parameters
+    ----------
+    evaluation : dict
+        The validated ``evaluation`` configuration: ``protocols``, ``n_way`` and
+        ``ablation_protocols``.
+
+    Returns
+    -------
+    list of str
+        Protocol names, in the order of ``evaluation["protocols"]``.
+    """
+    chosen = evaluation["ablation_protocols"]
+    if chosen is None:
+        chosen = [main_protocol(evaluation["protocols"], evaluation["n_way"])]
+    return [name for name in evaluation["protocols"] if name in chosen]

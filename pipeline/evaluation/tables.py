@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation.evaluate import read_summary
-from pipeline.evaluation.protocols import PROTOCOLS, protocols
+from pipeline.evaluation.protocols import PROTOCOLS, main_protocol, protocols
 from pipeline.evaluation.summary import paired_test
 from pipeline.reconstructors.training import write_metrics
 from pipeline.stores import atomic_output
@@ -81,31 +81,6 @@ RETRIEVAL_NOTE = (
     "arguments' similarity, so what MindEye2's and the official NeuroClips code print as "
     '"fwd" is fMRI retrieval here, and "bwd" keyframe retrieval.'
 )
-
-
-def main_protocol(names: list[str], n_way: list[int]) -> str:
-    """The protocol of Tables 1 and 2: ``neuroclips`` if chosen, else the first that scores
-    videos.
-
-    Parameters
-    ----------
-    names : list of str
-        The chosen protocols.
-    n_way : list of int
-        The N of the N-way metrics.
-
-    Returns
-    -------
-    str
-        The protocol's name.
-
-    Raises
-    ------
-    ValueError
-        For an unknown protocol name.
-    """
-    chosen = [p for p in protocols(names) if p.video_metrics(n_way)]
-    return next((p.name for p in chosen if p.name == "neuroclips"), chosen[0].name)
 
 
 def table1_columns(protocol: str, n_way: list[int]) -> list[str]:

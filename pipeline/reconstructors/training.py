@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 
 from pipeline.models.loading import autocast, load_tensors, resolve_dtype
 
-__all__ = ["TrainSettings", "plot_losses", "remove_checkpoints", "train", "write_metrics"]
+__all__ = [
+    "TrainSettings",
+    "one_cycle",
+    "plot_losses",
+    "remove_checkpoints",
+    "train",
+    "write_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,33 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)
+
+
+def one_cycle(optimizer, max_lr: float, total_steps: int, pct_start: float):
+    """torch's ``OneCycleLR`` over ``total_steps``, warming up for ``pct_start`` of them.
+
+    A warm-up of exactly one step (``pct_start * total_steps == 1``, e.g. 10 steps at
+    0.1) makes ``OneCycleLR`` divide by zero at the first step; it then warms up for two.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    max_lr : float
+        The peak learning rate.
+    total_steps : int
+        Optimiser steps of the whole training.
+    pct_start : float
+        Fraction of the steps spent warming up.
+
+    Returns
+    -------
+    torch.optim.lr_scheduler.OneCycleLR
+    """
+    if pct_start * total_steps == 1:
+        pct_start = min(1.0, 2 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
+    )
 
 
 def train(
@@ -143,11 +177,8 @@ def train(
     steps_per_epoch = max(1, n_samples // settings.batch_size)
     batch_size = min(settings.batch_size, n_samples)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.lr,
-        total_steps=settings.epochs * steps_per_epoch,
-        pct_start=settings.pct_start,
+    schedule = one_cycle(
+        optimizer, settings.lr, settings.epochs * steps_per_epoch, settings.pct_start
     )
     dtype = resolve_dtype(settings.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
