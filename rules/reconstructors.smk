@@ -12,6 +12,8 @@ rule train_perception:
         "logs/train_perception/{subject}.log",
     benchmark:
         "benchmarks/train_perception/{subject}.tsv"
+    # before the stages beside it: the keyframes and every video wait for the blurry video
+    priority: 5
     conda:
         "../envs/models.yaml"
     threads: MODEL_THREADS
