@@ -314,8 +314,9 @@ FRAME_SIZES = {"paper": 224, "tiny": 64}
 #: Per-preset CPU threads of a model stage's job (the rules' ``threads``; profiles/slurm sets
 #: its own per rule). Paper: 2, for decoding and data loading beside the GPU. Tiny: 1, because
 #: its models run on the CPU and are too small for intra-op threads to pay: train_perception
-#: of the default demo takes 87.9 s on one thread and 72.6 s on two, so on 2 cores two
-#: one-thread jobs side by side finish the demo sooner (bench/bench_demo.py).
+#: of the default demo takes 87.9 s on one thread and 72.6 s on two (its benchmark file in
+#: bench/bench_demo.py's workspace, rerun with --forcerun and --set-threads
+#: train_perception=1), so on 2 cores two one-thread jobs side by side finish sooner.
 MODEL_THREADS = {"paper": 2, "tiny": 1}
 
 #: Per-preset defaults of the generation settings (config keys set to null take these).
