@@ -133,16 +133,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+#: The fixture of the one end-to-end run.
+WORKSPACE = "workspace"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests of the workflow's run last, in their collected order: the run itself starts
     with the session (:func:`_workspace_run`) and goes on beside the unit tests."""
     later = [item for item in items if WORKSPACE in getattr(item, "fixturenames", ())]
     moved = set(map(id, later))
     items[:] = [item for item in items if id(item) not in moved] + later
-
-
-#: The fixture of the one end-to-end run.
-WORKSPACE = "workspace"
 
 
 @pytest.fixture(scope="session", autouse=True)

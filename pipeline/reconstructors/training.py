@@ -83,7 +83,9 @@ def one_cycle(optimizer, max_lr: float, total_steps: int, pct_start: float):
     """torch's ``OneCycleLR`` over ``total_steps``, warming up for ``pct_start`` of them.
 
     A warm-up of exactly one step (``pct_start * total_steps == 1``, e.g. 10 steps at
-    0.1) makes ``OneCycleLR`` divide by zero at the first step; it then warms up for two.
+    0.1) makes ``OneCycleLR`` divide by zero at the first step, since its warm-up phase
+    then ends at step 0. It is given one and a half steps instead: the warm-up still ends
+    before step 1, which runs at the highest rate of the schedule.
 
     Parameters
     ----------
@@ -100,7 +102,7 @@ def one_cycle(optimizer, max_lr: float, total_steps: int, pct_start: float):
     torch.optim.lr_scheduler.OneCycleLR
     """
     if pct_start * total_steps == 1:
-        pct_start = min(1.0, 2 / total_steps)
+        pct_start = 1.5 / total_steps
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
     )
