@@ -204,10 +204,10 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config key 'demo.segment_duration_s': {demo['segment_duration_s']} s is not a "
             f"whole number of TRs ({float(tr)} s)"
         )
-    if demo["snr"][0] > demo["snr"][1]:
-        raise ConfigError(
-            f"config key 'demo.snr': low {demo['snr'][0]} exceeds high {demo['snr'][1]}"
-        )
+    for key in ("snr", "grating_cycles"):
+        low, high = demo[key]
+        if low > high:
+            raise ConfigError(f"config key 'demo.{key}': low {low} exceeds high {high}")
     if demo["luminance_grid"] > demo["frame_size"]:
         raise ConfigError(
             f"config key 'demo.luminance_grid': {demo['luminance_grid']} cells a side exceed "

@@ -101,6 +101,9 @@ class DemoSettings:
         feature alike, so each family's share is its size's.
     object_speed, pan_speed : float
         Velocity standard deviations per axis, frame sizes per second.
+    grating_cycles : tuple of float
+        (low, high) range of the background gratings' spatial frequency, cycles
+        per frame side (uniform).
     cortex_vertices : tuple of int
         (left, right) cortical vertices of the CIFTI brain model.
     subcortical_voxels : int
@@ -133,6 +136,7 @@ class DemoSettings:
     feature_shares: tuple[tuple[str, float], ...] | None = None
     object_speed: float = 0.3
     pan_speed: float = 0.1
+    grating_cycles: tuple[float, float] = (0.5, 2.0)
     cortex_vertices: tuple[int, int] = (1200, 1200)
     subcortical_voxels: int = 400
     driven_fraction: float = 0.2
@@ -354,6 +358,7 @@ def _draw_scenes(
     size: int,
     object_speed: float,
     pan_speed: float,
+    grating_cycles: tuple[float, float],
 ) -> list[_Scene]:
     scenes, frame = [], 0
     while frame < n_frames:
@@ -370,7 +375,7 @@ def _draw_scenes(
         grating = (
             rng.uniform(0.0, 0.5, 3).astype(np.float32),
             rng.uniform(0.0, 0.5, 3).astype(np.float32),
-            float(rng.uniform(1.5, 6.0) / size),
+            float(rng.uniform(*grating_cycles) / size),
             float(rng.uniform(0, np.pi)),
         )
         pan = rng.normal(0, pan_speed, 2) * size / fps
@@ -404,12 +409,14 @@ def render_segment(
     grid: int = 8,
     object_speed: float = 0.3,
     pan_speed: float = 0.1,
+    grating_cycles: tuple[float, float] = (0.5, 2.0),
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """Render a segment frame by frame.
 
     ``grid`` is the side of the luminance grid in the features; ``object_speed``
     and ``pan_speed`` are the standard deviations of the object and camera
-    velocities per axis, in frame sizes per second.
+    velocities per axis, in frame sizes per second; ``grating_cycles`` is the
+    range of the background gratings' frequency, cycles per frame side.
 
     Parameters
     ----------
@@ -425,6 +432,8 @@ def render_segment(
         Cells per side of the luminance grid, in [1, size].
     object_speed, pan_speed : float
         Velocity standard deviations, frame sizes per second.
+    grating_cycles : tuple of float
+        (low, high) background grating frequency, cycles per frame side.
 
     Returns
     -------
@@ -443,7 +452,7 @@ def render_segment(
     """
     if not 1 <= grid <= size:
         raise ValueError(f"luminance grid {grid} must lie in [1, frame size {size}]")
-    scenes = _draw_scenes(rng, n_frames, fps, size, object_speed, pan_speed)
+    scenes = _draw_scenes(rng, n_frames, fps, size, object_speed, pan_speed, grating_cycles)
     n_cells = grid * grid
     n_features = n_cells + 3 + len(CLASSES) + 1
     features = np.zeros((n_frames, n_features), np.float32)
@@ -685,6 +694,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 settings.luminance_grid,
                 settings.object_speed,
                 settings.pan_speed,
+                settings.grating_cycles,
             )
             path = stimulus_path(tmp, segment)
             path.parent.mkdir(parents=True, exist_ok=True)

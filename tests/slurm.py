@@ -189,8 +189,9 @@ def slurm_cluster(root: Path):
 
 def fitted_profile(profile: Path, target: Path) -> Path:
     """A copy of the Slurm ``profile`` in ``target`` fitted to the test cluster: its
-    partition for both placeholders, no account (the cluster has no accounting), and
-    every rule's CPUs and memory capped at the node's."""
+    partition for both placeholders, no account (the cluster has no accounting), every
+    rule's memory capped at the node's and its CPUs at one: the run shares the machine's
+    cores with the test suite (tests/conftest.py, ``--max-threads``)."""
     import yaml
 
     text = (profile / "config.yaml").read_text()
@@ -198,7 +199,7 @@ def fitted_profile(profile: Path, target: Path) -> Path:
         text = text.replace(placeholder, PARTITION)
     config = yaml.safe_load(text)
     config["default-resources"].pop("slurm_account")
-    cpus = os.cpu_count() or 1
+    cpus = 1
     memory_mb = _memory_mb()
     for resources in [config["default-resources"], *config["set-resources"].values()]:
         resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)

@@ -45,6 +45,9 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
             "demo.feature_shares",
         ),
         ({"demo": {"object_speed": -1}}, "demo.object_speed"),
+        ({"demo": {"snr": [3.0, 1.0]}}, "demo.snr"),
+        ({"demo": {"grating_cycles": [2.0, 0.5]}}, "demo.grating_cycles"),
+        ({"demo": {"grating_cycles": [0, 2.0]}}, "demo.grating_cycles.0"),
         ({"dataset": {"subjects": ["sub_01"]}}, "dataset.subjects.0"),  # sub-01 is valid
         ({"keyframes": {"generator": "sd21_unclip"}}, "keyframes.generator"),  # tiny preset
         (

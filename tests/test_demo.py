@@ -13,6 +13,7 @@ from pipeline.demo import (
     expected_dataset,
     family_scales,
     generate_demo,
+    render_segment,
 )
 from tests.conftest import small_config
 
@@ -76,6 +77,21 @@ def test_ground_truth_records_the_feature_shares(demo_root):
 @pytest.mark.parametrize("delay", [4.0, 6.0])
 def test_hrf_peaks_at_the_planted_delay(delay):
     assert np.argmax(canonical_hrf(2.0, delay)) == delay / 2.0
+
+
+def _texture_energy(grating_cycles) -> float:
+    """Mean absolute difference of horizontally adjacent pixels over a rendered segment."""
+    frames, _, _ = render_segment(
+        np.random.default_rng(0), 90, 30, 64, object_speed=0.0, grating_cycles=grating_cycles
+    )
+    return float(np.mean([np.abs(np.diff(f.astype(np.int16), axis=1)).mean() for f in frames]))
+
+
+def test_grating_cycles_set_how_fine_the_background_is():
+    coarse, fine = _texture_energy((0.5, 0.5)), _texture_energy((6.0, 6.0))
+    assert fine > 2 * coarse
+    # the same range twice: the same frames, so the difference is the setting's
+    assert _texture_energy((0.5, 0.5)) == coarse
 
 
 def test_missing_runs_are_left_out(tmp_path):
