@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,18 @@ SMALL_OVERLAY = {
     # latents cannot carry a blurry video (round-trip SSIM ~0.2), and the blurry-video check
     # says nothing
     "frames": {"size": 64},
-    "models": {"tiny_vae_steps": 600, "tiny_generation_steps": 100, "batch_size": 64},
+    "models": {
+        "tiny_vae_steps": 450,
+        "tiny_generation_steps": 60,
+        "tiny_classifier_steps": 200,
+        "batch_size": 64,
+    },
+    "perception": {"epochs": 30},
     "semantic": {"align_epochs": 10, "prior_epochs": 2},
-    # 10-step schedules: alpha guidance runs round(0.3 * 10) = 3 of them per video; videos
+    # 6-step schedules: alpha guidance runs round(0.3 * 6) = 2 of them per video; videos
     # at the frames' size (the tiny preset's half would leave 4 x 4 latents)
-    "keyframes": {"steps": 10},
-    "video": {"steps": 10, "size": 64, "batch_size": 8},
+    "keyframes": {"steps": 6},
+    "video": {"steps": 6, "size": 64, "batch_size": 8},
 }
 #: What the run through Slurm changes in the small demo: every rule still runs once, on
 #: less data and with fewer steps, since it tests the executor and the profile, not the
@@ -148,16 +155,44 @@ def rng() -> np.random.Generator:
 #: Thread counts a process started by a unit test reads (OpenMP for torch, the BLASes).
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+#: Thread settings from before :func:`_workspace_run` set one thread; empty once restored.
+_SAVED_THREADS: dict = {}
+
+
+def _all_threads() -> None:
+    """Give torch, and the processes tests start, the thread counts they had before the
+    end-to-end run began (a no-op once done)."""
+    if not _SAVED_THREADS:
+        return
+    import torch
+
+    torch.set_num_threads(_SAVED_THREADS.pop("torch"))
+    for var, value in _SAVED_THREADS.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    _SAVED_THREADS.clear()
+
+
 #: The fixture of the one end-to-end run.
 WORKSPACE = "workspace"
+#: The fixture of its stores up to the embedding caches, ready before the run ends.
+EARLY_STORES = "early_stores"
+
+
+def _uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests of the workflow's run last, in their collected order: the run itself starts
-    with the session (:func:`_workspace_run`) and goes on beside the unit tests."""
-    later = [item for item in items if WORKSPACE in getattr(item, "fixturenames", ())]
-    moved = set(map(id, later))
-    items[:] = [item for item in items if id(item) not in moved] + later
+    """Tests of the end-to-end run after the unit tests, in their collected order: the run
+    itself starts with the session (:func:`_workspace_run`) and goes on beside them. Tests
+    of its early stores come first, so they run while the rest of the workflow does."""
+    early = [i for i in items if _uses(i, EARLY_STORES) and not _uses(i, WORKSPACE)]
+    later = [i for i in items if _uses(i, WORKSPACE)]
+    moved = set(map(id, early + later))
+    items[:] = [item for item in items if id(item) not in moved] + early + later
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -165,7 +200,7 @@ def _workspace_run(request, tmp_path_factory):
     """The small demo's whole workflow, started in the background when the session begins
     if a selected test needs it; :func:`workspace` waits for it. Its log is
     ``snakemake.log`` in the workdir."""
-    if not any(WORKSPACE in getattr(i, "fixturenames", ()) for i in request.session.items):
+    if not any(_uses(i, WORKSPACE) or _uses(i, EARLY_STORES) for i in request.session.items):
         yield None
         return
     import torch
@@ -177,19 +212,14 @@ def _workspace_run(request, tmp_path_factory):
             snakemake_command(workdir), stdout=out, stderr=subprocess.STDOUT, text=True
         )
     # the unit tests beside it, and the processes they start, on one thread each
-    threads = torch.get_num_threads()
+    _SAVED_THREADS.update({var: os.environ.get(var) for var in _THREAD_VARIABLES})
+    _SAVED_THREADS["torch"] = torch.get_num_threads()
     torch.set_num_threads(1)
-    saved = {var: os.environ.get(var) for var in _THREAD_VARIABLES}
     os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
     try:
         yield workdir, process, log
     finally:
-        torch.set_num_threads(threads)
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+        _all_threads()
         if process.poll() is None:  # the session stopped early
             process.terminate()
             process.wait()
@@ -201,6 +231,35 @@ def workspace(_workspace_run) -> Path:
     workdir, process, log = _workspace_run
     if process.wait() != 0:
         raise AssertionError(f"snakemake failed:\n{log.read_text()[-20000:]}")
+    _all_threads()  # the run no longer shares the cores
+    return workdir
+
+
+#: The end-to-end run's last stores before the reconstructors' training (its workdir's paths).
+_EARLY_STORE_PATHS = (
+    "results/subject1/aligned.zarr",
+    "results/cache/vae_latents.zarr",
+    "results/cache/clip_images.zarr",
+    "results/cache/clip_text.zarr",
+)
+
+
+@pytest.fixture(scope="session")
+def early_stores(_workspace_run) -> Path:
+    """The end-to-end run's workdir once the reconstructors' training inputs are there (the
+    aligned fMRI and the embedding caches; before them the selection, the frames and the
+    tiny models), while the rest of the workflow may still run. Each store appears
+    complete: it is renamed into place once written (:func:`pipeline.stores.atomic_output`).
+    """
+    workdir, process, log = _workspace_run
+    while not all((workdir / path).is_dir() for path in _EARLY_STORE_PATHS):
+        if process.poll() is not None:
+            missing = [p for p in _EARLY_STORE_PATHS if not (workdir / p).is_dir()]
+            if missing:
+                raise AssertionError(
+                    f"snakemake ended without {missing}:\n{log.read_text()[-20000:]}"
+                )
+        time.sleep(1)
     return workdir
 
 

@@ -14,8 +14,8 @@ N_SAMPLES = (SMALL_DEMO["n_train_segments"] + SMALL_DEMO["n_test_segments"]) * (
 )
 
 
-def test_vae_latents(workspace):
-    cache = open_store(workspace / "results/cache/vae_latents.zarr", stage="cache_vae")
+def test_vae_latents(early_stores):
+    cache = open_store(early_stores / "results/cache/vae_latents.zarr", stage="cache_vae")
     latents = cache["latents"]
     assert latents.shape == (N_SAMPLES, 6, 4, FRAME_SIZE // 8, FRAME_SIZE // 8)
     assert latents.dtype == np.float16 and latents.chunks[0] == 1
@@ -24,16 +24,16 @@ def test_vae_latents(workspace):
     assert list(cache["segment"][:2]) == ["seg1", "seg1"] and cache["clip"][1] == 1
 
 
-def test_clip_tokens(workspace):
-    cache = open_store(workspace / "results/cache/clip_images.zarr", stage="cache_clip_images")
+def test_clip_tokens(early_stores):
+    cache = open_store(early_stores / "results/cache/clip_images.zarr", stage="cache_clip_images")
     tokens, embeds = cache["tokens"], cache["image_embeds"]
     assert tokens.shape == (N_SAMPLES, 2, 256, 64) and tokens.dtype == np.float16
     assert embeds.shape == (N_SAMPLES, 2, 32) and embeds.dtype == np.float16
     first = tokens[0]
     assert not np.array_equal(first[0], first[1])  # frames 2 and 3 of a clip differ
     # the same frame gives the same tokens: recompute frame 2 of clip 0 directly
-    model, _ = load_clip(workspace / "resources/models/tiny/clip")
-    frame = open_store(workspace / "results/frames/seg1.zarr")["frames"][0, 2]
+    model, _ = load_clip(early_stores / "resources/models/tiny/clip")
+    frame = open_store(early_stores / "results/frames/seg1.zarr")["frames"][0, 2]
     with torch.no_grad():
         _, again = model.visual(
             _clip_preprocess(_to_tensor(frame[None], "cpu", torch.float32), model)
@@ -41,20 +41,20 @@ def test_clip_tokens(workspace):
     np.testing.assert_array_equal(again[0].numpy().astype(np.float16), first[0])
 
 
-def test_captions_and_their_embeddings(workspace):
-    captions = open_store(workspace / "results/cache/captions.zarr", stage="cache_captions")
+def test_captions_and_their_embeddings(early_stores):
+    captions = open_store(early_stores / "results/cache/captions.zarr", stage="cache_captions")
     text = captions["captions"][:]
     assert text.shape == (N_SAMPLES, 2)
     assert all(isinstance(t, str) and t.strip() for t in text.ravel())
-    embeds = open_store(workspace / "results/cache/clip_text.zarr", stage="cache_clip_text")
+    embeds = open_store(early_stores / "results/cache/clip_text.zarr", stage="cache_clip_text")
     assert embeds["text_embeds"].shape == (N_SAMPLES, 2, 32)
     assert embeds["text_embeds"].dtype == np.float16
 
 
-def test_tiny_vae_was_fitted(workspace):
+def test_tiny_vae_was_fitted(early_stores):
     import json
 
-    meta = json.loads((workspace / "resources/models/tiny/vae/metadata.json").read_text())
+    meta = json.loads((early_stores / "resources/models/tiny/vae/metadata.json").read_text())
     assert meta["reconstruction_ssim"] > meta["reconstruction_ssim_unfitted"]
 
 

@@ -1,6 +1,6 @@
 """Two clean runs of the deterministic stages give the same stores, bit for bit.
 
-The second run starts in a new workdir from the session workspace's raw files and tiny
+The second run starts in a new workdir from the end-to-end run's raw files and tiny
 models (copied with their times, so that neither is remade) and runs preprocessing,
 voxel selection, alignment, frame extraction and the four feature caches again. Every
 array and every attribute must be equal, except what describes the run: the wall
@@ -47,11 +47,11 @@ def _stores(workdir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def second_run(workspace, tmp_path_factory) -> Path:
+def second_run(early_stores, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("second_run")
     for part in ("resources/demo", "resources/models/tiny"):
-        shutil.copytree(workspace / part, workdir / part)
-    targets = [str(p.relative_to(workspace)) for p in _stores(workspace)]
+        shutil.copytree(early_stores / part, workdir / part)
+    targets = [str(p.relative_to(early_stores)) for p in _stores(early_stores)]
     snakemake(workdir, *targets, "--allowed-rules", *DETERMINISTIC_RULES)
     return workdir
 
@@ -80,21 +80,21 @@ def _compare(first: zarr.Group, second: zarr.Group, where: str) -> None:
         assert _attrs(node) == _attrs(other), f"{where}/{name}"
 
 
-def test_deterministic_stages_are_bitwise_identical_across_two_clean_runs(workspace, second_run):
-    stores = _stores(workspace)
+def test_deterministic_stages_are_bitwise_identical_across_two_clean_runs(early_stores, second_run):
+    stores = _stores(early_stores)
     assert len(stores) >= 3 + 4
-    assert [p.relative_to(workspace) for p in stores] == [
+    assert [p.relative_to(early_stores) for p in stores] == [
         p.relative_to(second_run) for p in _stores(second_run)
     ]
     for store in stores:
-        relative = store.relative_to(workspace)
+        relative = store.relative_to(early_stores)
         again = zarr.open_group(second_run / relative, mode="r")
         _compare(zarr.open_group(store, mode="r"), again, str(relative))
 
 
-def test_the_comparison_sees_a_one_bit_change(workspace, tmp_path):
+def test_the_comparison_sees_a_one_bit_change(early_stores, tmp_path):
     """The control: flipping the lowest bit of one value makes the stores differ."""
-    store = workspace / "results/subject1/selection.zarr"
+    store = early_stores / "results/subject1/selection.zarr"
     copy = tmp_path / "selection.zarr"
     shutil.copytree(store, copy)
     group = zarr.open_group(copy, mode="r+")

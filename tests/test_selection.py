@@ -48,18 +48,18 @@ def _recall_precision(mask, driven):
     return hit / driven.sum(), hit / max(mask.sum(), 1)
 
 
-def test_demo_driven_vertices_are_recovered(workspace):
-    selection = open_store(workspace / "results/subject1/selection.zarr", stage="select_voxels")
-    truth = zarr.open_group(workspace / "resources/demo/ground_truth.zarr", mode="r")
+def test_demo_driven_vertices_are_recovered(early_stores):
+    selection = open_store(early_stores / "results/subject1/selection.zarr", stage="select_voxels")
+    truth = zarr.open_group(early_stores / "resources/demo/ground_truth.zarr", mode="r")
     recall, precision = _recall_precision(selection["mask"][:], truth["subject1/driven"][:])
     assert recall >= 0.9
     assert precision >= 0.9
     assert selection.attrs["n_selected"] == selection["mask"][:].sum()
 
 
-def test_shuffled_repetitions_sit_at_chance(workspace):
+def test_shuffled_repetitions_sit_at_chance(early_stores):
     """Control: pairing repetition 1 of one segment with repetition 2 of another."""
-    pre = open_store(workspace / "results/subject1/preprocessed.zarr", stage="preprocess")
+    pre = open_store(early_stores / "results/subject1/preprocessed.zarr", stage="preprocess")
     segments = [s for s in pre.attrs["segments"] if s.startswith("seg")]
     runs = [pre[f"runs/{s}"] for s in segments]
     n = min(r.attrs["n_clips"] for r in runs)
