@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from pipeline.cc2017 import read_stimulus_info
 from pipeline.errors import ConfigError, DataError
-from pipeline.stores import atomic_output, create_array, provenance
+from pipeline.stores import atomic_output, create_array, open_store, provenance
 
-__all__ = ["check_frame_rate", "extract_frames", "frame_schedule", "valid_fps"]
+__all__ = ["check_frame_rate", "extract_frames", "frame_schedule", "read_clips", "valid_fps"]
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +281,20 @@ def extract_frames(
                 "provenance": provenance("extract_frames", params, [str(video)]),
             }
         )
+
+
+def read_clips(stores: list[str | os.PathLike]) -> np.ndarray:
+    """Every clip of the ``extract_frames`` stores, store after store.
+
+    Parameters
+    ----------
+    stores : list of path
+        ``extract_frames`` stores (``results/frames/{segment}.zarr``), each checked as
+        :func:`pipeline.stores.open_store` does.
+
+    Returns
+    -------
+    ndarray of shape (n_clips, frames_per_clip, size, size, 3), uint8
+        The RGB frames of all clips, in the order of ``stores``.
+    """
+    return np.concatenate([open_store(p, stage="extract_frames")["frames"][:] for p in stores])

@@ -243,8 +243,8 @@ def write_tiny_models(
         The VAE metadata.
     """
     import numpy as np
-    import zarr
 
+    from pipeline.frames import read_clips
     from pipeline.models.fit import (
         MIX_CONCENTRATION,
         encode_frames,
@@ -254,9 +254,8 @@ def write_tiny_models(
     from pipeline.models.loading import load_vae
     from pipeline.stores import atomic_output
 
-    clips = [np.asarray(zarr.open_group(p, mode="r")["frames"][:]) for p in frame_stores]
-    frames = np.concatenate([c.reshape(-1, *c.shape[2:]) for c in clips])  # (n_frames, h, w, 3)
-    del clips
+    clips = read_clips(frame_stores)
+    frames = clips.reshape(-1, *clips.shape[2:])  # (n_frames, h, w, 3)
     order = np.random.default_rng(seed).permutation(len(frames))
     held, train = frames[order[:held_out]], frames[order[held_out:]]
     with atomic_output(output) as tmp:

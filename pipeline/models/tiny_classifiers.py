@@ -369,11 +369,10 @@ def write_tiny_classifiers(
     dict of str to dict
         Role → its metadata, as written to ``{role}/metadata.json``.
     """
-    import zarr
-
+    from pipeline.frames import read_clips
     from pipeline.stores import atomic_output
 
-    clips = np.concatenate([zarr.open_group(p, mode="r")["frames"][:] for p in frame_stores])
+    clips = read_clips(frame_stores)
     frames = clips.reshape(-1, *clips.shape[2:])
     rng = np.random.default_rng(seed)
     frame_rows = np.sort(rng.choice(len(frames), min(max_frames, len(frames)), replace=False))

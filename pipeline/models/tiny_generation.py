@@ -327,10 +327,10 @@ def fit_denoiser(
 
 def _training_frames(frame_stores, limit: int, seed: int) -> np.ndarray:
     """Up to ``limit`` frames drawn without replacement from the stores, uint8 (n, h, w, 3)."""
-    import zarr
+    from pipeline.frames import read_clips
 
-    clips = [np.asarray(zarr.open_group(p, mode="r")["frames"][:]) for p in frame_stores]
-    frames = np.concatenate([c.reshape(-1, *c.shape[2:]) for c in clips])
+    clips = read_clips(frame_stores)
+    frames = clips.reshape(-1, *clips.shape[2:])
     rng = np.random.default_rng(seed)
     return frames[np.sort(rng.permutation(len(frames))[:limit])]
 
