@@ -1,5 +1,6 @@
 """Frame extraction: the 3 FPS schedule, agreement with a direct decode, bad inputs."""
 
+import json
 from fractions import Fraction
 
 import av
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.cc2017 import DataError, stimulus_path
-from pipeline.frames import extract_frames, frame_schedule
-from pipeline.stores import open_store
+from pipeline.frames import extract_frames, frame_schedule, read_clips
+from pipeline.stores import StoreError, open_store
 
 
 def test_cc2017_schedule():
@@ -40,3 +41,22 @@ def test_frames_equal_a_direct_decode(demo_root, tmp_path):
             np.testing.assert_array_equal(frames[clip, k], decoded[clip * 60 + k * 10])
     assert store["frames"].metadata.dimension_names == ("clip", "frame", "y", "x", "channel")
     assert store.attrs["provenance"]["params"] == {"tr_s": 2.0, "fps": 3, "size": 32}
+
+
+def test_read_clips_stacks_the_stores_in_their_order_and_checks_them(demo_root, tmp_path):
+    """What the tiny fits read: every clip, store after store in the order given; a store
+    changed after it was written is refused, as every stage refuses its inputs."""
+    paths = [tmp_path / f"{segment}.zarr" for segment in ("seg2", "seg1")]
+    for path in paths:
+        video = stimulus_path(demo_root, path.stem)
+        extract_frames(video, path, tr_s=2.0, fps=3, size=16)
+    parts = [open_store(p)["frames"][:] for p in paths]
+    assert not np.array_equal(parts[0][:1], parts[1][:1])  # the order can show
+    np.testing.assert_array_equal(read_clips(paths), np.concatenate(parts))
+
+    metadata = paths[1] / "zarr.json"
+    document = json.loads(metadata.read_text())
+    document["attributes"]["provenance"]["params"]["size"] = 32
+    metadata.write_text(json.dumps(document))
+    with pytest.raises(StoreError, match="seg1.zarr"):
+        read_clips(paths)
