@@ -31,15 +31,15 @@ SMALL_DEMO = {
     "frame_size": 64,
     # the finer gratings of earlier demos: with the default's coarse ones, the frame-level
     # 50-way classification of this demo's videos fell to its shuffled control (0.103
-    # against 0.106): the tiny VAE of 600 steps keeps too little of the frames' chroma
-    # for the frame classifier's colour clusters
+    # against 0.106, with a 600-step VAE): the tiny VAE keeps too little of the frames'
+    # chroma for the frame classifier's colour clusters
     "grating_cycles": [1.5, 6.0],
     "cortex_vertices": [600, 600],
     "subcortical_voxels": 100,
 }
 SMALL_OVERLAY = {
     "demo": SMALL_DEMO,
-    # 64 px frames and a 600-step tiny VAE (32 px crops): at 32 px frames the VAE's 4 x 4
+    # 64 px frames (the tiny VAE is fitted on 32 px crops): at 32 px frames the VAE's 4 x 4
     # latents cannot carry a blurry video (round-trip SSIM ~0.2), and the blurry-video check
     # says nothing
     "frames": {"size": 64},

@@ -199,12 +199,11 @@ def fitted_profile(profile: Path, target: Path) -> Path:
         text = text.replace(placeholder, PARTITION)
     config = yaml.safe_load(text)
     config["default-resources"].pop("slurm_account")
-    cpus = 1
     memory_mb = _memory_mb()
     for resources in [config["default-resources"], *config["set-resources"].values()]:
-        resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)
+        resources["cpus_per_task"] = 1
         resources["mem_mb"] = min(resources["mem_mb"], memory_mb)
-    config["set-threads"] = {k: min(v, cpus) for k, v in config["set-threads"].items()}
+    config["set-threads"] = dict.fromkeys(config["set-threads"], 1)
     target.mkdir(parents=True, exist_ok=True)
     (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return target

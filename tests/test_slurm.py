@@ -3,7 +3,7 @@
 The profile checks run with the suite. The cluster tests (marker ``cluster``, run by
 ``make test-cluster``) start a single-node cluster on this machine (tests/slurm.py) and
 run the whole workflow through it on a cut demo (conftest.SLURM_OVERLAY), one CPU per
-job: 13 min 12 s in a fresh-clone CI run on 2 cores beside the suite, 10 min 37 s alone
+job: 12 min 46 s in a fresh-clone CI run on 2 cores beside the suite, 10 min 37 s alone
 (the plugin's polling, Snakemake started twice per job).
 """
 
