@@ -27,7 +27,7 @@ def test_vae_latents(early_stores):
 def test_clip_tokens(early_stores):
     cache = open_store(early_stores / "results/cache/clip_images.zarr", stage="cache_clip_images")
     tokens, embeds = cache["tokens"], cache["image_embeds"]
-    assert tokens.shape == (N_SAMPLES, 2, 256, 64) and tokens.dtype == np.float16
+    assert tokens.shape == (N_SAMPLES, 2, 64, 64) and tokens.dtype == np.float16
     assert embeds.shape == (N_SAMPLES, 2, 32) and embeds.dtype == np.float16
     first = tokens[0]
     assert not np.array_equal(first[0], first[1])  # frames 2 and 3 of a clip differ

@@ -34,7 +34,7 @@ def test_clip_round_trip_and_token_shapes(tiny_dir):
     b, _ = load_clip(tiny_dir / "clip")
     images = torch.rand(2, 3, 64, 64)
     pooled, tokens = a.visual(images)
-    assert tokens.shape == (2, 256, 64) and pooled.shape == (2, 32)
+    assert tokens.shape == (2, 64, 64) and pooled.shape == (2, 32)
     assert torch.equal(tokens, b.visual(images)[1])
     assert not torch.equal(tokens[0], tokens[1])  # different frames, different tokens
     text = a.encode_text(tokenizer(["a red disc", "two blue squares"]))

@@ -4,8 +4,10 @@ small, seeded, random configurations, written in the layout of their hub reposit
 They are loaded back by :mod:`pipeline.models.loading`, the same code that reads
 the ``paper`` preset, so a wrong argument or key name fails here and not on a
 cluster. Sizes keep the shapes that matter downstream: the CLIP visual tower
-yields 256 tokens (a 16 x 16 patch grid, like ViT-bigG/14 at 224 px), the VAE
-downsamples 8x into 4 latent channels, like the Stable Diffusion VAE.
+yields a grid of patch tokens without its class token (8 x 8 = 64 tokens; ViT-bigG/14
+at 224 px gives 16 x 16 = 256), the VAE downsamples 8x into 4 latent channels, like
+the Stable Diffusion VAE. The token count sets the Semantic Reconstructor's cost: its
+diffusion prior attends over twice the tokens plus one (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
-    """An OpenCLIP ``CLIP`` with a 64 px, patch-4 visual tower (256 tokens of width 64).
+    """An OpenCLIP ``CLIP`` with a 64 px, patch-8 visual tower (64 tokens of width 64).
 
     Written as ``open_clip_config.json`` + ``open_clip_pytorch_model.safetensors``, the
     layout of ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``. The text tower uses
@@ -53,7 +55,7 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     import open_clip
     from safetensors.torch import save_file
 
-    vision = {"image_size": 64, "layers": 2, "width": 64, "patch_size": 4, "head_width": 32}
+    vision = {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
     text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
     config = {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
     torch.manual_seed(seed)
