@@ -650,9 +650,11 @@ FMRI_JOBS = {"preprocess": 1, "select_voxels": 1, "align": 1}
 
 
 @pytest.fixture(scope="module")
-def fmri_run(tmp_path_factory) -> Path:
-    """A workdir where the small demo ran up to the aligned fMRI (no models)."""
+def fmri_run(early_stores, tmp_path_factory) -> Path:
+    """A workdir where the small demo ran up to the aligned fMRI (no models), from the
+    end-to-end run's demo dataset (copied with its file times, so it is not remade)."""
     workdir = tmp_path_factory.mktemp("fmri_run")
+    shutil.copytree(early_stores / "resources/demo", workdir / "resources/demo")
     snakemake(workdir, ALIGNED)
     return workdir
 

@@ -344,14 +344,14 @@ def test_shuffled_pairs_stay_at_chance(early_stores, tmp_path):
 
 
 def test_interrupted_perception_training_resumes_to_the_same_result(early_stores, tmp_path):
-    """Stopped after 2 of 5 epochs and rerun: the final metrics of an uninterrupted run;
+    """Stopped after 2 of 4 epochs and rerun: the final metrics of an uninterrupted run;
     and a second uninterrupted run is identical to the first.
 
-    Five epochs with mixup in the first three, so the resumed run replays the
+    Four epochs with mixup in the first three, so the resumed run replays the
     mixing draws of epoch 3 and the change to plain epochs.
     """
     settings = reconstructor_settings(small_config(), "perception")
-    settings |= {"epochs": 5, "mixup_fraction": 0.6}
+    settings |= {"epochs": 4, "mixup_fraction": 0.75}
     aligned = early_stores / "results/subject1/aligned.zarr"
     latents = early_stores / "results/cache/vae_latents.zarr"
 
