@@ -66,6 +66,7 @@ include: "rules/reconstructors.smk"
 include: "rules/generation.smk"
 include: "rules/fusion.smk"
 include: "rules/evaluation.smk"
+include: "rules/interpretation.smk"
 
 
 # every rule's params into the jobs' environment: a stage checks its input stores against them
@@ -86,4 +87,5 @@ rule all:
         embedding_stores,
         video_dirs,
         fused_dirs,
+        interpretation_dirs,
         "results/report/index.html",

@@ -379,6 +379,7 @@ def _report(*, results: str, subjects: list[str], clips: int, **kwargs: Any) -> 
         "keyframes": ("keyframes", "keyframes.zarr"),
         "videos": ("videos",),
         "evaluation": ("evaluation", "videos"),
+        "interpretation": ("interpretation",),
     }
     write_report(
         subjects={s: {k: str(results.joinpath(s, *p)) for k, p in paths.items()} for s in subjects},
@@ -754,6 +755,25 @@ COMMANDS: tuple[Command, ...] = (
             DEVICE,
             DTYPE.but(help="autocast precision (float32: none)"),
             CACHE_BATCH,
+        ),
+    ),
+    Command(
+        "interpret",
+        "voxel importance of both reconstructors on the cortex (flat maps, ROI table)",
+        "pipeline.interpretation:interpret_subject",
+        (
+            option("--perception", required=True, help="the trained PR's model directory"),
+            option("--semantic", required=True, help="the trained SR's model directory"),
+            option("--aligned", required=True),
+            option("--selection", required=True, help="the subject's voxel-selection store"),
+            option("--run", required=True, help="one CIFTI run of the subject (its grayordinates)"),
+            OUTPUT,
+            option("--methods", config="interpretation.methods"),
+            option("--colour-range", config="interpretation.colour_range", convert=tuple),
+            option("--border-areas", config="interpretation.border_areas"),
+            option("--permutations", config="interpretation.permutations"),
+            option("--seed", config="interpretation.seed"),
+            DEVICE,
         ),
     ),
     Command(

@@ -208,16 +208,22 @@ def _check_consistency(config: dict[str, Any]) -> None:
         low, high = demo[key]
         if low > high:
             raise ConfigError(f"config key 'demo.{key}': low {low} exceeds high {high}")
+    low, high = config["interpretation"]["colour_range"]
+    if low >= high:
+        raise ConfigError(
+            f"config key 'interpretation.colour_range': low {low} is not below high {high}"
+        )
     if demo["luminance_grid"] > demo["frame_size"]:
         raise ConfigError(
             f"config key 'demo.luminance_grid': {demo['luminance_grid']} cells a side exceed "
             f"the frame size demo.frame_size = {demo['frame_size']}"
         )
-    if demo["feature_shares"] is not None and not any(demo["feature_shares"].values()):
-        raise ConfigError(
-            "config key 'demo.feature_shares': every share is 0, so no feature drives the "
-            "demo's responses"
-        )
+    for group, shares in (demo["area_shares"] or {}).items():
+        if not any(shares.values()):
+            raise ConfigError(
+                f"config key 'demo.area_shares.{group}': every share is 0, so no feature "
+                "drives the responses of its areas"
+            )
     if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} does not divide the demo "

@@ -1,25 +1,30 @@
-"""Synthetic demo dataset in the exact cc2017 raw layout.
+"""Synthetic demo dataset in the exact cc2017 raw layout, on the real fs_LR 32k cortex.
 
 Stimuli are procedurally generated scenes rendered at the configured frame
 rate and written as H.264 mp4 (PyAV): a textured background panned by a
 moving camera, one to three objects of a few shape classes moving and
 bouncing, and scene cuts every few seconds. The fMRI is written as CIFTI-2
-dense time series (nibabel) whose cortical vertices are partly driven by the
-stimulus through a known linear encoding model:
+dense time series (nibabel) whose cortical vertices are real vertices of the
+fs_LR 32k mesh (:mod:`pipeline.anatomy`): all 29,696 + 29,716 cortical
+grayordinates at ``scale: full``, a seeded sample of them otherwise. Some are
+driven by the stimulus through a known linear encoding model:
 
 ``bold = baseline + scale * (snr * (hrf * (features @ W)) + drift + noise)``
 
 with stimulus features per TR in four families — a coarse luminance grid (the
 retinotopic part, ``luminance_grid`` cells a side), the mean colour, the area
-of every object class and the motion energy — every feature weighing the
-same, or each family scaled to carry a configured share of the drive's
-variance (``feature_shares``), a
-canonical (SPM double-gamma)
-HRF shifted so that its peak lies at the planted delay, slow polynomial and
-cosine drifts, and noise drawn independently for every repetition. The
-ground truth (driven mask, SNR, weights, HRF, delay, per-clip classes) is
-written to ``ground_truth.zarr`` beside ``video_fmri_dataset/``, outside the
-raw layout.
+of every object class and the motion energy. The driven vertices lie in the
+visual areas of the MMP 1.0 parcellation, and follow the visual hierarchy:
+each group of areas (:data:`pipeline.anatomy.VISUAL_AREAS`) gives each family
+its share of the drive's variance (``area_shares``; by default early visual
+cortex the luminance grid and colour, the MT+ complex motion, lateral and
+ventral occipito-temporal cortex the objects). The drive is convolved with a
+canonical (SPM double-gamma) HRF shifted so that its peak lies at the planted
+delay; slow polynomial and cosine drifts and noise, drawn independently for
+every repetition, are added. The ground truth (driven mask, SNR, weights, each
+vertex's mesh index, area and group, HRF, delay, per-clip classes) is written
+to ``ground_truth.zarr`` beside ``video_fmri_dataset/``, outside the raw
+layout.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.anatomy import HEMISPHERES, VISUAL_AREAS
 from pipeline.cc2017 import Dataset, run_path, stimulus_path
 
 # The Snakefile imports this module for DemoSettings and expected_dataset while it builds
@@ -42,10 +48,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASSES",
     "FEATURE_FAMILIES",
+    "AREA_SHARES",
     "FULL_SCALE",
+    "VISUAL_SAMPLING",
     "DemoSettings",
     "canonical_hrf",
     "expected_dataset",
+    "area_shares",
     "family_scales",
     "family_sizes",
     "generate_demo",
@@ -59,7 +68,9 @@ CLASSES = ("disc", "square", "triangle", "ring", "cross")
 #: The encoding model's feature families, in the order of the feature vector.
 FEATURE_FAMILIES = ("luminance", "colour", "objects", "motion")
 
-#: Sizes of one cc2017 subject (Wen et al. 2018's release), used by ``demo.scale: full``.
+#: Sizes of one cc2017 subject (Wen et al. 2018's release), used by ``demo.scale: full``:
+#: every cortical grayordinate of the 91k space. A tenth of them driven, since the visual
+#: areas of :data:`pipeline.anatomy.VISUAL_AREAS` hold 10.8 % (left) and 10.2 % (right).
 FULL_SCALE = {
     "n_train_segments": 18,
     "n_test_segments": 5,
@@ -68,7 +79,29 @@ FULL_SCALE = {
     "test_repetitions": 10,
     "cortex_vertices": [29696, 29716],
     "subcortical_voxels": 31870,
+    "driven_fraction": 0.1,
 }
+
+#: Default share of a driven vertex's drive per feature family, by the group of visual
+#: areas it lies in: the luminance grid and colour in early visual cortex, motion energy
+#: in the MT+ complex and V3A/B, the objects' classes in lateral and ventral
+#: occipito-temporal cortex (``demo.area_shares``; the schema holds the same values).
+AREA_SHARES = {
+    "early": {"luminance": 0.7, "colour": 0.2, "objects": 0.05, "motion": 0.05},
+    "motion": {"luminance": 0.1, "colour": 0.05, "objects": 0.05, "motion": 0.8},
+    "object": {"luminance": 0.1, "colour": 0.05, "objects": 0.8, "motion": 0.05},
+}
+
+
+def _area_pairs(shares) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """Group → family → share as nested (key, value) pairs (hashable, JSON-stable)."""
+    items = shares.items() if isinstance(shares, dict) else shares
+    out = []
+    for group, families in items:
+        pairs = families.items() if isinstance(families, dict) else families
+        out.append((str(group), tuple((str(f), float(v)) for f, v in pairs)))
+    return tuple(out)
+
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -95,21 +128,24 @@ class DemoSettings:
         Stimulus frame side, pixels.
     luminance_grid : int
         Cells per side of the luminance-grid features.
-    feature_shares : tuple of (str, float), or None
-        Share of the drive's variance carried by each feature family of
+    area_shares : tuple of (str, tuple of (str, float)), or None
+        For each group of :data:`pipeline.anatomy.VISUAL_AREAS`, the share of a
+        driven vertex's drive carried by each feature family of
         :data:`FEATURE_FAMILIES` (normalised to sum to 1); None weighs every
-        feature alike, so each family's share is its size's.
+        feature alike everywhere, so each family's share is its size's.
     object_speed, pan_speed : float
         Velocity standard deviations per axis, frame sizes per second.
     grating_cycles : tuple of float
         (low, high) range of the background gratings' spatial frequency, cycles
         per frame side (uniform).
     cortex_vertices : tuple of int
-        (left, right) cortical vertices of the CIFTI brain model.
+        (left, right) cortical vertices of the CIFTI brain model: fs_LR 32k mesh
+        vertices, all 29,696 + 29,716 cortical grayordinates or a seeded sample.
     subcortical_voxels : int
         Voxels after the cortex in the CIFTI brain model.
     driven_fraction : float
-        Fraction of cortical vertices driven by the stimulus.
+        Fraction of each hemisphere's vertices driven by the stimulus, all of them in
+        the visual areas of :data:`pipeline.anatomy.VISUAL_AREAS`.
     snr : tuple of float
         (low, high) range of the driven vertices' amplitude SNR (log-uniform).
     delay_s : float, seconds
@@ -133,7 +169,9 @@ class DemoSettings:
     fps: int = 30
     frame_size: int = 64
     luminance_grid: int = 8
-    feature_shares: tuple[tuple[str, float], ...] | None = None
+    area_shares: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] | None = _area_pairs(
+        AREA_SHARES
+    )
     object_speed: float = 0.3
     pan_speed: float = 0.1
     grating_cycles: tuple[float, float] = (0.5, 2.0)
@@ -191,10 +229,8 @@ class DemoSettings:
         """
         values = values | extra
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        shares = values.get("feature_shares")
-        if shares is not None:  # a mapping, or (family, share) pairs as to_json writes them
-            pairs = shares.items() if isinstance(shares, dict) else shares
-            values["feature_shares"] = tuple((str(k), float(v)) for k, v in pairs)
+        if values.get("area_shares") is not None:  # mappings, or pairs as to_json writes them
+            values["area_shares"] = _area_pairs(values["area_shares"])
         return cls(**values)
 
     def to_json(self) -> str:
@@ -521,14 +557,78 @@ def _write_video(path: Path, frames, fps: int, size: int) -> None:
 # --------------------------------------------------------------------------- fMRI
 
 
-def _brain_model(settings: DemoSettings) -> cifti2.BrainModelAxis:
+#: Visual-area vertices in the small demo's vertex sample per driven vertex (the rest of the
+#: sample comes from the other cortical grayordinates): each subject's driven vertices are
+#: drawn from them, and the visual vertices left undriven are noise as elsewhere.
+VISUAL_SAMPLING = 2
+
+
+@dataclass(frozen=True)
+class _Cortex:
+    """The demo's cortical vertices on the fs_LR 32k mesh, left then right."""
+
+    vertices: tuple[np.ndarray, np.ndarray]  # mesh vertex indices per hemisphere, sorted
+    area: np.ndarray  # (n_cortex,) MMP 1.0 area name of each vertex
+    group: np.ndarray  # (n_cortex,) its group of VISUAL_AREAS, "" outside them
+    n_driven: tuple[int, int]  # driven vertices per hemisphere
+
+    @property
+    def hemisphere(self) -> np.ndarray:
+        """(n_cortex,) ``left`` or ``right``."""
+        return np.repeat(np.array(HEMISPHERES, dtype=object), [len(v) for v in self.vertices])
+
+
+def _cortex(settings: DemoSettings) -> _Cortex:
+    """Real fs_LR 32k vertices: every cortical grayordinate when ``cortex_vertices`` asks for
+    all of them (``scale: full``), else a seeded sample in which the visual areas hold
+    :data:`VISUAL_SAMPLING` vertices per driven vertex."""
+    from pipeline.anatomy import CORTEX_GRAYORDINATES, VISUAL_AREAS, cortex_vertices, vertex_areas
+
+    group_of = {area: group for group, areas in VISUAL_AREAS.items() for area in areas}
+    rng = np.random.default_rng([settings.seed, 3])
+    chosen, areas, n_driven = [], [], []
+    for h, (hemisphere, mesh) in enumerate(zip(HEMISPHERES, cortex_vertices(), strict=True)):
+        n = settings.cortex_vertices[h]
+        if n > CORTEX_GRAYORDINATES[h]:
+            raise ValueError(
+                f"demo.cortex_vertices: {n} {hemisphere} vertices; the fs_LR 32k cortex has "
+                f"{CORTEX_GRAYORDINATES[h]} grayordinates there"
+            )
+        area = vertex_areas(hemisphere, mesh)
+        visual = np.isin(area, list(group_of))
+        driven = max(1, round(settings.driven_fraction * n))
+        if driven > visual.sum():
+            raise ValueError(
+                f"demo.driven_fraction {settings.driven_fraction}: {driven} driven {hemisphere} "
+                f"vertices, but the visual areas {sorted(group_of)} hold {visual.sum()}"
+            )
+        if n == len(mesh):
+            keep = np.arange(len(mesh))
+        else:
+            n_visual = min(int(visual.sum()), VISUAL_SAMPLING * driven, n)
+            keep = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(visual), n_visual, replace=False),
+                    rng.choice(np.flatnonzero(~visual), n - n_visual, replace=False),
+                ]
+            )
+            keep.sort()
+        chosen.append(mesh[keep])
+        areas.append(area[keep])
+        n_driven.append(driven)
+    area = np.concatenate(areas)
+    group = np.array([group_of.get(a, "") for a in area], dtype=object)
+    return _Cortex(tuple(chosen), area, group, tuple(n_driven))
+
+
+def _brain_model(settings: DemoSettings, cortex: _Cortex) -> cifti2.BrainModelAxis:
     from nibabel import cifti2
 
-    left, right = settings.cortex_vertices
-    # surface vertices of a 32k-like mesh with a "medial wall" left out, as in fs_LR
-    n_mesh = max(left, right) + max(left, right) // 10 + 1
-    axis = cifti2.BrainModelAxis.from_surface(np.arange(left), n_mesh, "CortexLeft")
-    axis += cifti2.BrainModelAxis.from_surface(np.arange(right), n_mesh, "CortexRight")
+    from pipeline.anatomy import MESH_VERTICES
+
+    left, right = cortex.vertices
+    axis = cifti2.BrainModelAxis.from_surface(left, MESH_VERTICES, "CortexLeft")
+    axis += cifti2.BrainModelAxis.from_surface(right, MESH_VERTICES, "CortexRight")
     n_sub = settings.subcortical_voxels
     side = int(np.ceil(n_sub ** (1 / 3))) + 2
     mask = np.zeros((side, side, side), bool)
@@ -559,6 +659,28 @@ def family_sizes(settings: DemoSettings) -> dict[str, float]:
     sizes = _family_sizes(settings.luminance_grid)
     total = sum(sizes.values())
     return {family: sizes[family] / total for family in FEATURE_FAMILIES}
+
+
+def area_shares(settings: DemoSettings) -> dict[str, dict[str, float]]:
+    """Each group of visual areas' shares of the drive per feature family, normalised.
+
+    Parameters
+    ----------
+    settings : DemoSettings
+
+    Returns
+    -------
+    dict
+        Group of :data:`pipeline.anatomy.VISUAL_AREAS` → family → share (summing to 1);
+        :func:`family_sizes` for every group when ``area_shares`` is None.
+    """
+    if settings.area_shares is None:
+        return {group: family_sizes(settings) for group in VISUAL_AREAS}
+    out = {}
+    for group, pairs in settings.area_shares:
+        total = sum(v for _, v in pairs)
+        out[group] = {family: v / total for family, v in pairs}
+    return out
 
 
 def family_scales(grid: int, shares: dict[str, float]) -> np.ndarray:
@@ -607,16 +729,30 @@ class _SubjectModel:
     baseline: np.ndarray  # (n_grayordinates,) float32
 
 
-def _subject_model(settings: DemoSettings, subject_index: int, n_features: int, n_gray: int):
+def _subject_model(
+    settings: DemoSettings, subject_index: int, n_features: int, n_gray: int, cortex: _Cortex
+) -> _SubjectModel:
+    """A subject's driven vertices (in the visual areas, per hemisphere), their SNRs and
+    encoding weights, each scaled by the shares of its group of areas."""
     rng = np.random.default_rng([settings.seed, 1, subject_index])
-    n_cortex = sum(settings.cortex_vertices)
-    n_driven = max(1, round(settings.driven_fraction * n_cortex))
+    n_cortex = len(cortex.area)
     driven = np.zeros(n_cortex, bool)
-    driven[rng.choice(n_cortex, n_driven, replace=False)] = True
+    offset = 0
+    for vertices, n_driven in zip(cortex.vertices, cortex.n_driven, strict=True):
+        visual = offset + np.flatnonzero(cortex.group[offset : offset + len(vertices)] != "")
+        driven[rng.choice(visual, n_driven, replace=False)] = True
+        offset += len(vertices)
+    n_driven = int(driven.sum())
     low, high = np.log(settings.snr[0]), np.log(settings.snr[1])
     snr = np.zeros(n_cortex, np.float32)
     snr[driven] = np.exp(rng.uniform(low, high, n_driven))
     weights = rng.normal(0, 1, (n_features, n_driven)).astype(np.float32)
+    if settings.area_shares is not None:
+        scales = {
+            group: family_scales(settings.luminance_grid, dict(shares))
+            for group, shares in settings.area_shares
+        }
+        weights *= np.stack([scales[g] for g in cortex.group[driven]], axis=1)
     baseline = rng.uniform(8000, 12000, n_gray).astype(np.float32)
     return _SubjectModel(driven, snr, weights, baseline)
 
@@ -679,7 +815,8 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
     frames_per_tr = round(settings.fps * settings.tr_s)
     n_frames = settings.n_clips * frames_per_tr
     hrf = canonical_hrf(settings.tr_s, settings.delay_s)
-    axis = _brain_model(settings)
+    cortex = _cortex(settings)
+    axis = _brain_model(settings, cortex)
     n_gray = axis.size
     with atomic_output(root) as tmp:
         # 1. stimuli, and their features per TR
@@ -703,15 +840,13 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             clip_classes[segment] = _tr_features(area, frames_per_tr, settings.n_clips)
         train = np.concatenate([tr_features[s] for s in dataset.train_segments])
         mean, std = train.mean(0), train.std(0) + 1e-6
-        if settings.feature_shares is not None:
-            std = std / family_scales(settings.luminance_grid, dict(settings.feature_shares))
 
         # 2. neural responses per segment: features @ W, convolved with the HRF over the
         #    clips and the trailing volumes, normalised to unit variance on training data
         ground_truth = zarr.open_group(tmp / "ground_truth.zarr", mode="w")
         n_features = train.shape[1]
         for s_index, subject in enumerate(dataset.subjects):
-            model = _subject_model(settings, s_index, n_features, n_gray)
+            model = _subject_model(settings, s_index, n_features, n_gray, cortex)
             responses = {}
             for segment in dataset.segments:
                 drive = ((tr_features[segment] - mean) / std) @ model.weights
@@ -736,6 +871,14 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             create_array(g, "snr", data=model.snr, dims=["vertex"])
             create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
 
+        left, right = cortex.vertices
+        create_array(ground_truth, "vertex", data=np.concatenate([left, right]), dims=["vertex"])
+        for name, values in (
+            ("hemisphere", cortex.hemisphere),
+            ("area", cortex.area),
+            ("area_group", cortex.group),
+        ):
+            create_array(ground_truth, name, data=values.astype(str), dims=["vertex"])
         for segment in dataset.segments:
             g = ground_truth.require_group(f"stimulus/{segment}")
             create_array(g, "features", data=tr_features[segment], dims=["clip", "feature"])
@@ -754,8 +897,12 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 + ["mean_r", "mean_g", "mean_b"]
                 + [f"area_{c}" for c in CLASSES]
                 + ["motion"],
-                "feature_shares": dict(settings.feature_shares or family_sizes(settings)),
-                "vertex_order": "cortical vertices, CORTEX_LEFT then CORTEX_RIGHT",
+                "area_shares": area_shares(settings),
+                "visual_areas": {group: list(areas) for group, areas in VISUAL_AREAS.items()},
+                "vertex_order": (
+                    "cortical vertices, CORTEX_LEFT then CORTEX_RIGHT; 'vertex' holds their "
+                    "fs_LR 32k mesh indices, 'area' their MMP 1.0 area"
+                ),
                 "provenance": provenance("demo_dataset", asdict(settings)),
             }
         )

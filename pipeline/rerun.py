@@ -36,7 +36,8 @@ EXPLICIT = {
     ("semantic", "architecture"): [{"hidden": 128}],
     ("demo", "missing_runs"): [["subject1/test1/1"]],
     ("evaluation", "ablation_protocols"): [["neuroclips", "mindvideo"]],
-    ("demo", "feature_shares"): [{"luminance": 0.4, "colour": 0.3, "objects": 0.2, "motion": 0.1}],
+    ("interpretation", "colour_range"): [[0.0, 1.0]],
+    ("interpretation", "border_areas"): [["V1", "FFC"]],
 }
 #: keys left out: their effect depends on what they name (a dataset, a folder of
 #: videos, model locations, ablations) rather than on a value of their own, or (the TR)

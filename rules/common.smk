@@ -70,6 +70,11 @@ def fmri_runs(wildcards):
     return [str(p) for p in DATASET.run_files(wildcards.subject)]
 
 
+def first_fmri_run(wildcards):
+    """One CIFTI run of a subject: its brain model places the grayordinates."""
+    return fmri_runs(wildcards)[0]
+
+
 def stimulus_videos(wildcards):
     """Every stimulus video (the preprocessing reads their durations)."""
     return [str(p) for p in DATASET.stimulus_files()]
@@ -261,6 +266,10 @@ def fused_dirs(wildcards):
     return expand("results/{subject}/fused", subject=SUBJECTS)
 
 
+def interpretation_dirs(wildcards):
+    return expand("results/{subject}/interpretation", subject=SUBJECTS)
+
+
 EVALUATION_CONFIG = config["evaluation"]
 #: evaluation settings the metric stages read (batch size is passed outside params)
 EVALUATION_KEYS = (
@@ -398,6 +407,7 @@ def report_inputs(wildcards):
         "blurry": "results/{subject}/perception/blurry.zarr",
         "keyframes": "results/{subject}/keyframes/keyframes.zarr",
         "videos": "results/{subject}/videos",
+        "interpretation": "results/{subject}/interpretation",
     }
     inputs = {k: expand(v, subject=SUBJECTS) for k, v in per_subject.items()}
     return inputs | {

@@ -41,8 +41,16 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"demo": {"scale": "huge"}}, "demo.scale"),
         ({"demo": {"luminance_grid": 200}}, "demo.luminance_grid"),
         (
-            {"demo": {"feature_shares": {"luminance": 0, "colour": 0, "objects": 0, "motion": 0}}},
-            "demo.feature_shares",
+            {
+                "demo": {
+                    "area_shares": {
+                        "early": {"luminance": 1, "colour": 0, "objects": 0, "motion": 0},
+                        "motion": {"luminance": 0, "colour": 0, "objects": 0, "motion": 0},
+                        "object": {"luminance": 0, "colour": 0, "objects": 1, "motion": 0},
+                    }
+                }
+            },
+            "demo.area_shares.motion",
         ),
         ({"demo": {"object_speed": -1}}, "demo.object_speed"),
         ({"demo": {"snr": [3.0, 1.0]}}, "demo.snr"),

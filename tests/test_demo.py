@@ -1,14 +1,21 @@
 """The demo generator: layout, ground truth, planted delay and determinism."""
 
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
 import zarr
 
+from pipeline import anatomy
 from pipeline.cc2017 import discover_dataset, run_path, stimulus_path
 from pipeline.demo import (
+    AREA_SHARES,
     FEATURE_FAMILIES,
+    VISUAL_SAMPLING,
     DemoSettings,
+    _brain_model,
+    _cortex,
     canonical_hrf,
     expected_dataset,
     family_scales,
@@ -67,11 +74,86 @@ def test_each_feature_family_carries_its_share_of_the_drive(rng):
         family_scales(4, dict.fromkeys(FEATURE_FAMILIES, 0.0))
 
 
-def test_ground_truth_records_the_feature_shares(demo_root):
+def test_the_demo_lies_on_the_fs_lr_cortex_with_its_driven_vertices_in_visual_areas(demo_root):
+    axis = nib.load(run_path(demo_root, "subject1", "seg1", 1)).header.get_axis(1)
     truth = zarr.open_group(demo_root / "ground_truth.zarr", mode="r")
-    # every feature alike (the default): an 8 x 8 grid holds 64 of the 73 features
-    assert truth.attrs["feature_shares"]["luminance"] == pytest.approx(64 / 73)
-    assert sum(truth.attrs["feature_shares"].values()) == pytest.approx(1.0)
+    vertices = truth["vertex"][:]
+    hemisphere = truth["hemisphere"][:].astype(object)
+    area = truth["area"][:].astype(object)
+    parts = {structure: part for structure, part, _ in axis.iter_structures()}
+    for name, structure, mesh in zip(
+        anatomy.HEMISPHERES,
+        ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"),
+        anatomy.cortex_vertices(),
+        strict=True,
+    ):
+        part = parts[structure]
+        assert axis.nvertices[structure] == anatomy.MESH_VERTICES
+        np.testing.assert_array_equal(axis.vertex[part], vertices[hemisphere == name])
+        assert np.isin(axis.vertex[part], mesh).all()
+        # the areas recorded are the parcellation's
+        np.testing.assert_array_equal(
+            area[hemisphere == name], anatomy.vertex_areas(name, axis.vertex[part])
+        )
+    driven = truth["subject1/driven"][:]
+    group = truth["area_group"][:].astype(object)
+    visual = group != ""
+    assert visual[driven].all()
+    for name in anatomy.HEMISPHERES:
+        side = hemisphere == name
+        assert visual[side].sum() == VISUAL_SAMPLING * driven[side].sum()
+    assert set(group[driven]) == set(anatomy.VISUAL_AREAS)
+
+
+def test_each_group_of_areas_carries_its_families(tmp_path):
+    """Standard-normal weights scaled per family: over a group's driven vertices, a
+    family's mean squared weight is its share over its number of features."""
+    settings = DemoSettings.from_config(small_config(demo=TINY | {"cortex_vertices": [3000, 3000]}))
+    generate_demo(settings, tmp_path / "root")
+    truth = zarr.open_group(tmp_path / "root/ground_truth.zarr", mode="r")
+    weights = truth["subject1/weights"][:]
+    group = truth["area_group"][:].astype(object)[truth["subject1/driven"][:]]
+    sizes = {"luminance": 64, "colour": 3, "objects": 5, "motion": 1}
+    bounds = dict(zip(FEATURE_FAMILIES, np.cumsum([0, *sizes.values()]), strict=False))
+    for name, shares in AREA_SHARES.items():
+        assert (group == name).sum() > 100, name
+        for family, size in sizes.items():
+            part = weights[bounds[family] : bounds[family] + size, group == name]
+            expected = shares[family] / sum(shares.values()) / size
+            assert np.mean(part**2) == pytest.approx(expected, rel=0.4), (name, family)
+    assert truth.attrs["area_shares"]["motion"]["motion"] == pytest.approx(0.8)
+
+
+def test_without_area_shares_every_feature_weighs_the_same(tmp_path):
+    settings = DemoSettings.from_config(small_config(demo=TINY | {"area_shares": None}))
+    generate_demo(settings, tmp_path / "root")
+    truth = zarr.open_group(tmp_path / "root/ground_truth.zarr", mode="r")
+    for shares in truth.attrs["area_shares"].values():
+        # an 8 x 8 grid holds 64 of the 73 features
+        assert shares["luminance"] == pytest.approx(64 / 73)
+
+
+def test_scale_full_has_every_grayordinate_on_its_real_vertex():
+    settings = DemoSettings.from_config(small_config(demo={"scale": "full"}))
+    cortex = _cortex(settings)
+    axis = _brain_model(settings, cortex)
+    assert len(axis) == anatomy.GRAYORDINATES
+    for mesh, vertices in zip(anatomy.cortex_vertices(), cortex.vertices, strict=True):
+        np.testing.assert_array_equal(vertices, mesh)
+    # a tenth of each hemisphere driven fits in its visual areas
+    assert cortex.n_driven == (2970, 2972)
+    assert all(
+        n <= (cortex.group[cortex.hemisphere == h] != "").sum()
+        for n, h in zip(cortex.n_driven, anatomy.HEMISPHERES, strict=True)
+    )
+
+
+def test_more_driven_vertices_than_visual_ones_is_refused_by_name():
+    settings = DemoSettings.from_config(small_config(demo={"scale": "full"}))
+    with pytest.raises(ValueError, match="demo.driven_fraction 0.5"):
+        _cortex(replace(settings, driven_fraction=0.5))
+    with pytest.raises(ValueError, match="demo.cortex_vertices"):
+        _cortex(replace(settings, cortex_vertices=(40000, 10)))
 
 
 @pytest.mark.parametrize("delay", [4.0, 6.0])

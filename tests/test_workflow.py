@@ -49,8 +49,9 @@ VIDEO = {
 GEN = {"generate_keyframes": 1, "caption_keyframes": 1, **VIDEO}
 FUSED = {"fuse_videos": 1, "evaluate_videos": 1, **TABLES}
 FUSION = {"train_fusion": 1, **FUSED}
-PR = {"train_perception": 1, "predict_perception": 1, **GEN}
-SR = {"train_semantic": 1, "predict_semantic": 1, "evaluate_retrieval": 1, **TABLES}
+#: the interpretation reads both trained reconstructors
+PR = {"train_perception": 1, "predict_perception": 1, "interpret": 1, **GEN}
+SR = {"train_semantic": 1, "predict_semantic": 1, "evaluate_retrieval": 1, "interpret": 1, **TABLES}
 EMB = {"fit_keyframe_embedder": 1, **GEN}
 
 

@@ -66,6 +66,11 @@ REFERENCES: dict[str, str] = {
         "Jbabdi S, Webster M, Polimeni JR, et al. The minimal preprocessing pipelines for the "
         "Human Connectome Project. *NeuroImage* 80:105–124, 2013."
     ),
+    "glasser2016": (
+        "Glasser MF, Coalson TS, Robinson EC, Hacker CD, Harwell J, Yacoub E, Ugurbil K, "
+        "Andersson J, Beckmann CF, Jenkinson M, Smith SM, Van Essen DC. A multi-modal "
+        "parcellation of human cerebral cortex. *Nature* 536(7615):171–178, 2016."
+    ),
     "mindeye": (
         "Scotti PS, Banerjee A, Goode J, Shabalin S, Nguyen A, Dempster A, Verlinde N, "
         "Yundler E, Weisberg D, Norman KA, et al. Reconstructing the mind's eye: fMRI-to-image "
@@ -1261,6 +1266,28 @@ def _ways(n_way: Any) -> str:
     return _join([f"{v}-" for v in values[:-1]] + [f"{v}-way" for v in values[-1:]])
 
 
+def _interpret(w: _Writer, runs: _Runs) -> str:
+    methods = runs.value("methods") or []
+    texts = {
+        "ridge_weights": "the mean absolute weight of its first ridge layer per voxel "
+        f"(paper §7) {w.cite('neuroclips')}",
+        "gradient_x_input": "the mean over the test clips of the absolute product of each "
+        "voxel's input and the gradient of half the squared norm of the output (the "
+        "Perception Reconstructor's latents, the Semantic Reconstructor's backbone tokens)",
+    }
+    return (
+        "The voxel importance of each reconstructor was computed as "
+        f"{_join([texts.get(m, m) for m in methods])}, each map scaled to 0–1 over the "
+        "selected voxels and drawn on the fs_LR 32k flat surfaces of the HCP S1200 group "
+        f"average {w.cite('glasser2013')}. Per area of the multi-modal parcellation "
+        f"{w.cite('glasser2016')} and per group of visual areas, the two reconstructors' maps, "
+        "each z-scored over the selected voxels, were compared by a two-sided sign-flip "
+        f"permutation test ({runs.param('permutations')} permutations, seed "
+        f"{runs.param('seed')}), beside the same test with the area labels shuffled across "
+        "the voxels."
+    )
+
+
 def _statistics(runs: _Runs) -> str:
     return (
         "Every mean comes with a 95 % percentile-bootstrap confidence interval "
@@ -1357,6 +1384,7 @@ STAGES: dict[str, StageText] = {
         "Evaluation", "Other systems", _evaluate_external, per_subject=False
     ),
     "evaluate_retrieval": StageText("Evaluation", "Retrieval", _evaluate_retrieval),
+    "interpret": StageText("Interpretation", "Voxel importance", _interpret),
 }
 
 

@@ -319,6 +319,9 @@ tr.published { color: #666; font-style: italic; }
 .note { background: #fff6d6; padding: 0.6em 1em; border-left: 4px solid #e0b400; }
 figure.grid { display: inline-block; margin: 0.4em; }
 figure.grid img { image-rendering: pixelated; }
+div.flatmaps { display: flex; gap: 0.5em; }
+figure.flatmap { display: inline-block; margin: 0.2em; max-width: 49%; }
+figure.flatmap img { max-width: 100%; }
 table.qc td, table.qc th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; }
 table.qc { border-collapse: collapse; font-size: 13px; }
 div.qc { display: flex; flex-wrap: wrap; gap: 1.5em; }
@@ -326,6 +329,89 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 div.methods { max-width: 60em; line-height: 1.45; }
 div.methods ol { font-size: 13px; }
 """
+
+
+#: The ROI table's columns shown in the report (the groups of visual areas).
+_ROI_COLUMNS = ("n_selected", "perception", "semantic", "difference", "p", "p_shuffled_labels")
+
+
+def _flatmap(path: Path, caption: str) -> str:
+    """A flat-map PNG as a figure ('' when the file is absent)."""
+    if not path.is_file():
+        return ""
+    image = _img(path.read_bytes(), "image/png", caption)
+    return (
+        f'<figure class="flatmap">{image}<figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _cell(row: dict, column: str) -> str:
+    value = row.get(column)
+    if value in (None, "") or column == "n_selected":
+        return f"<td>{html.escape(str(value or ''))}</td>"
+    return f"<td>{float(value):.3g}</td>"
+
+
+def interpretation_section(subjects: dict[str, dict[str, str]]) -> str:
+    """Where in the brain (paper §7, Figure 12): per importance method, each subject's
+    Perception and Semantic Reconstructor flat maps side by side, and the groups' rows of
+    its ROI table; then each subject's selection t map and mask. Subjects without an
+    ``interpretation`` folder are left out.
+
+    Parameters
+    ----------
+    subjects : dict of str to dict of str to str
+        Per subject its paths, ``interpretation`` among them.
+
+    Returns
+    -------
+    str
+        HTML (empty when no subject has the folder).
+    """
+    folders = {
+        s: Path(p["interpretation"])
+        for s, p in subjects.items()
+        if p.get("interpretation") and Path(p["interpretation"]).is_dir()
+    }
+    if not folders:
+        return ""
+    tables = {f.stem for d in folders.values() for f in d.glob("roi_table_*.csv")}
+    parts = [
+        "<h2>Where in the brain (paper §7)</h2><p>Voxel importance of each reconstructor on "
+        "the fs_LR 32k flat maps (HCP S1200), scaled to 0–1 over the selected voxels; borders "
+        "of MMP 1.0 areas in white. The ROI rows compare the two maps, each z-scored over the "
+        "selected voxels (difference: perception − semantic; sign-flip permutation p; the "
+        "same after shuffling the area labels, a control that must find nothing). Files: "
+        "<code>results/{subject}/interpretation/</code> (maps.dscalar.nii opens in "
+        "Connectome Workbench).</p>"
+    ]
+    head = "".join(f"<th>{c}</th>" for c in _ROI_COLUMNS)
+    for method in sorted(t.removeprefix("roi_table_") for t in tables):
+        parts.append(f"<h3>{html.escape(method.replace('_', ' '))}</h3>")
+        for subject, folder in folders.items():
+            images = "".join(
+                _flatmap(folder / f"flatmap_{name}_{method}.png", f"{subject}: {name}")
+                for name in ("perception", "semantic")
+            )
+            table = folder / f"roi_table_{method}.csv"
+            rows = [r for r in _read_csv(table) if r["kind"] == "group"] if table.is_file() else []
+            body = "".join(
+                f"<tr><th>{html.escape(r['roi'])}</th>"
+                + "".join(_cell(r, c) for c in _ROI_COLUMNS)
+                + "</tr>"
+                for r in rows
+            )
+            parts.append(
+                f'<div class="flatmaps">{images}</div><table class="metrics"><thead><tr>'
+                f"<th>{html.escape(subject)}</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+            )
+    parts.append("<h3>Voxel selection</h3>")
+    parts += [
+        _flatmap(folder / f"flatmap_{name}.png", f"{subject}: {name.replace('_', ' ')}")
+        for subject, folder in folders.items()
+        for name in ("selection_t", "selection_mask")
+    ]
+    return '<section id="interpretation">' + "\n".join(parts) + "</section>"
 
 
 def write_report(
@@ -428,6 +514,7 @@ def write_report(
         ),
         "<h2>Voxel selection</h2>",
         _img(images["selection.png"], "image/png", "t-map histogram"),
+        interpretation_section(subjects),
         "<h2>Training curves</h2>",
         _img(images["training.png"], "image/png", "training curves"),
         f"<h2>Metric distributions ({html.escape(first)}, per clip)</h2>",

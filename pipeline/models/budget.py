@@ -197,6 +197,18 @@ def paper_budgets(precision: dict[str, str] | None = None) -> dict[str, Budget]:
         host={"weights, one copy": n["semantic"] * 4, "test fMRI": fmri_test},
         gpu={"model (float32)": n["semantic"] * 4, "test fMRI": fmri_test},
     )
+    # the interpretation: both trained reconstructors, and the test fMRI's gradients
+    budgets["interpret"] = Budget(
+        "interpret",
+        host={
+            "reconstructors, one copy each": (n["semantic"] + n["perception"]) * 4,
+            "test fMRI": fmri_test,
+        },
+        gpu={
+            "reconstructors (float32)": (n["semantic"] + n["perception"]) * 4,
+            "test fMRI and its gradient": 2 * fmri_test,
+        },
+    )
     budgets["train_perception"] = Budget(
         "train_perception",
         host={"model": n["perception"] * 4, "VAE latent cache (float16)": latents_f16},
