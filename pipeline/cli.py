@@ -649,8 +649,6 @@ COMMANDS: tuple[Command, ...] = (
             FRAME_STORES.but(help="frame stores to fit the VAE on"),
             TINY_SEED,
             option("--vae-steps", config="models.tiny_vae_steps"),
-            option("--clip-steps", config="models.tiny_clip_steps"),
-            option("--ground-truth", help="the demo's ground_truth.zarr (fits the CLIP)"),
         ),
     ),
     Command(

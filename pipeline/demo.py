@@ -46,17 +46,15 @@ if TYPE_CHECKING:
     from nibabel import cifti2
 
 __all__ = [
-    "AREA_SHARES",
     "CLASSES",
-    "DESCRIBED_AREA",
     "FEATURE_FAMILIES",
+    "AREA_SHARES",
     "FULL_SCALE",
     "VISUAL_SAMPLING",
     "DemoSettings",
-    "area_shares",
     "canonical_hrf",
-    "describe_clip",
     "expected_dataset",
+    "area_shares",
     "family_scales",
     "family_sizes",
     "generate_demo",
@@ -542,35 +540,6 @@ def render_segment(
     return frames(), features, class_area
 
 
-#: Class area (fraction of the frame, mean over a clip) above which a description names it.
-DESCRIBED_AREA = 0.003
-
-
-def describe_clip(class_area: np.ndarray) -> str:
-    """A clip's description in words: the object classes in view, largest first.
-
-    The demo's stand-in for the captions that CLIP learned from: the tiny preset's CLIP
-    is fitted to the training stimuli's frames and these descriptions, in the vocabulary
-    of the tiny captioner (:data:`pipeline.models.tiny.CAPTION_WORDS`).
-
-    Parameters
-    ----------
-    class_area : ndarray of shape (n_classes,)
-        The clip's mean area of each class of :data:`CLASSES`.
-
-    Returns
-    -------
-    str
-        E.g. ``"a disc and a square over a striped background"``.
-    """
-    shown = [
-        CLASSES[i] for i in np.argsort(-np.asarray(class_area)) if class_area[i] > DESCRIBED_AREA
-    ]
-    if not shown:
-        return "a striped background"
-    return "a " + " and a ".join(shown) + " over a striped background"
-
-
 def _write_video(path: Path, frames, fps: int, size: int) -> None:
     import av
 
@@ -914,8 +883,6 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             g = ground_truth.require_group(f"stimulus/{segment}")
             create_array(g, "features", data=tr_features[segment], dims=["clip", "feature"])
             create_array(g, "class_area", data=clip_classes[segment], dims=["clip", "class"])
-            descriptions = np.array([describe_clip(a) for a in clip_classes[segment]])
-            create_array(g, "description", data=descriptions, dims=["clip"])
         create_array(ground_truth, "hrf", data=hrf, dims=["lag"])
         ground_truth.attrs.update(
             {

@@ -1,7 +1,6 @@
 """Dataset discovery at DAG time, wildcard constraints and input functions."""
 
 import json
-import shlex
 
 from snakemake.logging import logger
 
@@ -127,22 +126,6 @@ def preset_dir():
 def training_frame_stores(wildcards):
     """Frame stores of the training segments (what the tiny VAE is fitted on)."""
     return expand("results/frames/{segment}.zarr", segment=DATASET.train_segments)
-
-
-def demo_ground_truth(wildcards):
-    """The demo's ground truth (its clips' descriptions fit the tiny CLIP); none otherwise."""
-    if not uses_demo(config):
-        return []
-    return f"{DATASET_CONFIG['root']}/ground_truth.zarr"
-
-
-def ground_truth_option(wildcards, input):
-    """``--ground-truth PATH`` where the demo's ground truth is an input."""
-    return (
-        f"--ground-truth {shlex.quote(input.ground_truth)}"
-        if input.ground_truth
-        else ""
-    )
 
 
 def cache_stores(wildcards):

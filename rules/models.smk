@@ -7,11 +7,9 @@ localrules:
 
 
 rule tiny_models:
-    """Tiny open_clip / diffusers / transformers models in hub layouts; VAE fitted to the
-    frames, CLIP to the demo's clips and their descriptions."""
+    """Tiny open_clip / diffusers / transformers models in hub layouts; VAE fitted to the frames."""
     input:
-        frames=training_frame_stores,
-        ground_truth=demo_ground_truth,
+        training_frame_stores,
     output:
         directory(f"{MODELS_CONFIG['root']}/tiny"),
     log:
@@ -24,12 +22,11 @@ rule tiny_models:
     # fitted VAE (only the classifiers and the fMRI stages, seconds, can run beside it)
     threads: 2
     params:
-        models=config_values("models", "tiny_seed", "tiny_vae_steps", "tiny_clip_steps"),
-        ground_truth=ground_truth_option,
+        models=config_values("models", "tiny_seed", "tiny_vae_steps"),
     shell:
-        "python -m pipeline tiny-models --output {output:q} --frames {input.frames:q}"
+        "python -m pipeline tiny-models --output {output:q} --frames {input:q}"
         " --seed {params.models[tiny_seed]} --vae-steps {params.models[tiny_vae_steps]}"
-        " --clip-steps {params.models[tiny_clip_steps]} {params.ground_truth} > {log:q} 2>&1"
+        " > {log:q} 2>&1"
 
 
 rule download_models:

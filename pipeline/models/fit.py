@@ -1,5 +1,4 @@
-"""Fitting the tiny preset's VAE to the stimulus frames, so its latents decode to images,
-and its CLIP to the demo's clips and their descriptions, so its tokens carry their objects.
+"""Fitting the tiny preset's VAE to the stimulus frames, so its latents decode to images.
 
 The Stable Diffusion VAE of the paper preset was trained on natural images; the
 tiny preset's VAE starts random, so the ``tiny_models`` rule fits it to the
@@ -29,32 +28,16 @@ and told 58 % of the clips apart by colour histogram, where 300 steps of
 64-pixel crops had told 51 % (chance). A mixing weight of 0.2 kept more
 colour (66 %) but lost to the mean frame (0.260): the term is what keeps the
 decoded averages clean.
-
-The tiny CLIP (:func:`fit_clip`) learns CLIP's contrastive objective on the demo's
-training clips and their descriptions (:func:`pipeline.demo.describe_clip`: the object
-classes in view), as CLIP learned from images and their captions. With random weights
-its tokens carry the frames' layout as the VAE latents do, and a Semantic Reconstructor
-regressing them is a second perception decoder: a closed-form ridge regression from the
-demo's training fMRI to the random tokens used early and object areas as it did to the
-latents, and to the fitted CLIP's tokens used object areas more (docs/interpretation.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-__all__ = [
-    "MIX_CONCENTRATION",
-    "caption_retrieval",
-    "encode_frames",
-    "fit_clip",
-    "fit_vae",
-    "reconstruction_ssim",
-]
+__all__ = ["MIX_CONCENTRATION", "encode_frames", "fit_vae", "reconstruction_ssim"]
 
 #: Dirichlet concentration of the latent-mixing term's weights (module docstring).
 MIX_CONCENTRATION = 0.2
@@ -198,122 +181,3 @@ def reconstruction_ssim(vae, frames: np.ndarray, batch_size: int = 32) -> float:
             for a, b in zip(batch, recon, strict=True)
         ]
     return float(np.mean(scores))
-
-
-def _image_embeds(clip, frames: np.ndarray) -> torch.Tensor:
-    """Pooled image embeddings of uint8 frames (n, h, w, 3); the visual tower of
-    :func:`pipeline.models.loading.load_clip` returns (pooled, tokens)."""
-    from pipeline.caches import _clip_preprocess
-
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255.0)
-    out = clip.visual(_clip_preprocess(x, clip))
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _matches(captions: list[str]) -> torch.Tensor:
-    """Row-normalised match matrix: clips with the same caption are all positives."""
-    index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    ids = torch.tensor([index[c] for c in captions])
-    same = (ids[:, None] == ids[None, :]).float()
-    return same / same.sum(1, keepdim=True)
-
-
-def fit_clip(
-    clip,
-    tokenizer,
-    clips: np.ndarray,
-    captions: list[str],
-    steps: int,
-    seed: int = 0,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-) -> list[float]:
-    """Fit an OpenCLIP model contrastively to video clips' frames and their captions.
-
-    Each step draws ``batch_size`` clips and one frame of each; the image and text
-    embeddings are compared by CLIP's symmetric cross-entropy over the batch, with all
-    clips of the batch that share a caption counted as matches (captions repeat).
-
-    Parameters
-    ----------
-    clip : open_clip.CLIP
-        Trained in place, on the CPU, in float32; left in eval mode without gradients.
-    tokenizer : callable
-        The model's tokenizer: list of str → token ids.
-    clips : ndarray of shape (n_clips, n_frames, height, width, 3), uint8
-    captions : list of str
-        One per clip.
-    steps : int
-        Optimisation steps (AdamW, cosine learning-rate decay).
-    seed : int
-        Seeds the batches.
-    batch_size : int
-        Clips per step.
-    lr : float
-        Initial learning rate.
-
-    Returns
-    -------
-    list of float
-        The loss of every step.
-
-    Raises
-    ------
-    ValueError
-        If there is not one caption per clip.
-    """
-    if len(captions) != len(clips):
-        raise ValueError(f"{len(captions)} captions for {len(clips)} clips")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    tokens = tokenizer(list(captions))
-    clip.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    losses = []
-    for _ in tqdm(range(steps), desc="fit tiny CLIP", unit="step"):
-        idx = rng.choice(len(clips), min(batch_size, len(clips)), replace=False)
-        frame = rng.integers(0, clips.shape[1], len(idx))
-        image = F.normalize(_image_embeds(clip, clips[idx, frame]), dim=-1)
-        text = F.normalize(clip.encode_text(tokens[idx]), dim=-1)
-        logits = clip.logit_scale.exp() * image @ text.T
-        target = _matches([captions[i] for i in idx])
-        loss = -0.5 * (
-            (target * logits.log_softmax(1)).sum(1).mean()
-            + (target * logits.T.log_softmax(1)).sum(1).mean()
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    clip.eval().requires_grad_(False)
-    return losses
-
-
-@torch.no_grad()
-def caption_retrieval(clip, tokenizer, clips: np.ndarray, captions: list[str]) -> float:
-    """Top-1 accuracy of choosing each clip's caption among the distinct captions given,
-    from its middle frame's image embedding (a caption shared by several clips counts
-    for each).
-
-    Parameters
-    ----------
-    clip : open_clip.CLIP
-    tokenizer : callable
-    clips : ndarray of shape (n_clips, n_frames, height, width, 3), uint8
-    captions : list of str
-        One per clip.
-
-    Returns
-    -------
-    float
-        In [0, 1]; chance is about one over the number of distinct captions.
-    """
-    distinct = list(dict.fromkeys(captions))
-    text = F.normalize(clip.encode_text(tokenizer(distinct)), dim=-1)
-    middle = clips[:, clips.shape[1] // 2]
-    image = torch.cat([_image_embeds(clip, middle[i : i + 64]) for i in range(0, len(middle), 64)])
-    chosen = (F.normalize(image, dim=-1) @ text.T).argmax(1)
-    truth = torch.tensor([distinct.index(c) for c in captions])
-    return float((chosen == truth).float().mean())

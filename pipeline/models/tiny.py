@@ -37,11 +37,7 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
 
     Written as ``open_clip_config.json`` + ``open_clip_pytorch_model.safetensors``, the
     layout of ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``. The text tower uses
-    OpenCLIP's bundled BPE tokenizer, so nothing is downloaded; its context is 32 tokens
-    (the demo's captions are short). The visual tower pools by the mean of its patch
-    tokens (``pool_type: avg``), so that fitting the pooled embedding to captions
-    (:func:`pipeline.models.fit.fit_clip`) shapes the tokens, which the Semantic
-    Reconstructor regresses, and not a class token it never sees.
+    OpenCLIP's bundled BPE tokenizer, so nothing is downloaded.
 
     Parameters
     ----------
@@ -59,15 +55,8 @@ def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     import open_clip
     from safetensors.torch import save_file
 
-    vision = {
-        "image_size": 64,
-        "layers": 2,
-        "width": 64,
-        "patch_size": 8,
-        "head_width": 32,
-        "pool_type": "avg",
-    }
-    text = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    vision = {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
     config = {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
     torch.manual_seed(seed)
     model = open_clip.CLIP(**config)
@@ -228,20 +217,13 @@ def write_tiny_models(
     seed: int = 0,
     vae_steps: int = 600,
     held_out: int = 64,
-    ground_truth: str | os.PathLike | None = None,
-    clip_steps: int = 600,
 ) -> dict:
     """Write the whole tiny preset to ``output/{clip,vae,captioner}``.
 
     The VAE is fitted to the frames of ``frame_stores`` (the training stimuli)
     and its ``scaling_factor`` set to one over the standard deviation of the
     latents, as for the SD VAE; ``output/vae/metadata.json`` records the
-    reconstruction SSIM on ``held_out`` frames not used for fitting. With the demo's
-    ``ground_truth``, the CLIP is fitted to the same clips and their descriptions
-    (:func:`pipeline.demo.describe_clip`: the object classes in view), as CLIP was fitted
-    to images and their captions; ``output/clip/metadata.json`` records how often it
-    picks a held-out clip's description among all distinct ones, against a shuffled
-    pairing. Without it (a real dataset) the CLIP keeps its random weights. The
+    reconstruction SSIM on ``held_out`` frames not used for fitting. The
     directory appears only once complete.
 
     Parameters
@@ -255,12 +237,7 @@ def write_tiny_models(
     vae_steps : int
         Optimisation steps of the VAE fit.
     held_out : int
-        Frames kept out of the fit to measure the reconstruction SSIM, and clips kept
-        out of the CLIP fit.
-    ground_truth : path, optional
-        The demo's ``ground_truth.zarr`` (its ``stimulus/{segment}/description``).
-    clip_steps : int
-        Optimisation steps of the CLIP fit.
+        Frames kept out of the fit to measure the reconstruction SSIM.
 
     Returns
     -------
@@ -308,66 +285,4 @@ def write_tiny_models(
         }
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         (tmp / "vae" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        if ground_truth is not None:
-            captions = _descriptions(ground_truth, frame_stores)
-            clip_metadata = _fit_tiny_clip(
-                tmp / "clip", clips, captions, clip_steps, seed, held_out
-            )
-            (tmp / "clip" / "metadata.json").write_text(json.dumps(clip_metadata, indent=2))
     return metadata
-
-
-def _descriptions(ground_truth, frame_stores) -> list[str]:
-    """The demo's description of every clip of the frame stores, in their order."""
-    from pipeline.stores import open_store
-
-    truth = open_store(ground_truth)
-    captions = []
-    for path in frame_stores:
-        store = open_store(path, stage="extract_frames")
-        segment = store.attrs["segment"]
-        key = f"stimulus/{segment}/description"
-        if key not in truth:
-            raise ValueError(f"{ground_truth}: no {key} (a demo written by an older version)")
-        described = truth[key][:].tolist()
-        n = store["frames"].shape[0]
-        if len(described) < n:
-            raise ValueError(
-                f"{ground_truth}: {len(described)} descriptions for {n} clips of {path}"
-            )
-        captions += described[:n]
-    return captions
-
-
-def _fit_tiny_clip(
-    folder, clips, captions: list[str], steps: int, seed: int, held_out: int
-) -> dict:
-    """Fit the tiny CLIP in ``folder`` to the clips and captions (``held_out`` clips kept
-    out), write it back and return its metadata."""
-    import numpy as np
-    from safetensors.torch import save_file
-
-    from pipeline.models.fit import caption_retrieval, fit_clip
-    from pipeline.models.loading import load_clip
-
-    clip, tokenizer = load_clip(folder)
-    order = np.random.default_rng([seed, 1]).permutation(len(clips))
-    held, train = order[:held_out], order[held_out:]
-    losses = fit_clip(clip, tokenizer, clips[train], [captions[i] for i in train], steps, seed)
-    held_captions = [captions[i] for i in held]
-    shuffled = [held_captions[i] for i in np.random.default_rng(seed).permutation(len(held))]
-    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
-    save_file(state, str(Path(folder) / "open_clip_pytorch_model.safetensors"))
-    return {
-        "objective": "CLIP's symmetric cross-entropy of frames and their descriptions "
-        "(clips sharing a description count as matches; see pipeline/models/fit.py)",
-        "steps": steps,
-        "seed": seed,
-        "n_clips": int(len(train)),
-        "distinct_captions": len(set(captions)),
-        "final_loss": losses[-1] if losses else None,
-        "held_out_clips": int(len(held)),
-        "held_out_caption_top1": caption_retrieval(clip, tokenizer, clips[held], held_captions),
-        "held_out_caption_top1_shuffled": caption_retrieval(clip, tokenizer, clips[held], shuffled),
-        "held_out_distinct_captions": len(set(held_captions)),
-    }
