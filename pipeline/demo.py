@@ -46,15 +46,15 @@ if TYPE_CHECKING:
     from nibabel import cifti2
 
 __all__ = [
+    "AREA_SHARES",
     "CLASSES",
     "FEATURE_FAMILIES",
-    "AREA_SHARES",
     "FULL_SCALE",
     "VISUAL_SAMPLING",
     "DemoSettings",
+    "area_shares",
     "canonical_hrf",
     "expected_dataset",
-    "area_shares",
     "family_scales",
     "family_sizes",
     "generate_demo",
@@ -178,7 +178,7 @@ class DemoSettings:
     cortex_vertices: tuple[int, int] = (1200, 1200)
     subcortical_voxels: int = 400
     driven_fraction: float = 0.2
-    snr: tuple[float, float] = (1.0, 3.0)
+    snr: tuple[float, float] = (1.5, 3.0)
     delay_s: float = 4.0
     missing_runs: tuple[str, ...] = ()
     trailing_volumes: int = 4
