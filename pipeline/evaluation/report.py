@@ -430,8 +430,9 @@ def write_report(
     """Write ``output`` (index.html) and, in ``figures``, the figures as separate files.
 
     ``subjects`` maps each subject to its paths: ``selection``, ``perception``,
-    ``semantic`` (model directories), ``blurry``, ``keyframes``, ``videos``
-    and ``evaluation`` (its videos' evaluation directory). The quality-control section
+    ``semantic`` (model directories), ``blurry``, ``keyframes``, ``videos``,
+    ``evaluation`` (its videos' evaluation directory) and, where the stage ran,
+    ``interpretation`` (its flat maps and ROI tables). The quality-control section
     lists the warnings every stage recorded in its store under ``results``; the methods
     section is written from the provenance of those stores and of the trained models
     (:func:`pipeline.evaluation.methods.methods_text`), and its Markdown goes to
