@@ -100,12 +100,15 @@ def gradient_x_input(
     -------
     ndarray of shape (n_voxels,), float64
     """
+    import torch
+
     total = None
     for start in range(0, len(fmri), batch_size):
         x = fmri[start : start + batch_size].detach().float().clone().requires_grad_(True)
         out = forward(x).float()
-        (0.5 * out.pow(2).sum()).backward()
-        part = (x.grad * x).abs().sum(0).detach().double().cpu().numpy()
+        # the gradient with respect to the input only: no parameter gradients are made
+        (grad,) = torch.autograd.grad(0.5 * out.pow(2).sum(), x)
+        part = (grad * x).abs().sum(0).detach().double().cpu().numpy()
         total = part if total is None else total + part
     return total / len(fmri)
 
@@ -462,8 +465,8 @@ def _importances(
 
     device = resolve_device(device)
     models = {
-        "perception": load_perception(perception, device),
-        "semantic": load_semantic(semantic, device),
+        "perception": load_perception(perception, device).requires_grad_(False),
+        "semantic": load_semantic(semantic, device).requires_grad_(False),
     }
     ridge = {
         "perception": models["perception"].ridge.weight,

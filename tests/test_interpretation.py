@@ -41,6 +41,10 @@ def test_gradient_x_input_of_a_linear_map_is_its_closed_form(rng):
     saliency = gradient_x_input(lambda v: v @ weight.T.float(), x.float(), batch_size=3)
     expected = np.abs(x.numpy() * (x.numpy() @ weight.numpy().T @ weight.numpy())).mean(axis=0)
     np.testing.assert_allclose(saliency, expected, rtol=1e-4)
+    # a module's parameters get no gradients (at paper size they would double its memory)
+    layer = torch.nn.Linear(4, 6)
+    gradient_x_input(layer, x.float())
+    assert all(p.grad is None for p in layer.parameters())
 
 
 def test_sign_flips_find_a_shift_and_not_noise(rng):
