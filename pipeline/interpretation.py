@@ -487,6 +487,19 @@ def _importances(
     return out
 
 
+def _check_areas(names: Iterable[str]) -> None:
+    """Raise ValueError for names that are no MMP 1.0 area (``V1``, ``FFC``, …)."""
+    from pipeline.anatomy import mmp_areas
+
+    known = {label.split("_", 1)[1] for label in mmp_areas()[1] if label.startswith("L_")}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(
+            f"interpretation.border_areas: {unknown} are no MMP 1.0 areas (names as in V1, "
+            "MT, FFC, without the hemisphere's L_ or R_)"
+        )
+
+
 def interpret_subject(
     perception: str | os.PathLike,
     semantic: str | os.PathLike,
@@ -543,7 +556,7 @@ def interpret_subject(
     Raises
     ------
     ValueError
-        For an unknown method, or runs on another mesh than fs_LR 32k.
+        For an unknown method or border area, or runs on another mesh than fs_LR 32k.
     """
     import zarr
 
@@ -552,6 +565,7 @@ def interpret_subject(
     unknown = set(methods) - set(METHODS)
     if unknown or not methods:
         raise ValueError(f"interpretation methods {sorted(unknown) or methods}; known: {METHODS}")
+    _check_areas(border_areas)
     axis = cortex_axis(run)
     n_gray = len(axis)
     aligned_store = open_store(aligned, stage="align")

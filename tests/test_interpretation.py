@@ -15,6 +15,7 @@ from pipeline.interpretation import (
     cortex_axis,
     draw_flat_map,
     gradient_x_input,
+    interpret_subject,
     ridge_importance,
     roi_table,
     scale_unit,
@@ -175,3 +176,13 @@ def test_the_reports_interpretation_section_is_drawn(workspace, tmp_path):
     # flat maps: dark sheets and coloured dots over most of the first screen
     assert (shot.min(axis=-1) < 200).mean() > 0.1
     assert shot.std() > 30
+
+
+def test_an_unknown_border_area_is_named_before_anything_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"border_areas: \['V9'\]"):
+        interpret_subject(
+            *(tmp_path / n for n in ("pr", "sr", "aligned", "selection", "run", "out")),
+            methods=["ridge_weights"],
+            border_areas=["V1", "V9"],
+        )
+    assert not (tmp_path / "out").exists()
