@@ -20,8 +20,8 @@ surfaces (:mod:`pipeline.anatomy`; the same fs_LR 32k mesh, another
 flattening than the paper's), with the borders of the MMP 1.0 areas named in
 ``interpretation.border_areas``. The ROI table compares the two reconstructors
 per MMP area and per group of visual areas: the mean difference of their
-importances, each z-scored over the selected voxels, with a sign-flip
-permutation p-value, and the same for the groups after the ROI labels are
+importances, each z-scored over the selected voxels, with a permutation
+p-value of the area labels, and the same for the groups after the ROI labels are
 shuffled across the selected voxels (a control that must find nothing).
 """
 
@@ -49,10 +49,10 @@ __all__ = [
     "draw_flat_map",
     "gradient_x_input",
     "interpret_subject",
+    "permutation_p",
     "ridge_importance",
     "roi_table",
     "scale_unit",
-    "sign_flip_p",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,34 +137,45 @@ def _zscore(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- statistics
 
 
-def sign_flip_p(
-    differences: np.ndarray, permutations: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Mean of paired differences and its two-sided sign-flip permutation p-value.
+def permutation_p(
+    differences: np.ndarray, regions: np.ndarray, permutations: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean difference of each region and its two-sided label-permutation p-value.
+
+    Under the null hypothesis the region labels are exchangeable across the voxels: each
+    permutation shuffles the differences over all voxels and takes every region's mean
+    again. A region is thus compared with the voxels outside it, and a region that holds
+    most of the voxels is not penalised for it.
 
     Parameters
     ----------
     differences : ndarray of shape (n,)
         Per-voxel differences of two maps.
+    regions : ndarray of shape (k, n), bool
+        Each region's voxels; none may be empty.
     permutations : int
-        Random sign flips drawn for the null distribution.
+        Random permutations drawn for the null distributions (shared by the regions).
     rng : numpy.random.Generator
 
     Returns
     -------
-    mean : float
-    p : float
-        ``(1 + #{|null mean| >= |mean|}) / (1 + permutations)``.
+    means : ndarray of shape (k,)
+    p : ndarray of shape (k,)
+        ``(1 + #{|null mean| >= |mean|}) / (1 + permutations)`` per region.
     """
     d = np.asarray(differences, np.float64)
-    observed = float(d.mean())
-    null = np.empty(permutations)
-    for start in range(0, permutations, 256):  # bounded memory for large areas
-        n = min(256, permutations - start)
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(n, len(d)))
-        null[start : start + n] = signs @ d / len(d)
-    p = (1 + np.count_nonzero(np.abs(null) >= abs(observed) - 1e-12)) / (1 + permutations)
-    return observed, float(p)
+    members = np.asarray(regions, bool).astype(np.float64)
+    counts = members.sum(axis=1)
+    if (counts == 0).any():
+        raise ValueError("a region without voxels has no mean")
+    observed = members @ d / counts
+    exceed = np.zeros(len(members))
+    for start in range(0, permutations, 64):  # bounded memory for many voxels
+        n = min(64, permutations - start)
+        shuffled = np.stack([d[rng.permutation(len(d))] for _ in range(n)])
+        null = shuffled @ members.T / counts
+        exceed += (np.abs(null) >= np.abs(observed) - 1e-12).sum(axis=0)
+    return observed, (1 + exceed) / (1 + permutations)
 
 
 def roi_table(
@@ -176,10 +187,11 @@ def roi_table(
     shuffle_labels: bool = False,
 ) -> list[dict]:
     """Per MMP area and per group of visual areas: selected voxels, mean importance of each
-    reconstructor, and their difference with a sign-flip permutation p-value.
+    reconstructor, and their difference with a permutation p-value (:func:`permutation_p`).
 
     The difference is taken between the maps z-scored over all selected voxels, so that
-    it says where each reconstructor puts its weight relative to its own map.
+    it says where each reconstructor puts its weight relative to its own map, and each
+    area's mean difference is compared with those of as many voxels drawn at random.
 
     Parameters
     ----------
@@ -188,7 +200,7 @@ def roi_table(
     areas : ndarray of shape (n_voxels,)
         The MMP 1.0 area of each voxel (``''`` outside the cortex' areas).
     permutations : int
-        Sign flips per test.
+        Permutations of the voxels' labels, shared by the tests.
     seed : int
         Seeds the permutations (and the label shuffle).
     shuffle_labels : bool
@@ -210,14 +222,20 @@ def roi_table(
     group_of = {area: group for group, names in VISUAL_AREAS.items() for area in names}
     regions = [(g, "group", g, np.isin(areas, names)) for g, names in VISUAL_AREAS.items()]
     regions += [(a, "area", group_of.get(a, ""), areas == a) for a in sorted(set(areas) - {""})]
+    filled = [r for r in regions if r[3].any()]
+    means, ps = (
+        permutation_p(difference, np.stack([r[3] for r in filled]), permutations, rng)
+        if filled
+        else ((), ())
+    )
+    tested = {r[0]: (float(m), float(p)) for r, m, p in zip(filled, means, ps, strict=True)}
     rows = []
     for name, kind, group, mask in regions:
-        n = int(mask.sum())
-        row = {"roi": name, "kind": kind, "group": group, "n_selected": n}
-        if n == 0:
+        row = {"roi": name, "kind": kind, "group": group, "n_selected": int(mask.sum())}
+        if name not in tested:
             rows.append(row | dict.fromkeys(("perception", "semantic", "difference", "p")))
             continue
-        mean, p = sign_flip_p(difference[mask], permutations, rng)
+        mean, p = tested[name]
         rows.append(
             row
             | {
@@ -542,7 +560,7 @@ def interpret_subject(
     border_areas : list of str
         MMP 1.0 areas outlined on the flat maps.
     permutations : int
-        Sign flips per ROI test.
+        Permutations of the area labels per ROI test.
     seed : int
         Seeds the permutations.
     device : str

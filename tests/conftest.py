@@ -50,7 +50,7 @@ SMALL_OVERLAY = {
         "batch_size": 64,
     },
     "perception": {"epochs": 30},
-    "semantic": {"align_epochs": 10, "prior_epochs": 2},
+    "semantic": {"prior_epochs": 2},
     # 6-step schedules: alpha guidance runs round(0.3 * 6) = 2 of them per video; videos
     # at the frames' size (the tiny preset's half would leave 4 x 4 latents)
     "keyframes": {"steps": 6},

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from skimage.metrics import structural_similarity
 
 from pipeline.evaluation.metrics import retrieval_top1
-from pipeline.models.presets import reconstructor_settings
+from pipeline.models.presets import RECONSTRUCTORS, reconstructor_settings
 from pipeline.reconstructors.layers import (
     bimixco_loss,
     info_nce,
@@ -461,8 +461,12 @@ def test_phase_settings_take_the_alignment_learning_rate():
         settings["prior_epochs"],
         settings["prior_batch_size"],
     )
-    default = reconstructor_settings(small_config(), "semantic")
-    assert _phase_settings(default, "align").lr == default["lr"]
+    tiny = reconstructor_settings(small_config(), "semantic")
+    assert _phase_settings(tiny, "align").lr == RECONSTRUCTORS["tiny"]["semantic"]["align_lr"]
+    paper = small_config()
+    paper["models"]["preset"] = "paper"
+    paper = reconstructor_settings(paper, "semantic")
+    assert "align_lr" not in paper and _phase_settings(paper, "align").lr == paper["lr"]
 
 
 def test_joint_schedule_trains_backbone_and_prior_together(early_stores, tmp_path):

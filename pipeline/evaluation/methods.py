@@ -1281,8 +1281,8 @@ def _interpret(w: _Writer, runs: _Runs) -> str:
         "selected voxels and drawn on the fs_LR 32k flat surfaces of the HCP S1200 group "
         f"average {w.cite('glasser2013')}. Per area of the multi-modal parcellation "
         f"{w.cite('glasser2016')} and per group of visual areas, the two reconstructors' maps, "
-        "each z-scored over the selected voxels, were compared by a two-sided sign-flip "
-        f"permutation test ({runs.param('permutations')} permutations, seed "
+        "each z-scored over the selected voxels, were compared by a two-sided permutation "
+        f"test of the area labels ({runs.param('permutations')} permutations, seed "
         f"{runs.param('seed')}), beside the same test with the area labels shuffled across "
         "the voxels."
     )

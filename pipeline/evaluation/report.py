@@ -380,8 +380,9 @@ def interpretation_section(subjects: dict[str, dict[str, str]]) -> str:
         "<h2>Where in the brain (paper §7)</h2><p>Voxel importance of each reconstructor on "
         "the fs_LR 32k flat maps (HCP S1200), scaled to 0–1 over the selected voxels; borders "
         "of MMP 1.0 areas in white. The ROI rows compare the two maps, each z-scored over the "
-        "selected voxels (difference: perception − semantic; sign-flip permutation p; the "
-        "same after shuffling the area labels, a control that must find nothing). Files: "
+        "selected voxels (difference: perception − semantic; p of a permutation of the area "
+        "labels; the same after shuffling the area labels, a control that must find "
+        "nothing). Files: "
         "<code>results/{subject}/interpretation/</code> (maps.dscalar.nii opens in "
         "Connectome Workbench).</p>"
     ]
