@@ -562,8 +562,8 @@ RECONSTRUCTORS: dict[str, dict[str, dict]] = {
             "epochs": 150,
             "batch_size": 40,
             "lr": 3e-4,
-            # the official src/train_PR.py and src/train_SR.py build AdamW without a
-            # weight_decay argument: PyTorch's default, 0.01
+            # the official src/train_PR.py and src/train_SR.py (1b70c86) build AdamW
+            # without a weight_decay argument: PyTorch's default, 0.01
             "weight_decay": 0.01,
             # the official train_PR.py would mix only the latent targets, after the loss is
             # computed, with `perm`/`select` it never defines (the script stops there on
