@@ -10,19 +10,29 @@ import time
 from pathlib import Path
 
 from pipeline.config import validate_config
-from pipeline.demo import DemoSettings, generate_demo
+from pipeline.demo import DemoSettings
 
 OUTPUT = Path(__file__).resolve().parent / "output"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def full_dataset(seed: int = 0) -> Path:
-    """A cc2017-sized demo subject (``demo.scale: full``), generated once and reused."""
+    """A cc2017-sized demo subject (``demo.scale: full``), generated once and reused.
+
+    Generated in a child process: on Linux a child keeps its parent's peak resident
+    memory across fork and exec (``ru_maxrss``), so a parent grown by the generation
+    would lend its peak to every stage :func:`run_child` measures after it.
+    """
     root = OUTPUT / "full_demo"
     marker = root / "ground_truth.zarr"
     if not marker.exists():
         config = validate_config({"demo": {"scale": "full", "seed": seed}})
-        generate_demo(DemoSettings.from_config(config), root)
+        settings = DemoSettings.from_config(config).to_json()
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "demo", "--root", str(root), "--settings", settings],
+            check=True,
+            cwd=REPO,
+        )
     return root
 
 
