@@ -53,6 +53,7 @@ __all__ = [
     "ridge_importance",
     "roi_table",
     "scale_unit",
+    "spread_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,6 +390,7 @@ def draw_flat_map(
         The dots: their offsets are the vertices' flat-map coordinates.
     """
     from matplotlib.collections import LineCollection
+    from matplotlib.patheffects import withStroke
     from matplotlib.tri import Triangulation
 
     from pipeline.anatomy import flat_surface
@@ -421,11 +423,76 @@ def draw_flat_map(
     if segments:
         ax.add_collection(LineCollection(segments, colors="white", linewidths=0.6))
     for area, (cx, cy) in centres.items():
-        ax.annotate(area, (cx, cy), color="white", fontsize=6, ha="center", va="center")
+        label = ax.annotate(
+            area,
+            (cx, cy),
+            xytext=(cx, cy),
+            color="white",
+            fontsize=6,
+            ha="center",
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "white", "linewidth": 0.4},
+            path_effects=[withStroke(linewidth=1.5, foreground="black")],  # off the sheet too
+        )
+        label.set_in_layout(False)  # moved by :func:`spread_labels`, not by the layout
     ax.set_aspect("equal")
     ax.set_axis_off()
     ax.set_title(hemisphere, fontsize=8)
     return dots
+
+
+def spread_labels(fig, iterations: int = 200, gap_px: float = 3.0) -> int:
+    """Move the area labels of a drawn figure's flat maps apart until none overlap.
+
+    Each label stays joined to its area's centre by a thin line. Overlaps are resolved
+    in display space, after the figure's layout: each overlapping pair is pushed apart
+    along the axis on which it overlaps least, half the overlap each.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        Drawn with :func:`draw_flat_map`; drawn here once to fix its layout.
+    iterations : int
+        Most passes over all pairs.
+    gap_px : float
+        Space left between two labels, pixels.
+
+    Returns
+    -------
+    int
+        Pairs still overlapping after the last pass (0 when all are apart).
+    """
+    from matplotlib.text import Annotation
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    overlapping = 0
+    for ax in fig.axes:
+        labels = [t for t in ax.texts if isinstance(t, Annotation)]
+        if len(labels) < 2:
+            continue
+        to_data = ax.transData.inverted()
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        centre = np.array([[b.x0 + b.x1, b.y0 + b.y1] for b in boxes]) / 2
+        size = np.array([[b.width, b.height] for b in boxes]) + gap_px
+        for _ in range(iterations):
+            overlapping = 0
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    delta = centre[j] - centre[i]
+                    overlap = (size[i] + size[j]) / 2 - np.abs(delta)
+                    if (overlap <= 0).any():
+                        continue
+                    overlapping += 1
+                    axis = int(np.argmin(overlap))
+                    sign = 1.0 if delta[axis] >= 0 else -1.0
+                    centre[i, axis] -= sign * overlap[axis] / 2
+                    centre[j, axis] += sign * overlap[axis] / 2
+            if not overlapping:
+                break
+        for label, position in zip(labels, centre, strict=True):
+            label.xyann = tuple(to_data.transform(position))
+    return overlapping
 
 
 def _figure(
@@ -462,6 +529,8 @@ def _figure(
         )
     fig.colorbar(dots, ax=axes, shrink=0.7, label=label)
     fig.suptitle(title, fontsize=10)
+    fig.set_dpi(110)
+    spread_labels(fig)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

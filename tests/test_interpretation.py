@@ -22,6 +22,7 @@ from pipeline.interpretation import (
     ridge_importance,
     roi_table,
     scale_unit,
+    spread_labels,
 )
 from pipeline.stores import open_store
 
@@ -141,6 +142,35 @@ def test_the_flat_map_puts_v1_and_ffc_where_the_s1200_flat_mesh_has_them():
     np.testing.assert_allclose(dots.get_offsets(), coords[[v1, ffc], :2], rtol=1e-6)
     labels = {t.get_text() for t in ax.texts}
     assert labels == {"V1", "FFC"}
+    plt.close(fig)
+
+
+def test_the_area_labels_are_moved_apart_and_stay_joined_to_their_areas():
+    """On the flat maps LO1-3, MT and V2/V3 lie close together: their labels are spread
+    until no two rendered labels overlap, each still pointing at its area's centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    areas = ["V1", "V2", "V3", "V4", "MT", "LO1", "LO2", "LO3", "FFC"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained", dpi=110)
+    for ax, hemisphere in zip(axes, ("left", "right"), strict=True):
+        draw_flat_map(
+            ax, hemisphere, np.array([0]), np.array([0.5]), vmin=0, vmax=1, border_areas=areas
+        )
+
+    def overlaps(ax) -> int:
+        boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in ax.texts]
+        return sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+    fig.canvas.draw()
+    assert sum(overlaps(ax) for ax in axes) > 0  # the default placement: at the centres
+    anchors = [[t.xy for t in ax.texts] for ax in axes]
+    assert spread_labels(fig) == 0
+    fig.canvas.draw()
+    assert sum(overlaps(ax) for ax in axes) == 0
+    assert [[t.xy for t in ax.texts] for ax in axes] == anchors
     plt.close(fig)
 
 
