@@ -460,13 +460,13 @@ def spread_labels(fig, iterations: int = 200, gap_px: float = 3.0) -> int:
     Returns
     -------
     int
-        Pairs still overlapping after the last pass (0 when all are apart).
+        Pairs still overlapping after the last pass, over all axes (0 when all are apart).
     """
     from matplotlib.text import Annotation
 
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    overlapping = 0
+    remaining = 0
     for ax in fig.axes:
         labels = [t for t in ax.texts if isinstance(t, Annotation)]
         if len(labels) < 2:
@@ -492,7 +492,8 @@ def spread_labels(fig, iterations: int = 200, gap_px: float = 3.0) -> int:
                 break
         for label, position in zip(labels, centre, strict=True):
             label.xyann = tuple(to_data.transform(position))
-    return overlapping
+        remaining += overlapping
+    return remaining
 
 
 def _figure(
