@@ -48,15 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import OUTPUT, report  # noqa: E402
+from bench.bench_vae_colour import _ridge  # noqa: E402
 from pipeline.config import validate_config  # noqa: E402
-from pipeline.interpretation import ridge_importance, roi_table, scale_unit  # noqa: E402
+from pipeline.interpretation import _importances, roi_table, scale_unit  # noqa: E402
 from pipeline.models.presets import reconstructor_settings  # noqa: E402
-from pipeline.reconstructors.stages import (  # noqa: E402
-    load_perception,
-    load_semantic,
-    train_perception,
-    train_semantic,
-)
+from pipeline.reconstructors.stages import train_perception, train_semantic  # noqa: E402
 from pipeline.stores import open_store  # noqa: E402
 
 #: Overrides of the tiny preset's effective settings per variant.
@@ -95,10 +91,7 @@ def _groups(importance: np.ndarray, group: np.ndarray) -> dict:
 
 
 def _ridge_r(x, y, x_test, y_test, alpha: float) -> float:
-    mean, sd = x.mean(0), x.std(0) + 1e-6
-    x, x_test = (x - mean) / sd, (x_test - mean) / sd
-    weights = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ (y - y.mean(0)))
-    pred = x_test @ weights + y.mean(0)
+    pred = _ridge(x, y, x_test, alpha)
     kept = [k for k in range(y.shape[1]) if y_test[:, k].std() > 0]
     return round(float(np.mean([np.corrcoef(pred[:, k], y_test[:, k])[0, 1] for k in kept])), 3)
 
@@ -159,7 +152,6 @@ def run_variant(workdir: Path, subject: str, overrides: dict, permutations: int)
             device="cpu",
         )
         result["perception"] = _last(rows, ("test_latent_top1", "test_fmri_top1", "test_mae"))
-        pr = ridge_importance(load_perception(tmp / "pr", "cpu").ridge.weight.detach().numpy())
         sr_settings = _settings("semantic", overrides["semantic"])
         rows = train_semantic(
             aligned,
@@ -172,8 +164,9 @@ def run_variant(workdir: Path, subject: str, overrides: dict, permutations: int)
             device="cpu",
         )
         result["semantic"] = _last(rows, ("test_keyframe_top1", "test_fmri_top1"), "align")
-        sr_model = load_semantic(tmp / "sr", "cpu")
-        sr = ridge_importance(sr_model.backbone.ridge.weight.detach().numpy())
+        # the interpret stage's own reading of each model's first ridge layer
+        weights = _importances(tmp / "pr", tmp / "sr", aligned, ["ridge_weights"], "cpu")
+        pr, sr = (weights["ridge_weights"][name] for name in ("perception", "semantic"))
     result["perception"] |= _groups(pr, group)
     result["semantic"] |= _groups(sr, group)
     maps = {"perception": scale_unit(pr), "semantic": scale_unit(sr)}
