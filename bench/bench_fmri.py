@@ -9,6 +9,7 @@ peak memory of every stage <= 4 GB.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -16,14 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import OUTPUT, full_dataset, python_child, report, run_child  # noqa: E402
-from pipeline.cc2017 import discover_dataset  # noqa: E402
+from pipeline.config import default_config  # noqa: E402
+from pipeline.datasets import discover  # noqa: E402
 
 
 def main() -> None:
     root = full_dataset()
-    dataset = discover_dataset(root)
+    dataset = discover(default_config()["dataset"], root)
     runs = [str(p) for p in dataset.run_files("subject1")]
-    stimuli = [str(p) for p in dataset.stimulus_files()]
     read = (
         "import nibabel as nib, numpy as np\n"
         f"for p in {runs!r}:\n"
@@ -43,10 +44,8 @@ def main() -> None:
                 "preprocess",
                 "--subject",
                 "subject1",
-                "--runs",
-                *runs,
-                "--stimuli",
-                *stimuli,
+                "--plan",
+                json.dumps(dataset.plan("subject1")),
                 "--output",
                 str(out / "pre.zarr"),
                 "--tr-s",

@@ -568,7 +568,7 @@ def _external(key: str, **fields: Any) -> Option:
 COMMANDS: tuple[Command, ...] = (
     Command(
         "demo",
-        "generate the synthetic demo dataset (cc2017 layout)",
+        "generate the synthetic demo dataset (in demo.format's layout)",
         "pipeline.demo:generate_demo",
         (
             option("--root", required=True, help="dataset root to create"),
@@ -582,14 +582,10 @@ COMMANDS: tuple[Command, ...] = (
         (
             option("--subject", required=True),
             option(
-                "--runs", nargs="+", required=True, keyword="run_files", help="CIFTI dtseries files"
-            ),
-            option(
-                "--stimuli",
-                nargs="+",
+                "--plan",
                 required=True,
-                keyword="stimulus_files",
-                help="stimulus mp4 files",
+                convert=json.loads,
+                help="JSON of the subject's runs and segments (pipeline.datasets.Dataset.plan)",
             ),
             OUTPUT,
             TR_S,

@@ -58,9 +58,11 @@ def registries() -> dict[str, list[str]]:
     -------
     dict of str to list of str
         ``keyframe_generators`` (:data:`pipeline.generation.registry.KEYFRAME_GENERATORS`),
-        ``model_presets`` (:data:`pipeline.models.presets.PRESETS`) and
-        ``evaluation_protocols`` (:data:`pipeline.evaluation.protocols.PROTOCOLS`).
+        ``model_presets`` (:data:`pipeline.models.presets.PRESETS`),
+        ``evaluation_protocols`` (:data:`pipeline.evaluation.protocols.PROTOCOLS`) and
+        ``dataset_formats`` (:data:`pipeline.datasets.FORMATS`).
     """
+    from pipeline.datasets import FORMATS
     from pipeline.evaluation.protocols import PROTOCOLS
     from pipeline.generation.registry import KEYFRAME_GENERATORS
     from pipeline.models.presets import PRESETS
@@ -69,6 +71,7 @@ def registries() -> dict[str, list[str]]:
         "keyframe_generators": list(KEYFRAME_GENERATORS),
         "model_presets": list(PRESETS),
         "evaluation_protocols": list(PROTOCOLS),
+        "dataset_formats": list(FORMATS),
     }
 
 

@@ -1,4 +1,4 @@
-"""Synthetic demo dataset in the exact cc2017 raw layout, on the real fs_LR 32k cortex.
+"""Synthetic demo dataset in a real raw layout (``dataset.format``), on the real fs_LR 32k cortex.
 
 Stimuli are procedurally generated scenes rendered at the configured frame
 rate and written as H.264 mp4 (PyAV): a textured background panned by a
@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.anatomy import HEMISPHERES, VISUAL_AREAS
-from pipeline.cc2017 import Dataset, run_path, stimulus_path
+from pipeline.datasets import Dataset, dataset_format
 
 # The Snakefile imports this module for DemoSettings and expected_dataset while it builds
 # the DAG: the video, CIFTI and store libraries are imported where the files are written.
@@ -156,6 +156,8 @@ class DemoSettings:
         Volumes after each stimulus ends.
     train_prefix, test_prefix : str
         Segment name prefixes.
+    format : str
+        The layout written (``dataset.format``).
     """
 
     tr_s: float
@@ -184,6 +186,7 @@ class DemoSettings:
     trailing_volumes: int = 4
     train_prefix: str = "seg"
     test_prefix: str = "test"
+    format: str = "cc2017"
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DemoSettings:
@@ -210,6 +213,7 @@ class DemoSettings:
             trailing_volumes=dataset["trailing_volumes"],
             train_prefix=dataset["train_prefix"],
             test_prefix=dataset["test_prefix"],
+            format=dataset["format"],
         )
 
     @classmethod
@@ -295,7 +299,7 @@ class DemoSettings:
 
 
 def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
-    """The :class:`~pipeline.cc2017.Dataset` the demo generator will write under ``root``.
+    """The :class:`~pipeline.datasets.Dataset` the demo generator will write under ``root``.
 
     Parameters
     ----------
@@ -332,7 +336,9 @@ def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset
                 raise ValueError(f"demo.missing_runs removes every repetition of {subject} {seg}")
             if len(reps) < n:
                 warnings.append(f"{subject} {seg}: {len(reps)} of {n} repetitions present")
-    return Dataset(Path(root), settings.train_segments, settings.test_segments, runs, warnings)
+    return dataset_format(settings.format).layout_dataset(
+        root, settings.train_segments, settings.test_segments, runs, warnings
+    )
 
 
 def canonical_hrf(tr_s: float, delay_s: float, length_s: float = 32.0) -> np.ndarray:
@@ -812,6 +818,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
 
     root = Path(root)
     dataset = expected_dataset(settings, root)
+    layout = dataset_format(settings.format)
     frames_per_tr = round(settings.fps * settings.tr_s)
     n_frames = settings.n_clips * frames_per_tr
     hrf = canonical_hrf(settings.tr_s, settings.delay_s)
@@ -821,7 +828,8 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
     with atomic_output(root) as tmp:
         # 1. stimuli, and their features per TR
         tr_features, clip_classes = {}, {}
-        for index, segment in enumerate(tqdm(dataset.segments, desc="demo stimuli", unit="video")):
+        segments = dataset.segment_names
+        for index, segment in enumerate(tqdm(segments, desc="demo stimuli", unit="video")):
             rng = np.random.default_rng([settings.seed, 0, index])
             frames, features, area = render_segment(
                 rng,
@@ -833,7 +841,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 settings.pan_speed,
                 settings.grating_cycles,
             )
-            path = stimulus_path(tmp, segment)
+            path = layout.stimulus_path(tmp, segment)
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_video(path, frames, settings.fps, settings.frame_size)
             tr_features[segment] = _tr_features(features, frames_per_tr, settings.n_clips)
@@ -848,16 +856,16 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
         for s_index, subject in enumerate(dataset.subjects):
             model = _subject_model(settings, s_index, n_features, n_gray, cortex)
             responses = {}
-            for segment in dataset.segments:
+            for segment in segments:
                 drive = ((tr_features[segment] - mean) / std) @ model.weights
                 padded = np.concatenate(
                     [drive, np.zeros((settings.trailing_volumes, drive.shape[1]))]
                 )
                 responses[segment] = signal.lfilter(hrf, [1.0], padded, axis=0)
             scale = np.concatenate([responses[s] for s in dataset.train_segments]).std(0)
-            runs = [(seg, rep) for seg in dataset.segments for rep in dataset.runs[subject][seg]]
+            runs = [(seg, rep) for seg in segments for rep in dataset.repetitions(subject, seg)]
             for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
-                seg_index = dataset.segments.index(seg)
+                seg_index = segments.index(seg)
                 bold = _run_bold(
                     model,
                     (responses[seg] / scale).astype(np.float32),
@@ -865,7 +873,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                     n_gray,
                     [settings.seed, 2, s_index, seg_index, rep],
                 )
-                _write_cifti(run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
+                _write_cifti(layout.run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
             g = ground_truth.create_group(subject)
             create_array(g, "driven", data=model.driven, dims=["vertex"])
             create_array(g, "snr", data=model.snr, dims=["vertex"])
@@ -879,7 +887,7 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
             ("area_group", cortex.group),
         ):
             create_array(ground_truth, name, data=values.astype(str), dims=["vertex"])
-        for segment in dataset.segments:
+        for segment in segments:
             g = ground_truth.require_group(f"stimulus/{segment}")
             create_array(g, "features", data=tr_features[segment], dims=["clip", "feature"])
             create_array(g, "class_area", data=clip_classes[segment], dims=["clip", "class"])
@@ -906,4 +914,4 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
                 "provenance": provenance("demo_dataset", asdict(settings)),
             }
         )
-    return replace(dataset, root=root)
+    return dataset

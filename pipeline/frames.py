@@ -20,8 +20,8 @@ import zarr
 from av.video.reformatter import VideoReformatter
 from tqdm.auto import tqdm
 
-from pipeline.cc2017 import read_stimulus_info
 from pipeline.errors import ConfigError, DataError
+from pipeline.io.stimulus import read_stimulus_info
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
 __all__ = ["check_frame_rate", "extract_frames", "frame_schedule", "read_clips", "valid_fps"]

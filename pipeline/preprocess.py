@@ -1,10 +1,13 @@
 """Per-run fMRI preprocessing: trim, polynomial detrend, z-score per cortical vertex.
 
-Following Wen et al. (2018): each run's cortical time series is cut to the
-stimulus period plus the trailing volumes (the leading volumes are dropped;
-the trailing ones are kept because they carry the delayed response to the
-last clips), a polynomial of order 4 is regressed out and every vertex is
-z-scored. Runs are streamed one at a time, so memory stays at one run.
+Following Wen et al. (2018): each run's leading volumes are dropped, a
+polynomial of order 4 is regressed out of every cortical vertex and every
+vertex is z-scored. Each segment the run presents is then cut out from its
+onset to its last clip plus the trailing volumes (they carry the delayed
+response to the last clips); a cc2017 run presents one segment and ends with
+its trailing volumes, so the whole detrended run is kept. What each run
+presents comes from the subject's plan (:meth:`pipeline.datasets.Dataset.plan`).
+Runs are streamed one at a time, so memory stays at one run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +27,10 @@ from numpy.polynomial import legendre
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from pipeline.cc2017 import (
-    DataError,
-    StimulusInfo,
-    clip_count,
-    parse_run_path,
-    read_cortex_bold,
-    read_stimulus_info,
-    run_timing,
-)
+from pipeline.datasets.base import Run, Segment, onset_volume
+from pipeline.errors import DataError
+from pipeline.io.cifti import read_cortex_bold
+from pipeline.io.stimulus import read_stimulus_info
 from pipeline.stores import atomic_output, create_array, provenance
 
 __all__ = ["detrend_zscore", "polynomial_basis", "preprocess_subject"]
@@ -107,23 +105,33 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
 @dataclass(frozen=True)
 class _RunResult:
     valid: np.ndarray  # (n_vertices,) bool
-    n_leading: int
+    onsets: list[int]  # onset volume of every presentation
     n_all_nan: int
     file_tr: float
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where one presentation of a run goes: ``runs/{segment}[index]``."""
+
+    segment: str
+    onset_s: float | None
+    n_clips: int
+    array_path: Path
+    index: int
+
+
 def _preprocess_run(
     path: Path,
-    stimulus: StimulusInfo,
-    array_path: Path,
-    index: int,
+    drop_volumes: int | None,
+    targets: list[_Target],
     columns: np.ndarray,
     tr_s: float,
     trailing_volumes: int,
     max_leading_volumes: int,
     detrend_order: int,
 ) -> _RunResult:
-    """Read, trim, detrend and z-score one run; write it to ``array_path[index]``.
+    """Read, trim, detrend and z-score one run; write each presentation to its array.
 
     Runs write disjoint chunks, so worker processes can run this in parallel.
     """
@@ -133,16 +141,36 @@ def _preprocess_run(
             f"{path}: its cortical brain model ({cols.size} vertices) differs from "
             f"the subject's other runs ({columns.size} vertices)"
         )
-    timing = run_timing(bold.shape[0], stimulus, tr_s, trailing_volumes, max_leading_volumes, path)
-    clean, valid = detrend_zscore(bold[timing.n_leading :], detrend_order)
-    zarr.open_array(array_path, mode="r+")[index] = clean
+    onsets = [
+        onset_volume(
+            bold.shape[0],
+            t.n_clips,
+            t.onset_s,
+            tr_s=tr_s,
+            clip_s=tr_s,
+            n_trailing=trailing_volumes,
+            max_leading=max_leading_volumes,
+            run_file=path,
+            stimulus=t.segment,
+        )
+        for t in targets
+    ]
+    drop = min(onsets) if drop_volumes is None else drop_volumes
+    if drop > min(onsets):
+        raise DataError(
+            f"{path}: {drop} leading volumes are dropped, but a segment starts at volume "
+            f"{min(onsets)}"
+        )
+    clean, valid = detrend_zscore(bold[drop:], detrend_order)
+    for target, onset in zip(targets, onsets, strict=True):
+        window = clean[onset - drop : onset - drop + target.n_clips + trailing_volumes]
+        zarr.open_array(target.array_path, mode="r+")[target.index] = window
     n_all_nan = int(np.isnan(bold[:, ~valid]).all(axis=0).sum())
-    return _RunResult(valid, timing.n_leading, n_all_nan, file_tr)
+    return _RunResult(valid, onsets, n_all_nan, file_tr)
 
 
 def preprocess_subject(
-    run_files: Sequence[str | os.PathLike],
-    stimulus_files: Sequence[str | os.PathLike],
+    plan: dict,
     output: str | os.PathLike,
     *,
     subject: str,
@@ -163,17 +191,17 @@ def preprocess_subject(
         valid            (vertex,) bool     finite and non-constant in every run
 
     ``runs/{segment}`` carries ``repetitions``, ``n_clips``, ``n_trailing``,
-    ``n_leading`` and ``files`` attributes. With ``threads`` > 1 that many
-    worker processes handle runs in parallel (most of a CIFTI read is nibabel
-    parsing the XML header, which holds the GIL, so threads would not help);
-    each holds one run in memory at a time.
+    ``n_leading`` (the onset volume of every repetition), ``files`` and
+    ``stimulus`` attributes. With ``threads`` > 1 that many worker processes
+    handle runs in parallel (most of a CIFTI read is nibabel parsing the XML
+    header, which holds the GIL, so threads would not help); each holds one run
+    in memory at a time.
 
     Parameters
     ----------
-    run_files : sequence of path
-        The subject's CIFTI-2 dense time series, named ``{segment}_{rep}_Atlas.dtseries.nii``.
-    stimulus_files : sequence of path
-        Stimulus videos ``{segment}.mp4``; each run's segment must be among them.
+    plan : dict
+        The subject's :meth:`pipeline.datasets.Dataset.plan`: the segments and the
+        runs, with what each run presents and when.
     output : path
         The ``preprocess`` store to write (atomically).
     subject : str
@@ -181,9 +209,9 @@ def preprocess_subject(
     tr_s : float, seconds
         Repetition time.
     trailing_volumes : int
-        Volumes kept after each stimulus ends.
+        Volumes kept after each segment ends.
     max_leading_volumes : int
-        Most volumes accepted before the stimulus onset (dropped).
+        Most volumes accepted before a derived onset (dropped).
     detrend_order : int
         Order of the Legendre polynomial regressed out (Wen et al. 2018: 4).
     max_dropped_fraction : float
@@ -204,18 +232,21 @@ def preprocess_subject(
         from ``tr_s`` (unless accepted), or it drops more than
         ``max_dropped_fraction`` of the vertices.
     """
-    stimuli = {Path(p).stem: Path(p) for p in stimulus_files}
-    by_segment: dict[str, list[tuple[int, Path]]] = defaultdict(list)
-    for path in map(Path, run_files):
-        segment, rep = parse_run_path(path)
-        if segment not in stimuli:
-            raise DataError(f"{path}: no stimulus video {segment}.mp4 among the inputs")
-        by_segment[segment].append((rep, path))
-    if not by_segment:
+    segments = {s["name"]: Segment.from_dict(s) for s in plan["segments"]}
+    runs = [Run.from_dict(r) for r in plan["runs"]]
+    if not runs:
         raise DataError(f"{subject}: no fMRI runs given")
-    for reps in by_segment.values():
-        reps.sort()
-    missing = [p for reps in by_segment.values() for _, p in reps if not p.is_file()]
+    # every repetition of a segment, ascending: (repetition, run, onset)
+    shown: dict[str, list[tuple[int, Run, float | None]]] = defaultdict(list)
+    for run in runs:
+        for p in run.presentations:
+            if p.segment not in segments:
+                raise DataError(f"{run.path}: presents {p.segment}, a segment not in the plan")
+            shown[p.segment].append((p.repetition, run, p.onset_s))
+    order = [name for name in segments if name in shown]
+    for name in order:
+        shown[name].sort(key=lambda item: item[0])
+    missing = [run.path for run in runs if not run.path.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: fMRI run file not found ({len(missing)} missing in all)")
 
@@ -229,42 +260,43 @@ def preprocess_subject(
         "max_dropped_fraction": max_dropped_fraction,
         "accept_tr_mismatch": accept_tr_mismatch,
     }
-    first_run = next(iter(by_segment.values()))[0][1]
-    columns = read_cortex_bold(first_run)[1]
+    columns = read_cortex_bold(runs[0].path)[1]
     with atomic_output(output) as tmp:
         store = zarr.open_group(tmp, mode="w")
-        tasks = []
-        for segment, reps in by_segment.items():
-            stimulus = read_stimulus_info(stimuli[segment])
-            n_clips = clip_count(stimulus, tr_s)
+        targets: dict[Path, list[_Target]] = defaultdict(list)
+        for name in order:
+            segment = segments[name]
+            n_clips = segment.n_clips(read_stimulus_info(segment.stimulus), tr_s)
             n_time = n_clips + trailing_volumes
+            reps = shown[name]
             create_array(
                 store,
-                f"runs/{segment}",
+                f"runs/{name}",
                 shape=(len(reps), n_time, columns.size),
                 dtype=np.float32,
                 dims=["repetition", "time", "vertex"],
                 chunks=(1, n_time, min(columns.size, 16384)),
                 compression=None,
                 attrs={
-                    "repetitions": [rep for rep, _ in reps],
+                    "repetitions": [rep for rep, _, _ in reps],
                     "n_clips": n_clips,
                     "n_trailing": trailing_volumes,
-                    "files": [str(p) for _, p in reps],
-                    "stimulus": str(stimuli[segment]),
+                    "files": [str(run.path) for _, run, _ in reps],
+                    "stimulus": str(segment.stimulus),
                 },
             )
-            array_path = tmp / "runs" / segment
-            tasks += [
-                (segment, path, (path, stimulus, array_path, i, columns))
-                for i, (_, path) in enumerate(reps)
-            ]
+            for index, (_, run, onset_s) in enumerate(reps):
+                targets[run.path].append(
+                    _Target(name, onset_s, n_clips, tmp / "runs" / name, index)
+                )
+        tasks = [(run, (run.path, run.drop_volumes, targets[run.path], columns)) for run in runs]
 
         valid = np.ones(columns.size, bool)
-        leading: dict[str, list[int]] = defaultdict(list)
-        for (segment, path, _), result in zip(
+        onsets: dict[tuple[str, int], int] = {}
+        for (run, _), result in zip(
             tasks, _map_runs(tasks, settings, threads, subject), strict=True
         ):
+            path = run.path
             if abs(result.file_tr - tr_s) > _TR_TOLERANCE_S:
                 message = (
                     f"{path}: the CIFTI time axis step is {result.file_tr:g} s but "
@@ -295,9 +327,12 @@ def preprocess_subject(
                     result.n_all_nan,
                 )
             valid &= result.valid
-            leading[segment].append(result.n_leading)
-        for segment, values in leading.items():
-            store[f"runs/{segment}"].attrs["n_leading"] = values
+            for target, onset in zip(targets[path], result.onsets, strict=True):
+                onsets[target.segment, target.index] = onset
+        for name in order:
+            store[f"runs/{name}"].attrs["n_leading"] = [
+                onsets[name, i] for i in range(len(shown[name]))
+            ]
         n_dropped = int((~valid).sum())
         if n_dropped:
             log.warning(
@@ -312,14 +347,14 @@ def preprocess_subject(
             )
         create_array(store, "grayordinate", data=columns.astype(np.int64), dims=["vertex"])
         create_array(store, "valid", data=valid, dims=["vertex"])
+        inputs = [str(run.path) for run in runs]
+        inputs += list(dict.fromkeys(str(segments[n].stimulus) for n in order))
         store.attrs.update(
             {
                 "subject": subject,
-                "segments": list(by_segment),
+                "segments": order,
                 "provenance": provenance(
-                    "preprocess",
-                    settings | checks,
-                    [*map(str, run_files), *map(str, stimulus_files)],
+                    "preprocess", settings | checks | {"format": plan["format"]}, inputs
                 ),
             }
         )
@@ -334,7 +369,7 @@ def _map_runs(tasks: list, settings: dict, threads: int, subject: str) -> Iterat
     """:func:`_preprocess_run` of every task, in order, on ``threads`` worker processes."""
     progress = tqdm(total=len(tasks), desc=f"preprocess {subject}", unit="run")
     if threads <= 1:
-        for _, _, args in tasks:
+        for _, args in tasks:
             yield _preprocess_run(*args, **settings)
             progress.update()
     else:
@@ -342,7 +377,7 @@ def _map_runs(tasks: list, settings: dict, threads: int, subject: str) -> Iterat
         with ProcessPoolExecutor(
             max_workers=threads, mp_context=context, initializer=_single_threaded_blas
         ) as pool:
-            futures = [pool.submit(_preprocess_run, *args, **settings) for _, _, args in tasks]
+            futures = [pool.submit(_preprocess_run, *args, **settings) for _, args in tasks]
             try:
                 for future in futures:
                     yield future.result()

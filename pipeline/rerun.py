@@ -43,6 +43,7 @@ EXPLICIT = {
 #: videos, model locations, ablations) rather than on a value of their own, or (the TR)
 #: no other value is valid without changing other keys with it
 SKIPPED = (
+    ("dataset", "format"),
     ("dataset", "tr_s"),
     ("dataset", "root"),
     ("dataset", "subjects"),

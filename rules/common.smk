@@ -4,7 +4,7 @@ import json
 
 from snakemake.logging import logger
 
-from pipeline.cc2017 import discover_dataset, stimulus_path
+from pipeline.datasets import discover
 from pipeline.demo import DemoSettings, expected_dataset
 from pipeline.errors import ConfigError
 from pipeline.workflow import ConfigValues
@@ -23,19 +23,11 @@ if uses_demo(config):
                 f"config key 'dataset.subjects': {sorted(unknown)} not in the demo "
                 f"(demo.n_subjects = {DEMO.n_subjects})"
             )
-        DATASET.runs = {s: DATASET.runs[s] for s in DATASET_CONFIG["subjects"]}
+        DATASET = DATASET.with_subjects(DATASET_CONFIG["subjects"])
 else:
     from pipeline.frames import check_frame_rate
 
-    DATASET = discover_dataset(
-        DATASET_CONFIG["root"],
-        subjects=DATASET_CONFIG["subjects"] or None,
-        train_prefix=DATASET_CONFIG["train_prefix"],
-        test_prefix=DATASET_CONFIG["test_prefix"],
-        train_repetitions=DATASET_CONFIG["train_repetitions"],
-        test_repetitions=DATASET_CONFIG["test_repetitions"],
-        unmatched=DATASET_CONFIG["unmatched"],
-    )
+    DATASET = discover(DATASET_CONFIG)
     # frames.fps against the stimuli's frame rate (the demo's is checked with the config);
     # one header read, so a bad rate stops the run here rather than in every frames job
     check_frame_rate(
@@ -46,7 +38,7 @@ for message in DATASET.warnings:
     logger.warning(f"dataset: {message}")
 
 SUBJECTS = DATASET.subjects
-SEGMENTS = DATASET.segments
+SEGMENTS = DATASET.segment_names
 
 
 wildcard_constraints:
@@ -82,7 +74,12 @@ def stimulus_videos(wildcards):
 
 def stimulus_video(wildcards):
     """The stimulus video of one segment."""
-    return str(stimulus_path(DATASET.root, wildcards.segment))
+    return str(DATASET.stimulus(wildcards.segment))
+
+
+def subject_plan(wildcards):
+    """What the subject's runs present and when, as JSON (pipeline.datasets.Dataset.plan)."""
+    return json.dumps(DATASET.plan(wildcards.subject), separators=(",", ":"))
 
 
 def demo_files():

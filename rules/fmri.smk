@@ -26,9 +26,10 @@ rule preprocess:
         preprocess=config_values(
             "preprocess", "detrend_order", "max_dropped_fraction", "accept_tr_mismatch"
         ),
+        plan=subject_plan,
     shell:
-        "python -m pipeline preprocess --subject {wildcards.subject} --runs {input.runs:q}"
-        " --stimuli {input.stimuli:q} --output {output:q} --tr-s {params.dataset[tr_s]}"
+        "python -m pipeline preprocess --subject {wildcards.subject} --plan {params.plan:q}"
+        " --output {output:q} --tr-s {params.dataset[tr_s]}"
         " --trailing-volumes {params.dataset[trailing_volumes]}"
         " --max-leading-volumes {params.dataset[max_leading_volumes]}"
         " --detrend-order {params.preprocess[detrend_order]}"

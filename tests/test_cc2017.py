@@ -10,14 +10,11 @@ import pytest
 from nibabel import cifti2
 
 from pipeline.alignment import align_subject
-from pipeline.cc2017 import (
-    DataError,
-    StimulusInfo,
-    discover_dataset,
-    read_cortex_bold,
-    run_path,
-    run_timing,
-)
+from pipeline.datasets.base import run_timing
+from pipeline.datasets.cc2017 import discover_dataset, run_path
+from pipeline.errors import DataError
+from pipeline.io.cifti import read_cortex_bold
+from pipeline.io.stimulus import StimulusInfo
 from pipeline.preprocess import preprocess_subject
 from pipeline.selection import select_vertices
 from pipeline.stores import open_store
@@ -68,15 +65,14 @@ def test_discovery(demo_root):
     assert dataset.subjects == ["subject1"]
     assert dataset.train_segments == [f"seg{k}" for k in range(1, 9)]
     assert dataset.test_segments == ["test1", "test2"]
-    assert dataset.runs["subject1"]["test2"] == [1, 2, 3]
+    assert dataset.repetitions("subject1", "test2") == [1, 2, 3]
     assert dataset.warnings == []
 
 
 def _preprocess(root, out, **kwargs):
     dataset = discover_dataset(root, test_repetitions=3)
     preprocess_subject(
-        dataset.run_files("subject1"),
-        dataset.stimulus_files(),
+        dataset.plan("subject1"),
         out,
         subject="subject1",
         tr_s=2.0,
@@ -122,8 +118,7 @@ def test_parallel_preprocessing_equals_serial(demo_root, tmp_path):
     dataset = discover_dataset(demo_root, test_repetitions=3)
     for threads in (1, 2):
         preprocess_subject(
-            dataset.run_files("subject1"),
-            dataset.stimulus_files(),
+            dataset.plan("subject1"),
             tmp_path / f"pre{threads}.zarr",
             subject="subject1",
             tr_s=2.0,
@@ -133,7 +128,7 @@ def test_parallel_preprocessing_equals_serial(demo_root, tmp_path):
             threads=threads,
         )
     serial, parallel = open_store(tmp_path / "pre1.zarr"), open_store(tmp_path / "pre2.zarr")
-    for segment in dataset.segments:
+    for segment in dataset.segment_names:
         np.testing.assert_array_equal(serial[f"runs/{segment}"][:], parallel[f"runs/{segment}"][:])
         assert dict(serial[f"runs/{segment}"].attrs) == dict(parallel[f"runs/{segment}"].attrs)
     np.testing.assert_array_equal(serial["valid"][:], parallel["valid"][:])

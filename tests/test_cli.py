@@ -184,7 +184,7 @@ def test_the_schema_gives_type_choices_and_help():
 
 
 def test_a_boolean_key_takes_true_or_false_in_any_case(capsys):
-    base = ["preprocess", "--subject", "s", "--runs", "r", "--stimuli", "v", "--output", "o"]
+    base = ["preprocess", "--subject", "s", "--plan", "{}", "--output", "o"]
     parser = cli._parser()
     assert parser.parse_args(base).accept_tr_mismatch is False
     assert parser.parse_args([*base, "--accept-tr-mismatch", "True"]).accept_tr_mismatch is True

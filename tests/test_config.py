@@ -238,7 +238,7 @@ def test_the_two_reproductions_and_the_documented_table_of_their_differences():
 
 def test_the_schema_accepts_exactly_the_subject_folders_discovery_finds():
     """One subject pattern: the schema's for dataset.subjects is discovery's."""
-    from pipeline.cc2017 import SUBJECT_RE
+    from pipeline.datasets.cc2017 import SUBJECT_RE
 
     items = load_schema()["properties"]["dataset"]["properties"]["subjects"]["items"]
     assert items["pattern"] == SUBJECT_RE.pattern

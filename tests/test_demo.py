@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from pipeline import anatomy
-from pipeline.cc2017 import discover_dataset, run_path, stimulus_path
+from pipeline.datasets.cc2017 import discover_dataset, run_path, stimulus_path
 from pipeline.demo import (
     AREA_SHARES,
     FEATURE_FAMILIES,
@@ -180,7 +180,7 @@ def test_missing_runs_are_left_out(tmp_path):
     settings = DemoSettings.from_config(
         small_config(demo=TINY | {"missing_runs": ["subject1/test1/2"]})
     )
-    assert expected_dataset(settings, tmp_path).runs["subject1"]["test1"] == [1]
+    assert expected_dataset(settings, tmp_path).repetitions("subject1", "test1") == [1]
     generate_demo(settings, tmp_path / "root")
     assert not run_path(tmp_path / "root", "subject1", "test1", 2).exists()
     assert run_path(tmp_path / "root", "subject1", "test1", 1).exists()

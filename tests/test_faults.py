@@ -31,22 +31,17 @@ from nibabel import cifti2
 from PIL import Image
 
 from pipeline import stores
-from pipeline.cc2017 import (
-    DataError,
-    discover_dataset,
-    read_cortex_bold,
-    read_stimulus_info,
-    run_path,
-    stimulus_path,
-)
 from pipeline.cli import main as cli_main
 from pipeline.config import validate_config
+from pipeline.datasets.cc2017 import discover_dataset, run_path, stimulus_path
 from pipeline.demo import DemoSettings, generate_demo
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.report import qc_section
 from pipeline.frames import check_frame_rate, extract_frames
 from pipeline.io import read_video
 from pipeline.io import video as video_io
+from pipeline.io.cifti import read_cortex_bold
+from pipeline.io.stimulus import read_stimulus_info
 from pipeline.preprocess import preprocess_subject
 from pipeline.selection import select_vertices
 from pipeline.stores import atomic_output, create_array, open_store, provenance
@@ -95,8 +90,7 @@ def raw(tiny_root, tmp_path) -> Path:
 def _preprocess(root: Path, out: Path, subject: str = "subject1", **kwargs) -> None:
     dataset = discover_dataset(root, **REPS)
     preprocess_subject(
-        dataset.run_files(subject),
-        dataset.stimulus_files(),
+        dataset.plan(subject),
         out,
         subject=subject,
         tr_s=2.0,
@@ -138,7 +132,7 @@ def test_undamaged_demo_passes_discovery_and_preprocessing(raw, tmp_path, caplog
         dataset = discover_dataset(raw, **REPS)
         _preprocess(raw, tmp_path / "pre.zarr")
     assert dataset.subjects == ["subject1", "subject2"]
-    assert dataset.segments == ["seg1", "seg2", "seg3", "test1", "test2"]
+    assert dataset.segment_names == ["seg1", "seg2", "seg3", "test1", "test2"]
     assert dataset.warnings == [] and caplog.text == ""
     pre = open_store(tmp_path / "pre.zarr", stage="preprocess")
     assert pre["valid"][:].all()
@@ -205,7 +199,7 @@ def test_unmatched_drop_leaves_the_segments_out_with_a_warning(raw, caplog):
     shutil.rmtree(run_path(raw, "subject2", "test1", 1).parent.parent)
     with caplog.at_level(logging.WARNING):
         dataset = discover_dataset(raw, unmatched="drop", **REPS)
-    assert dataset.segments == ["seg1", "seg3", "test2"]
+    assert dataset.segment_names == ["seg1", "seg3", "test2"]
     assert "segments test1 left out for every subject" in caplog.text
     assert any("seg2" in w and "fMRI without a stimulus" in w for w in dataset.warnings)
     assert run_path(raw, "subject1", "seg2", 1) not in dataset.run_files("subject1")
@@ -301,10 +295,8 @@ def test_preprocess_command_passes_the_new_keys(raw, tmp_path, capsys):
         "preprocess",
         "--subject",
         "subject1",
-        "--runs",
-        *map(str, dataset.run_files("subject1")),
-        "--stimuli",
-        *map(str, dataset.stimulus_files()),
+        "--plan",
+        json.dumps(dataset.plan("subject1")),
         "--output",
         str(tmp_path / "pre.zarr"),
         "--tr-s",
@@ -386,8 +378,7 @@ def test_missing_run_file_is_an_error_and_leaves_no_store(dataset_copy, tmp_path
     files[0].unlink()
     with pytest.raises(DataError, match=rf"{files[0].name}: fMRI run file not found"):
         preprocess_subject(
-            files,
-            dataset.stimulus_files(),
+            dataset.plan("subject1"),
             tmp_path / "pre.zarr",
             subject="subject1",
             tr_s=2.0,

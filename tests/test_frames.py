@@ -7,7 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.cc2017 import DataError, stimulus_path
+from pipeline.datasets.cc2017 import stimulus_path
+from pipeline.errors import DataError
 from pipeline.frames import extract_frames, frame_schedule, read_clips
 from pipeline.stores import StoreError, open_store
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.cc2017 import run_path
+from pipeline.datasets.cc2017 import run_path
 from pipeline.stores import open_store
 from tests.conftest import FRAME_SIZE, SMALL_DEMO, planned_jobs, snakemake
 

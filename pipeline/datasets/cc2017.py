@@ -1,4 +1,4 @@
-"""Reader for the cc2017 raw layout (Wen et al. 2018, Purdue PURR 2809).
+"""The cc2017 raw layout (Wen et al. 2018, Purdue PURR 2809).
 
 ::
 
@@ -7,10 +7,10 @@
 
 Subjects (``subjectN`` or BIDS-style ``sub-<label>`` folders), segments and
 repetitions are discovered from the files, and every stimulus must have fMRI
-runs in every subject and vice versa (``dataset.unmatched``); cortical
-vertices come from the CIFTI brain-model axis (CORTEX_LEFT + CORTEX_RIGHT).
-The number of clips of a run is the stimulus duration over the TR; the
-leading volumes are ``n_volumes - n_clips - trailing``.
+runs in every subject and vice versa (``dataset.unmatched``). Each run
+presents one whole stimulus, one segment: its onset is not recorded, so the
+run's last ``trailing_volumes`` follow the stimulus and the volumes before it
+are dropped (``n_volumes - n_clips - trailing``; 1 or 2 in cc2017).
 """
 
 from __future__ import annotations
@@ -18,41 +18,24 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
-
+from pipeline.datasets.base import Dataset, Presentation, Run, Segment, natural_key
 from pipeline.errors import DataError
 
-if TYPE_CHECKING:
-    from nibabel import cifti2
-
 __all__ = [
-    "CORTEX_STRUCTURES",
-    "DataError",
-    "Dataset",
+    "CC2017",
+    "layout_dataset",
     "SUBJECT_RE",
     "UNMATCHED_MODES",
-    "RunTiming",
-    "StimulusInfo",
-    "clip_count",
-    "cortex_columns",
     "discover_dataset",
     "parse_run_path",
-    "read_cortex_bold",
-    "read_stimulus_info",
     "run_path",
-    "run_timing",
     "stimulus_path",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Brain structures whose surface vertices form "the cortex".
-CORTEX_STRUCTURES = ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT")
 
 DATASET_DIR = "video_fmri_dataset"
 _RUN_RE = re.compile(r"^(?P<segment>[A-Za-z]+\d+)_(?P<rep>\d+)_Atlas\.dtseries\.nii$")
@@ -140,76 +123,6 @@ def parse_run_path(path: str | os.PathLike) -> tuple[str, int]:
     return match["segment"], int(match["rep"])
 
 
-def _segment_key(name: str) -> tuple[str, int]:
-    match = _SEGMENT_RE.match(name)
-    return (match["prefix"], int(match["index"])) if match else (name, 0)
-
-
-def _subject_key(name: str) -> tuple[str, int]:
-    """Natural order of subject names: subject2 before subject10, sub-2 before sub-10."""
-    match = re.match(r"^(?P<prefix>\D*)(?P<index>\d+)$", name)
-    return (match["prefix"], int(match["index"])) if match else (name, 0)
-
-
-@dataclass
-class Dataset:
-    """What a dataset root holds: segments, subjects and the repetitions of every run.
-
-    Attributes
-    ----------
-    root : Path
-    train_segments, test_segments : list of str
-        Segment names in natural order (seg1, seg2, ..., seg10).
-    runs : dict
-        ``runs[subject][segment]`` is the sorted list of repetitions present.
-    warnings : list of str
-        Missing repetitions and (``dataset.unmatched: drop``) the stimuli and
-        fMRI left out, reported but not fatal.
-    """
-
-    root: Path
-    train_segments: list[str]
-    test_segments: list[str]
-    runs: dict[str, dict[str, list[int]]]
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def subjects(self) -> list[str]:
-        return list(self.runs)
-
-    @property
-    def segments(self) -> list[str]:
-        return self.train_segments + self.test_segments
-
-    def run_files(self, subject: str) -> list[Path]:
-        """Every run file of ``subject``, segment by segment.
-
-        Parameters
-        ----------
-        subject : str
-            One of :attr:`subjects`.
-
-        Returns
-        -------
-        list of Path
-            Training then test segments, repetitions ascending within each.
-        """
-        return [
-            run_path(self.root, subject, seg, rep)
-            for seg in self.segments
-            for rep in self.runs[subject][seg]
-        ]
-
-    def stimulus_files(self) -> list[Path]:
-        """Stimulus video of every segment, training then test.
-
-        Returns
-        -------
-        list of Path
-        """
-        return [stimulus_path(self.root, seg) for seg in self.segments]
-
-
 def discover_dataset(
     root: str | os.PathLike,
     subjects: list[str] | None = None,
@@ -281,7 +194,7 @@ def discover_dataset(
         if not segments[kind]:
             others = f" (other videos there: {_names(unnamed)})" if unnamed else ""
             raise DataError(f"{stimuli_dir}: no {kind} stimuli named {prefix}<k>.mp4{others}")
-        segments[kind].sort(key=_segment_key)
+        segments[kind].sort(key=natural_key)
 
     subjects = _subject_folders(base, subjects)
     found = {subject: _fmri_runs(base / subject) for subject in subjects}
@@ -305,7 +218,7 @@ def discover_dataset(
         for seg in runs:
             if seg not in stimulus_segments:
                 orphans.setdefault(seg, []).append(base / subject / "fmri" / seg)
-    for seg in sorted(orphans, key=_segment_key):
+    for seg in sorted(orphans, key=natural_key):
         problems.append(
             f"fMRI without a stimulus: no {stimulus_path(root, seg)} for {_names(orphans[seg])}"
         )
@@ -343,7 +256,7 @@ def discover_dataset(
         warnings += [f"dataset.unmatched: drop: {p}" for p in problems]
         if drop:
             warnings.append(
-                f"dataset.unmatched: drop: segments {_names(sorted(drop, key=_segment_key))} "
+                f"dataset.unmatched: drop: segments {_names(sorted(drop, key=natural_key))} "
                 "left out for every subject"
             )
         for kind in segments:
@@ -370,7 +283,85 @@ def discover_dataset(
             runs[subject][segment] = reps
     for message in warnings:
         log.warning(message)
-    return Dataset(root, segments["train"], segments["test"], runs, warnings)
+    return layout_dataset(root, segments["train"], segments["test"], runs, warnings)
+
+
+def layout_dataset(
+    root: str | os.PathLike,
+    train_segments: list[str],
+    test_segments: list[str],
+    repetitions: dict[str, dict[str, list[int]]],
+    warnings: list[str] | None = None,
+) -> Dataset:
+    """The :class:`~pipeline.datasets.base.Dataset` of a cc2017 root holding these runs.
+
+    Parameters
+    ----------
+    root : path
+        Directory containing ``video_fmri_dataset/``.
+    train_segments, test_segments : list of str
+        Segment names; each is its stimulus file's stem.
+    repetitions : dict
+        ``repetitions[subject][segment]``: the repetitions present, ascending.
+    warnings : list of str, optional
+
+    Returns
+    -------
+    Dataset
+        One run per file, presenting its whole segment (onset derived from its length).
+    """
+    root = Path(root)
+    segments = {
+        name: Segment(name, role, stimulus_path(root, name))
+        for role, names in (("train", train_segments), ("test", test_segments))
+        for name in names
+    }
+    runs = {
+        subject: [
+            Run(run_path(root, subject, seg, rep), (Presentation(seg, rep),))
+            for seg in segments
+            for rep in reps[seg]
+        ]
+        for subject, reps in repetitions.items()
+    }
+    return Dataset(CC2017.name, root, segments, runs, list(warnings or []))
+
+
+class CC2017:
+    """The cc2017 layout as a :class:`~pipeline.datasets.base.DatasetFormat`."""
+
+    name = "cc2017"
+    subject_pattern = SUBJECT_RE
+    tr_s = 2.0
+
+    @staticmethod
+    def discover(root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
+        """:func:`discover_dataset` with the ``dataset`` section's keys.
+
+        Parameters
+        ----------
+        root : path
+        settings : dict
+            The validated ``dataset`` section: ``subjects``, ``train_prefix``,
+            ``test_prefix``, ``train_repetitions``, ``test_repetitions``, ``unmatched``.
+
+        Returns
+        -------
+        Dataset
+        """
+        return discover_dataset(
+            root,
+            subjects=settings["subjects"] or None,
+            train_prefix=settings["train_prefix"],
+            test_prefix=settings["test_prefix"],
+            train_repetitions=settings["train_repetitions"],
+            test_repetitions=settings["test_repetitions"],
+            unmatched=settings["unmatched"],
+        )
+
+    stimulus_path = staticmethod(stimulus_path)
+    run_path = staticmethod(run_path)
+    layout_dataset = staticmethod(layout_dataset)
 
 
 def _names(items: list, limit: int = 8) -> str:
@@ -392,7 +383,7 @@ def _subject_folders(base: Path, subjects: list[str] | None) -> list[str]:
         return list(subjects)
     found = sorted(
         (p.name for p in base.iterdir() if p.is_dir() and SUBJECT_RE.match(p.name)),
-        key=_subject_key,
+        key=natural_key,
     )
     if not found:
         raise DataError(f"{base}: no subject folders (subjectN or sub-<label>)")
@@ -403,269 +394,9 @@ def _fmri_runs(subject_dir: Path) -> dict[str, list[int]]:
     """``{segment: sorted repetitions}`` of the CIFTI runs found under ``subject_dir/fmri``."""
     runs = {}
     fmri = subject_dir / "fmri"
-    folders = sorted(fmri.iterdir(), key=lambda p: _segment_key(p.name)) if fmri.is_dir() else []
+    folders = sorted(fmri.iterdir(), key=lambda p: natural_key(p.name)) if fmri.is_dir() else []
     for folder in folders:
         files = sorted((folder / "cifti").glob(f"{folder.name}_*_Atlas.dtseries.nii"))
         if files:
             runs[folder.name] = sorted(parse_run_path(p)[1] for p in files)
     return runs
-
-
-@dataclass(frozen=True)
-class StimulusInfo:
-    """Stream properties of a stimulus video.
-
-    Attributes
-    ----------
-    path : Path
-    fps : Fraction
-        Frame rate, frames per second.
-    n_frames : int
-    width, height : int
-        Frame size, pixels.
-    """
-
-    path: Path
-    fps: Fraction
-    n_frames: int
-    width: int
-    height: int
-
-    @property
-    def duration_s(self) -> float:
-        return float(self.n_frames / self.fps)
-
-
-def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
-    """Read frame rate, frame count and size of a video from its container (no decoding).
-
-    Parameters
-    ----------
-    path : path
-        A video file that FFmpeg (PyAV) opens.
-
-    Returns
-    -------
-    StimulusInfo
-        ``fps`` (frames per second, exact fraction), ``n_frames``, and ``width`` and
-        ``height`` in pixels.
-
-    Raises
-    ------
-    DataError
-        If the file is missing, is not a readable video (e.g. truncated) or
-        declares no frame count or rate.
-    """
-    import av  # here: the Snakefile imports this module, and reads videos only with real data
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: stimulus video not found")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = stream.average_rate
-            n_frames = stream.frames
-            if not n_frames and stream.duration is not None and fps:
-                n_frames = round(stream.duration * stream.time_base * fps)
-            width, height = stream.codec_context.width, stream.codec_context.height
-    except av.error.FFmpegError as exc:
-        raise DataError(
-            f"{path}: cannot open the stimulus video ({exc}); the file may be truncated"
-        ) from exc
-    if not fps or not n_frames:
-        raise DataError(f"{path}: the container declares no frame rate or frame count")
-    return StimulusInfo(path, Fraction(fps), int(n_frames), width, height)
-
-
-@dataclass(frozen=True)
-class RunTiming:
-    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus.
-
-    Attributes
-    ----------
-    n_volumes : int
-        ``n_leading + n_clips + n_trailing``.
-    n_leading, n_clips, n_trailing : int
-        Volume counts; one clip per TR.
-    """
-
-    n_volumes: int
-    n_leading: int
-    n_clips: int
-    n_trailing: int
-
-
-def clip_count(stimulus: StimulusInfo, tr_s: float) -> int:
-    """Clips of one TR in a stimulus: its duration over the TR (cc2017: 480 s / 2 s = 240).
-
-    Parameters
-    ----------
-    stimulus : StimulusInfo
-        Frame count and frame rate of the stimulus video.
-    tr_s : float, seconds
-        Repetition time; one clip per TR.
-
-    Returns
-    -------
-    int
-        Number of clips, ``n_frames / fps / tr_s`` rounded down.
-
-    Raises
-    ------
-    DataError
-        If the duration is not a whole number of TRs (one stray frame is tolerated).
-    """
-    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
-    n_clips = int(clips)
-    if clips - n_clips > 1 / stimulus.fps / Fraction(str(tr_s)):
-        raise DataError(
-            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
-            f"TRs ({tr_s} s)"
-        )
-    return n_clips
-
-
-def run_timing(
-    n_volumes: int,
-    stimulus: StimulusInfo,
-    tr_s: float,
-    n_trailing: int,
-    max_leading: int,
-    run_file: str | os.PathLike = "",
-) -> RunTiming:
-    """Split a run's volumes into leading, clip and trailing volumes.
-
-    ``n_clips = stimulus duration / TR``; ``n_leading = n_volumes - n_clips -
-    n_trailing``. cc2017: 245 volumes → 1 leading, 246 → 2, both 240 clips.
-
-    Parameters
-    ----------
-    n_volumes : int
-        Volumes in the run.
-    stimulus : StimulusInfo
-        The run's stimulus video.
-    tr_s : float, seconds
-        Repetition time.
-    n_trailing : int
-        Volumes kept after the stimulus ends (for the hemodynamic delay).
-    max_leading : int
-        Most leading volumes accepted before the stimulus onset.
-    run_file : path, optional
-        Named in error messages only.
-
-    Returns
-    -------
-    RunTiming
-        ``n_volumes == n_leading + n_clips + n_trailing``.
-
-    Raises
-    ------
-    DataError
-        If the stimulus is not a whole number of TRs, or the fMRI is too short
-        or too long for it.
-    """
-    n_clips = clip_count(stimulus, tr_s)
-    n_leading = n_volumes - n_clips - n_trailing
-    if not 0 <= n_leading <= max_leading:
-        raise DataError(
-            f"{run_file}: {n_volumes} volumes do not fit stimulus {stimulus.path.name} "
-            f"({n_clips} clips of {tr_s} s + {n_trailing} trailing volumes leaves "
-            f"{n_leading} leading volumes; expected 0..{max_leading}): stimulus and fMRI "
-            "lengths disagree"
-        )
-    return RunTiming(n_volumes, n_leading, n_clips, n_trailing)
-
-
-def cortex_columns(
-    brain_models: cifti2.Cifti2MatrixIndicesMap, path: str | os.PathLike = ""
-) -> np.ndarray:
-    """Grayordinate indices of the cortical surface vertices (left then right).
-
-    Read from the brain-model index map of the CIFTI header (the structures'
-    offsets and counts), which is much cheaper than building nibabel's
-    ``BrainModelAxis`` for a 91k-grayordinate file.
-
-    Parameters
-    ----------
-    brain_models : nibabel.cifti2.Cifti2MatrixIndicesMap
-        The brain-models index map (axis 1) of a CIFTI-2 header.
-    path : path, optional
-        Named in error messages only.
-
-    Returns
-    -------
-    ndarray of shape (n_cortex_vertices,), int
-        Grayordinate (column) indices, CORTEX_LEFT then CORTEX_RIGHT (29,696 + 29,716
-        = 59,412 in the HCP 91k space).
-
-    Raises
-    ------
-    DataError
-        If the brain model has no cortical surface structure.
-    """
-    columns = [
-        np.arange(model.index_offset, model.index_offset + model.index_count)
-        for model in brain_models.brain_models
-        if model.brain_structure in CORTEX_STRUCTURES
-    ]
-    if not columns:
-        raise DataError(f"{path}: CIFTI brain models have no CORTEX_LEFT/CORTEX_RIGHT")
-    return np.concatenate(columns)
-
-
-_SECONDS = {"SECOND": 1.0, "MSEC": 1e-3, "USEC": 1e-6}
-
-
-def read_cortex_bold(
-    path: str | os.PathLike,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Read the cortical vertices of one CIFTI-2 dense time series.
-
-    Parameters
-    ----------
-    path : path
-        A CIFTI-2 ``.dtseries.nii`` file.
-
-    Returns
-    -------
-    bold : ndarray of shape (n_volumes, n_cortex_vertices), float32
-    columns : ndarray of shape (n_cortex_vertices,), int
-        Grayordinate index of every returned column.
-    tr_s : float
-        Series step in seconds from the file's time axis.
-
-    Raises
-    ------
-    DataError
-        If the file is missing, unreadable or not a dense time series.
-    """
-    import nibabel as nib  # here: stages that only read videos need not import it
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: fMRI run file not found")
-    try:
-        img = nib.load(str(path), mmap=False)
-        series = img.header.matrix.get_index_map(0)
-        models = img.header.matrix.get_index_map(1)
-    except Exception as exc:  # nibabel raises many types for a broken header
-        raise DataError(f"{path}: cannot read as CIFTI-2 ({exc})") from exc
-    if (
-        series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES"
-        or models.indices_map_to_data_type != "CIFTI_INDEX_TYPE_BRAIN_MODELS"
-        or series.series_unit not in _SECONDS
-    ):
-        raise DataError(f"{path}: not a CIFTI-2 dense time series (dtseries) in time units")
-    columns = cortex_columns(models, path)
-    contiguous = columns[-1] - columns[0] + 1 == columns.size
-    try:
-        if contiguous:  # the usual layout: cortex first, a single slice read
-            bold = np.asarray(img.dataobj[:, columns[0] : columns[-1] + 1], dtype=np.float32)
-        else:
-            bold = np.asarray(img.dataobj[:, :], dtype=np.float32)[:, columns]
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read the data block ({exc}); file truncated?") from exc
-    return bold, columns, float(series.series_step) * _SECONDS[series.series_unit]

@@ -1,0 +1,463 @@
+"""What every dataset format tells the pipeline: segments, runs, presentations, timing.
+
+A *segment* is a stretch of stimulus with a name, a role (``train`` or ``test``)
+and a place in a stimulus file; it is cut into clips of ``clip_s`` seconds. A
+*run* is one fMRI file; it *presents* one or more segments, each at an onset
+in seconds from its first volume, as one *repetition* of that segment. cc2017
+holds one segment per run and per stimulus file; the HCP 7T movie runs hold
+several clips each, cut from one movie file. Everything downstream of the
+readers (preprocessing, selection, alignment, frames) sees only these types,
+through the subject's :meth:`Dataset.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.errors import DataError
+from pipeline.io.stimulus import StimulusInfo
+
+__all__ = [
+    "ROLES",
+    "Dataset",
+    "DatasetFormat",
+    "Presentation",
+    "Run",
+    "RunTiming",
+    "Segment",
+    "clip_count",
+    "natural_key",
+    "onset_volume",
+    "run_timing",
+]
+
+#: The two roles of a segment: fitted on, or held out and averaged over its repetitions.
+ROLES = ("train", "test")
+
+
+def natural_key(name: str) -> tuple[str, int]:
+    """Natural order of names ending in a number: seg2 before seg10, sub-2 before sub-10.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    tuple of (str, int)
+        The name's prefix and its final number (``(name, 0)`` without one).
+    """
+    match = re.match(r"^(?P<prefix>\D*)(?P<index>\d+)$", name)
+    return (match["prefix"], int(match["index"])) if match else (name, 0)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named stretch of one stimulus file.
+
+    Attributes
+    ----------
+    name : str
+        Unique in the dataset; names the frame store and the preprocessed runs.
+    role : {"train", "test"}
+    stimulus : Path
+        The video file holding the segment.
+    start_s : float, seconds
+        Where the segment starts in ``stimulus``.
+    duration_s : float or None, seconds
+        Its length; None: to the end of the file.
+    whole_clips : bool
+        True: a duration that is not a whole number of clips is an error (a
+        stimulus cut to the TR, as cc2017's are); False: the last partial clip is
+        left out.
+    """
+
+    name: str
+    role: str
+    stimulus: Path
+    start_s: float = 0.0
+    duration_s: float | None = None
+    whole_clips: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "stimulus": str(self.stimulus),
+            "start_s": self.start_s,
+            "duration_s": self.duration_s,
+            "whole_clips": self.whole_clips,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Segment:
+        return cls(**(values | {"stimulus": Path(values["stimulus"])}))
+
+    def n_clips(self, stimulus: StimulusInfo, clip_s: float) -> int:
+        """Clips of ``clip_s`` seconds in this segment of ``stimulus``.
+
+        Parameters
+        ----------
+        stimulus : StimulusInfo
+            The header of :attr:`stimulus`.
+        clip_s : float, seconds
+            Clip length.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        DataError
+            If the segment reaches past the end of the file, or (``whole_clips``)
+            is not a whole number of clips.
+        """
+        available = stimulus.duration_s - self.start_s
+        duration = available if self.duration_s is None else self.duration_s
+        one_frame = float(1 / stimulus.fps)
+        if duration > available + one_frame:
+            raise DataError(
+                f"{stimulus.path}: segment {self.name} needs {self.start_s:g} + "
+                f"{duration:g} s, but the video lasts {stimulus.duration_s:.3f} s"
+            )
+        if self.whole_clips:
+            if self.duration_s is None and self.start_s == 0:
+                return clip_count(stimulus, clip_s)
+            clips = duration / clip_s
+            if clips - math.floor(clips) > one_frame / clip_s:
+                raise DataError(
+                    f"{stimulus.path}: segment {self.name} lasts {duration:.3f} s, not a whole "
+                    f"number of {clip_s:g}-s clips"
+                )
+        return math.floor(duration / clip_s + 1e-9)
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """One showing of a segment in a run.
+
+    Attributes
+    ----------
+    segment : str
+    repetition : int
+        1-based, unique per subject and segment.
+    onset_s : float or None, seconds
+        From the run's first volume. None: the segment ends ``trailing_volumes``
+        before the run does (cc2017's rule, whose runs hold no onset).
+    """
+
+    segment: str
+    repetition: int
+    onset_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fMRI file and the segments it presents.
+
+    Attributes
+    ----------
+    path : Path
+        A CIFTI-2 dense time series.
+    presentations : tuple of Presentation
+    drop_volumes : int or None
+        Leading volumes left out of detrending and everything after; None: every
+        volume before the first onset.
+    """
+
+    path: Path
+    presentations: tuple[Presentation, ...]
+    drop_volumes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "drop_volumes": self.drop_volumes,
+            "presentations": [[p.segment, p.repetition, p.onset_s] for p in self.presentations],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Run:
+        return cls(
+            Path(values["path"]),
+            tuple(Presentation(*p) for p in values["presentations"]),
+            values["drop_volumes"],
+        )
+
+
+@dataclass
+class Dataset:
+    """What a dataset root holds: segments, subjects and their runs.
+
+    Attributes
+    ----------
+    format : str
+        The name of the :class:`DatasetFormat` that found it.
+    root : Path
+    segments : dict of str to Segment
+        Training segments then test segments, each in natural order.
+    runs : dict of str to list of Run
+        Per subject, in the order the subject's files are read.
+    warnings : list of str
+        Missing repetitions, and what ``dataset.unmatched: drop`` left out:
+        reported, not fatal.
+    """
+
+    format: str
+    root: Path
+    segments: dict[str, Segment]
+    runs: dict[str, list[Run]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.runs)
+
+    @property
+    def segment_names(self) -> list[str]:
+        return list(self.segments)
+
+    @property
+    def train_segments(self) -> list[str]:
+        return [n for n, s in self.segments.items() if s.role == "train"]
+
+    @property
+    def test_segments(self) -> list[str]:
+        return [n for n, s in self.segments.items() if s.role == "test"]
+
+    def repetitions(self, subject: str, segment: str) -> list[int]:
+        """The repetitions of ``segment`` that ``subject``'s runs present, ascending."""
+        return sorted(
+            p.repetition
+            for run in self.runs[subject]
+            for p in run.presentations
+            if p.segment == segment
+        )
+
+    def run_files(self, subject: str) -> list[Path]:
+        """Every run file of ``subject``, in reading order."""
+        return [run.path for run in self.runs[subject]]
+
+    def stimulus_files(self) -> list[Path]:
+        """Every stimulus file once, in the order of the segments they hold."""
+        return list(dict.fromkeys(s.stimulus for s in self.segments.values()))
+
+    def stimulus(self, segment: str) -> Path:
+        """The stimulus file of ``segment``."""
+        return self.segments[segment].stimulus
+
+    def with_subjects(self, subjects: list[str]) -> Dataset:
+        """This dataset restricted to ``subjects`` (which it must hold)."""
+        return replace(self, runs={s: self.runs[s] for s in subjects})
+
+    def plan(self, subject: str) -> dict[str, Any]:
+        """What preprocessing reads for ``subject``, as JSON-ready values.
+
+        Returns
+        -------
+        dict
+            ``format``, ``segments`` (every segment, :meth:`Segment.to_dict`) and
+            ``runs`` (the subject's, :meth:`Run.to_dict`).
+        """
+        return {
+            "format": self.format,
+            "segments": [s.to_dict() for s in self.segments.values()],
+            "runs": [run.to_dict() for run in self.runs[subject]],
+        }
+
+
+class DatasetFormat(Protocol):
+    """A dataset layout the pipeline reads (``dataset.format``).
+
+    Attributes
+    ----------
+    name : str
+        The ``dataset.format`` value.
+    subject_pattern : re.Pattern
+        What a subject folder is named.
+    tr_s : float, seconds
+        The repetition time of its fMRI (``dataset.tr_s: null`` takes it).
+    """
+
+    name: str
+    subject_pattern: re.Pattern
+    tr_s: float
+
+    def discover(self, root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
+        """Find the subjects, runs and segments under ``root`` (the ``dataset`` section)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus.
+
+    Attributes
+    ----------
+    n_volumes : int
+        ``n_leading + n_clips + n_trailing``.
+    n_leading, n_clips, n_trailing : int
+        Volume counts; one clip per TR.
+    """
+
+    n_volumes: int
+    n_leading: int
+    n_clips: int
+    n_trailing: int
+
+
+def clip_count(stimulus: StimulusInfo, tr_s: float) -> int:
+    """Clips of one TR in a stimulus: its duration over the TR (cc2017: 480 s / 2 s = 240).
+
+    Parameters
+    ----------
+    stimulus : StimulusInfo
+        Frame count and frame rate of the stimulus video.
+    tr_s : float, seconds
+        Repetition time; one clip per TR.
+
+    Returns
+    -------
+    int
+        Number of clips, ``n_frames / fps / tr_s`` rounded down.
+
+    Raises
+    ------
+    DataError
+        If the duration is not a whole number of TRs (one stray frame is tolerated).
+    """
+    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
+    n_clips = int(clips)
+    if clips - n_clips > 1 / stimulus.fps / Fraction(str(tr_s)):
+        raise DataError(
+            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
+            f"TRs ({tr_s} s)"
+        )
+    return n_clips
+
+
+def onset_volume(
+    n_volumes: int,
+    n_clips: int,
+    onset_s: float | None,
+    *,
+    tr_s: float,
+    clip_s: float,
+    n_trailing: int,
+    max_leading: int,
+    run_file: str | os.PathLike = "",
+    stimulus: str = "",
+) -> int:
+    """The volume at which one presentation starts: ``onset_s / tr_s``, rounded.
+
+    With ``onset_s`` None (cc2017) the presentation ends ``n_trailing`` volumes
+    before the run, and the volumes before it must number 0..``max_leading``.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes in the run.
+    n_clips : int
+        Clips of the presented segment.
+    onset_s : float or None, seconds
+        From the run's first volume.
+    tr_s, clip_s : float, seconds
+        Repetition time and clip length (a whole number of TRs).
+    n_trailing : int
+        Volumes needed after the segment ends (for the hemodynamic delay).
+    max_leading : int
+        Most volumes accepted before a derived onset.
+    run_file : path, optional
+    stimulus : str, optional
+        Named in error messages only.
+
+    Returns
+    -------
+    int
+        0-based volume index.
+
+    Raises
+    ------
+    DataError
+        If the run is too short for the presentation, or (derived onset) too long.
+    """
+    n_segment = n_clips * round(clip_s / tr_s)
+    if onset_s is None:
+        n_leading = n_volumes - n_segment - n_trailing
+        if not 0 <= n_leading <= max_leading:
+            raise DataError(
+                f"{run_file}: {n_volumes} volumes do not fit stimulus {stimulus} "
+                f"({n_clips} clips of {clip_s} s + {n_trailing} trailing volumes leaves "
+                f"{n_leading} leading volumes; expected 0..{max_leading}): stimulus and fMRI "
+                "lengths disagree"
+            )
+        return n_leading
+    onset = round(onset_s / tr_s)
+    if onset + n_segment + n_trailing > n_volumes:
+        raise DataError(
+            f"{run_file}: {n_volumes} volumes end before the presentation of {stimulus} does "
+            f"(onset {onset_s:g} s = volume {onset}, then {n_clips} clips of {clip_s:g} s and "
+            f"{n_trailing} trailing volumes): the run is shorter than its stimulus"
+        )
+    return onset
+
+
+def run_timing(
+    n_volumes: int,
+    stimulus: StimulusInfo,
+    tr_s: float,
+    n_trailing: int,
+    max_leading: int,
+    run_file: str | os.PathLike = "",
+) -> RunTiming:
+    """Split a run holding one whole stimulus into leading, clip and trailing volumes.
+
+    ``n_clips = stimulus duration / TR``; ``n_leading = n_volumes - n_clips -
+    n_trailing``. cc2017: 245 volumes → 1 leading, 246 → 2, both 240 clips.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes in the run.
+    stimulus : StimulusInfo
+        The run's stimulus video.
+    tr_s : float, seconds
+        Repetition time; one clip per TR.
+    n_trailing : int
+        Volumes kept after the stimulus ends (for the hemodynamic delay).
+    max_leading : int
+        Most leading volumes accepted before the stimulus onset.
+    run_file : path, optional
+        Named in error messages only.
+
+    Returns
+    -------
+    RunTiming
+        ``n_volumes == n_leading + n_clips + n_trailing``.
+
+    Raises
+    ------
+    DataError
+        If the stimulus is not a whole number of TRs, or the fMRI is too short
+        or too long for it.
+    """
+    n_clips = clip_count(stimulus, tr_s)
+    n_leading = onset_volume(
+        n_volumes,
+        n_clips,
+        None,
+        tr_s=tr_s,
+        clip_s=tr_s,
+        n_trailing=n_trailing,
+        max_leading=max_leading,
+        run_file=run_file,
+        stimulus=stimulus.path.name,
+    )
+    return RunTiming(n_volumes, n_leading, n_clips, n_trailing)
