@@ -73,7 +73,7 @@ def main(size: int = 224) -> None:
                 video,
                 "--output",
                 str(out / f"{Path(video).stem}.zarr"),
-                "--tr-s",
+                "--clip-s",
                 "2",
                 "--fps",
                 "3",

@@ -1,11 +1,12 @@
 """Hemodynamic shift: pair every clip with the BOLD response ``shift_s`` later.
 
-Clip ``i`` of a segment (stimulus time ``[i TR, (i + 1) TR)``) is paired with
-preprocessed volume ``i + shift_s / TR`` counted from stimulus onset. The
-trailing volumes supply the responses of the last clips, so every clip keeps
-its response (cc2017: 240 clips per segment). Training repetitions stay
-separate samples; test repetitions are averaged. Only selected vertices are
-kept.
+Clip ``i`` of a segment (stimulus time ``[i clip_s, (i + 1) clip_s)``) spans
+the ``k = clip_s / TR`` volumes from ``i k`` counted from stimulus onset; it is
+paired with those volumes moved ``shift_s / TR`` later, combined by their mean
+or side by side (``alignment.combine``). The trailing volumes supply the
+responses of the last clips, so every clip keeps its response (cc2017: 2-s
+clips at TR 2 s, 240 clips per segment). Training repetitions stay separate
+samples; test repetitions are averaged. Only selected vertices are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from tqdm.auto import tqdm
 
 from pipeline.stores import atomic_output, create_array, open_store, provenance
 
-__all__ = ["align_subject", "shift_volumes"]
+__all__ = ["COMBINE_RULES", "align_subject", "combine_volumes", "shift_volumes"]
+
+#: How the volumes of a clip that spans several TRs combine (``alignment.combine``).
+COMBINE_RULES = ("mean", "concat")
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,41 @@ def shift_volumes(shift_s: float, tr_s: float) -> int:
     return int(ratio)
 
 
+def combine_volumes(data: np.ndarray, per_clip: int, rule: str) -> np.ndarray:
+    """Combine the ``per_clip`` consecutive volumes of every clip.
+
+    Parameters
+    ----------
+    data : ndarray of shape (..., n_clips * per_clip, n_vertices)
+        Volumes in time order along the second-to-last axis.
+    per_clip : int
+        Volumes per clip.
+    rule : {"mean", "concat"}
+        ``mean``: their average; ``concat``: volume after volume along the last axis.
+
+    Returns
+    -------
+    ndarray of shape (..., n_clips, n_vertices) or (..., n_clips, per_clip * n_vertices)
+        ``data`` itself when ``per_clip`` is 1.
+
+    Raises
+    ------
+    ValueError
+        If ``rule`` is unknown or the volumes are not whole clips.
+    """
+    if rule not in COMBINE_RULES:
+        raise ValueError(f"combine must be one of {COMBINE_RULES}, not {rule!r}")
+    if per_clip == 1:
+        return data
+    *lead, n_time, n_vertices = data.shape
+    if n_time % per_clip:
+        raise ValueError(f"{n_time} volumes are not whole clips of {per_clip}")
+    clips = data.reshape(*lead, n_time // per_clip, per_clip, n_vertices)
+    if rule == "mean":
+        return clips.mean(axis=-2, dtype=np.float64).astype(data.dtype)
+    return clips.reshape(*lead, n_time // per_clip, per_clip * n_vertices)
+
+
 def align_subject(
     preprocessed: str | os.PathLike,
     selection: str | os.PathLike,
@@ -63,18 +102,24 @@ def align_subject(
     test_segments: list[str],
     shift_s: float,
     tr_s: float,
+    clip_s: float | None = None,
+    combine: str = "mean",
 ) -> None:
     """Write the aligned fMRI samples of one subject.
 
     Store layout::
 
-        train/fmri        (sample, vertex) float32   one sample per clip and repetition
+        train/fmri        (sample, feature) float32  one sample per clip and repetition
         train/segment     (sample,) str
         train/clip        (sample,) int32   clip index within its segment
         train/repetition  (sample,) int32
-        test/fmri         (sample, vertex) float32   averaged over the repetitions present
+        test/fmri         (sample, feature) float32  averaged over the repetitions present
         test/segment, test/clip, test/n_repetitions  (sample,)
         grayordinate      (vertex,) int64   CIFTI column of every selected vertex
+
+    A feature is a selected vertex (``combine: mean``, or one volume per clip);
+    with ``combine: concat`` the features are the vertices of the clip's first
+    volume, then of its second, and so on (``volumes_per_clip`` attribute).
 
     Parameters
     ----------
@@ -92,6 +137,10 @@ def align_subject(
         Hemodynamic delay; a whole multiple of ``tr_s``.
     tr_s : float, seconds
         Repetition time.
+    clip_s : float, seconds, optional
+        Clip length, as preprocessed (default one TR).
+    combine : {"mean", "concat"}
+        How the volumes of one clip combine (:func:`combine_volumes`).
 
     Raises
     ------
@@ -104,10 +153,18 @@ def align_subject(
     mask = sel["mask"][:]
     vertices = np.flatnonzero(mask)
     shift = shift_volumes(shift_s, tr_s)
+    clip_s = tr_s if clip_s is None else clip_s
+    per_clip = shift_volumes(clip_s, tr_s)
 
     def shifted(segment: str) -> tuple[zarr.Array, int]:
         runs = pre[f"runs/{segment}"]
         n_clips, n_trailing = runs.attrs["n_clips"], runs.attrs["n_trailing"]
+        if runs.shape[1] != n_clips * per_clip + n_trailing:
+            raise ValueError(
+                f"{preprocessed}: runs/{segment} holds {runs.shape[1]} volumes, not the "
+                f"{n_clips} clips of {per_clip} volumes and {n_trailing} trailing volumes of "
+                f"clip_s = {clip_s} s; preprocess with the same alignment.clip_s"
+            )
         if shift > n_trailing:
             raise ValueError(
                 f"{preprocessed}: a shift of {shift_s} s ({shift} volumes) needs more than the "
@@ -122,9 +179,10 @@ def align_subject(
             for segment in tqdm(segments, desc=f"align {split}", unit="segment"):
                 runs, n_clips = shifted(segment)
                 reps = runs.attrs["repetitions"]
-                data = runs[:, shift : shift + n_clips][..., vertices]  # (rep, clip, vertex)
+                volumes = runs[:, shift : shift + n_clips * per_clip][..., vertices]
+                data = combine_volumes(volumes, per_clip, combine)  # (rep, clip, feature)
                 if split == "train":
-                    blocks.append(data.reshape(-1, vertices.size))
+                    blocks.append(data.reshape(-1, data.shape[-1]))
                     rep_col.append(np.repeat(reps, n_clips))
                     clip_col.append(np.tile(np.arange(n_clips), len(reps)))
                     seg_col.append(np.full(len(reps) * n_clips, segment))
@@ -139,7 +197,7 @@ def align_subject(
                 store,
                 f"{split}/fmri",
                 data=fmri,
-                dims=["sample", "vertex"],
+                dims=["sample", "vertex" if fmri.shape[1] == vertices.size else "feature"],
                 chunks=(min(len(fmri), 256), fmri.shape[1]),
                 compression=None,
             )
@@ -164,12 +222,17 @@ def align_subject(
                 "shift_s": shift_s,
                 "shift_volumes": shift,
                 "tr_s": tr_s,
+                "clip_s": clip_s,
+                "volumes_per_clip": per_clip,
+                "combine": combine,
                 "n_vertices": int(vertices.size),
                 "provenance": provenance(
                     "align",
                     {
                         "shift_s": shift_s,
                         "tr_s": tr_s,
+                        "clip_s": clip_s,
+                        "combine": combine,
                         "train_segments": train_segments,
                         "test_segments": test_segments,
                     },

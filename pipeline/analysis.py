@@ -143,5 +143,8 @@ def lag_profile_from_stores(
     for segment, path in frame_stores.items():
         runs = pre[f"runs/{segment}"]
         bold.append(runs[:].mean(0)[:, mask])
-        feats.append(clip_features(open_store(path, stage="extract_frames")["frames"]))
+        # a clip of several TRs: its features stand for each of its volumes
+        per_clip = (runs.shape[1] - runs.attrs["n_trailing"]) // runs.attrs["n_clips"]
+        frames = open_store(path, stage="extract_frames")["frames"]
+        feats.append(np.repeat(clip_features(frames), per_clip, axis=0))
     return lag_profile(bold, feats, lags)

@@ -502,6 +502,7 @@ DTYPE = option(
     help="floating-point type of the model computations (the precision section)",
 )
 TR_S = option("--tr-s", config="dataset.tr_s")
+CLIP_S = option("--clip-s", config="alignment.clip_s")
 TINY_SEED = option("--seed", config="models.tiny_seed")
 CACHE_BATCH = option("--batch-size", config="models.batch_size")
 FRAMES_DIR = option("--frames-dir", required=True, help="directory of the frame stores")
@@ -589,6 +590,7 @@ COMMANDS: tuple[Command, ...] = (
             ),
             OUTPUT,
             TR_S,
+            CLIP_S,
             option("--trailing-volumes", config="dataset.trailing_volumes"),
             option("--max-leading-volumes", config="dataset.max_leading_volumes"),
             option("--detrend-order", config="preprocess.detrend_order"),
@@ -621,6 +623,8 @@ COMMANDS: tuple[Command, ...] = (
             option("--test-segments", nargs="+", required=True),
             option("--shift-s", config="alignment.shift_s"),
             TR_S,
+            CLIP_S,
+            option("--combine", config="alignment.combine"),
         ),
     ),
     Command(
@@ -630,10 +634,16 @@ COMMANDS: tuple[Command, ...] = (
         (
             option("--video", required=True),
             OUTPUT,
-            TR_S,
+            CLIP_S,
             option("--fps", config="frames.fps"),
             option("--size", config="frames.size"),
             option("--threads", type=int, default=1),
+            option(
+                "--window",
+                convert=json.loads,
+                help="JSON of the segment (pipeline.datasets.Segment.to_dict); default the "
+                "whole video",
+            ),
         ),
     ),
     Command(

@@ -179,12 +179,18 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"{int(shift / tr)} trailing volumes but dataset.trailing_volumes is "
             f"{config['dataset']['trailing_volumes']}; the last clips would lose their response"
         )
-    if (tr * config["frames"]["fps"]).denominator != 1:
+    clip = Fraction(str(config["alignment"]["clip_s"]))
+    if (clip / tr).denominator != 1:
+        raise ConfigError(
+            f"config key 'alignment.clip_s': {float(clip)} s is not a whole number of TRs "
+            f"(dataset.tr_s = {float(tr)} s)"
+        )
+    if (clip * config["frames"]["fps"]).denominator != 1:
         raise ConfigError(
             f"config key 'frames.fps': {config['frames']['fps']} frames/s does not give a whole "
-            f"number of frames per TR of {float(tr)} s"
+            f"number of frames per clip of {float(clip)} s (alignment.clip_s)"
         )
-    per_clip = tr * config["frames"]["fps"]
+    per_clip = clip * config["frames"]["fps"]
     too_late = [k for k in config["keyframes"]["candidates"] if k >= per_clip]
     if too_late:
         raise ConfigError(
@@ -202,10 +208,10 @@ def _check_consistency(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key '{name}.architecture': {exc}") from None
     _check_generation(config)
     demo = config["demo"]
-    if (Fraction(str(demo["segment_duration_s"])) / tr).denominator != 1:
+    if (Fraction(str(demo["segment_duration_s"])) / clip).denominator != 1:
         raise ConfigError(
             f"config key 'demo.segment_duration_s': {demo['segment_duration_s']} s is not a "
-            f"whole number of TRs ({float(tr)} s)"
+            f"whole number of clips (alignment.clip_s = {float(clip)} s)"
         )
     for key in ("snr", "grating_cycles"):
         low, high = demo[key]

@@ -1,9 +1,10 @@
-"""Frame extraction: each stimulus decoded once, ``fps`` frames per second kept.
+"""Frame extraction: each segment's stimulus decoded once, ``fps`` frames per second kept.
 
-Clip ``i`` spans stimulus time ``[i TR, (i + 1) TR)``; its frames are taken at
-``i TR + k / fps`` for ``k = 0 .. TR fps - 1`` (cc2017 at 3 FPS: source frames
-0, 10, ..., 50 of every 60), converted to RGB and resized by FFmpeg's
-swscale (area interpolation) to ``size`` x ``size``.
+Clip ``i`` of a segment starting ``start`` seconds into its video spans
+``[start + i clip_s, start + (i + 1) clip_s)``; its frames are taken at
+``start + i clip_s + k / fps`` for ``k = 0 .. clip_s fps - 1`` (cc2017, 2-s
+clips at 3 FPS: source frames 0, 10, ..., 50 of every 60), converted to RGB
+and resized by FFmpeg's swscale (area interpolation) to ``size`` x ``size``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import zarr
 from av.video.reformatter import VideoReformatter
 from tqdm.auto import tqdm
 
+from pipeline.datasets.base import clip_window
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.stimulus import read_stimulus_info
 from pipeline.stores import atomic_output, create_array, open_store, provenance
@@ -31,33 +33,33 @@ log = logging.getLogger(__name__)
 _BATCH = 16  # clips per write
 
 
-def valid_fps(source_fps: Fraction, tr_s: float) -> list[int]:
+def valid_fps(source_fps: Fraction, clip_s: float) -> list[int]:
     """Every ``frames.fps`` the frame schedule accepts for a stimulus at ``source_fps``.
 
     A kept frame is every ``source_fps / fps``-th source frame, so ``fps`` must
-    divide the source rate, and a TR must hold a whole number of kept frames.
+    divide the source rate, and a clip must hold a whole number of kept frames.
 
     Parameters
     ----------
     source_fps : Fraction
         Frame rate of the stimulus, frames per second.
-    tr_s : float, seconds
-        Repetition time.
+    clip_s : float, seconds
+        Clip length.
 
     Returns
     -------
     list of int
         Accepted rates in frames per second, ascending (empty when none is).
     """
-    tr = Fraction(str(tr_s))
+    clip = Fraction(str(clip_s))
     return [
         fps
         for fps in range(1, int(source_fps) + 1)
-        if (Fraction(source_fps) / fps).denominator == 1 and (tr * fps).denominator == 1
+        if (Fraction(source_fps) / fps).denominator == 1 and (clip * fps).denominator == 1
     ]
 
 
-def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fraction:
+def check_frame_rate(video: str | os.PathLike, fps: int, clip_s: float) -> Fraction:
     """Check ``frames.fps`` against the frame rate of one stimulus (its header only).
 
     Cheap enough for DAG time: no frame is decoded and nothing heavier than
@@ -69,8 +71,8 @@ def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fractio
         One stimulus video.
     fps : int
         ``frames.fps``: kept frames per second.
-    tr_s : float, seconds
-        Repetition time.
+    clip_s : float, seconds
+        Clip length (``alignment.clip_s``).
 
     Returns
     -------
@@ -80,14 +82,14 @@ def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fractio
     Raises
     ------
     ConfigError
-        If ``fps`` does not divide the stimulus rate (or a TR is not a whole
+        If ``fps`` does not divide the stimulus rate (or a clip is not a whole
         number of frames at ``fps``), naming ``frames.fps``, the stimulus file
         and the rates that would work.
     DataError
         If the stimulus cannot be read.
     """
     source_fps = read_stimulus_info(video).fps
-    choices = valid_fps(source_fps, tr_s)
+    choices = valid_fps(source_fps, clip_s)
     if fps not in choices:
         hint = (
             f"choose one of {choices}"
@@ -97,13 +99,18 @@ def check_frame_rate(video: str | os.PathLike, fps: int, tr_s: float) -> Fractio
         raise ConfigError(
             f"config key 'frames.fps': {fps} frames/s does not divide the frame rate "
             f"{float(source_fps):g} of the stimulus {video} (every source_fps / fps-th frame "
-            f"is kept, a whole number of them per TR of {tr_s:g} s); {hint}"
+            f"is kept, a whole number of them per clip of {clip_s:g} s); {hint}"
         )
     return source_fps
 
 
 def frame_schedule(
-    n_source_frames: int, source_fps: Fraction, tr_s: float, fps: int, path: str | os.PathLike = ""
+    n_source_frames: int,
+    source_fps: Fraction,
+    clip_s: float,
+    fps: int,
+    path: str | os.PathLike = "",
+    window: dict | None = None,
 ) -> np.ndarray:
     """Source frame index of every kept frame.
 
@@ -113,22 +120,28 @@ def frame_schedule(
         Frames in the stimulus video.
     source_fps : Fraction
         Stimulus frame rate, frames per second.
-    tr_s : float, seconds
-        Repetition time: one clip per TR.
+    clip_s : float, seconds
+        Clip length.
     fps : int
         Kept frames per second; must divide ``source_fps``.
     path : path, optional
         Named in error messages only.
+    window : dict, optional
+        The segment's ``name``, ``start_s``, ``duration_s`` and ``whole_clips``
+        (:class:`pipeline.datasets.Segment`); default the whole video, a whole
+        number of clips.
 
     Returns
     -------
     ndarray of shape (n_clips, frames_per_clip), int64
-        ``n_clips = floor(duration / TR)``, ``frames_per_clip = TR * fps``.
+        ``n_clips`` as :func:`pipeline.datasets.base.clip_window`,
+        ``frames_per_clip = clip_s * fps``.
 
     Raises
     ------
     DataError
-        If ``fps`` does not divide the source rate or a TR is not a whole number of frames.
+        If ``fps`` does not divide the source rate, a clip is not a whole number
+        of frames, or the window does not fit the video.
     """
     step = Fraction(source_fps) / fps
     if step.denominator != 1:
@@ -136,12 +149,24 @@ def frame_schedule(
             f"{path}: frames.fps = {fps} does not divide the stimulus frame rate "
             f"{float(source_fps):g}"
         )
-    per_clip = Fraction(str(tr_s)) * fps
+    per_clip = Fraction(str(clip_s)) * fps
     if per_clip.denominator != 1:
-        raise DataError(f"{path}: a TR of {tr_s} s is not a whole number of frames at {fps} FPS")
-    source_per_clip = Fraction(str(tr_s)) * Fraction(source_fps)
-    n_clips = int(Fraction(n_source_frames) / source_per_clip)
-    clip_start = np.arange(n_clips)[:, None] * int(source_per_clip)
+        raise DataError(
+            f"{path}: a clip of {clip_s} s is not a whole number of frames at {fps} FPS"
+        )
+    window = window or {}
+    first, n_clips = clip_window(
+        n_source_frames,
+        source_fps,
+        clip_s,
+        start_s=window.get("start_s", 0.0),
+        duration_s=window.get("duration_s"),
+        whole_clips=window.get("whole_clips", True),
+        path=path,
+        name=window.get("name", ""),
+    )
+    source_per_clip = int(Fraction(str(clip_s)) * Fraction(source_fps))
+    clip_start = first + np.arange(n_clips)[:, None] * source_per_clip
     return clip_start + np.arange(int(per_clip))[None, :] * int(step)
 
 
@@ -172,12 +197,13 @@ def extract_frames(
     video: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    tr_s: float,
+    clip_s: float,
     fps: int,
     size: int,
     threads: int = 1,
+    window: dict | None = None,
 ) -> None:
-    """Decode ``video`` once and write its clips' frames to ``output`` (Zarr).
+    """Decode one segment of ``video`` and write its clips' frames to ``output`` (Zarr).
 
     Store layout::
 
@@ -187,17 +213,21 @@ def extract_frames(
     Parameters
     ----------
     video : path
-        The stimulus video of one segment.
+        The stimulus video holding the segment.
     output : path
         The ``extract_frames`` store to write (atomically).
-    tr_s : float, seconds
-        Repetition time: one clip per TR.
+    clip_s : float, seconds
+        Clip length (``alignment.clip_s``).
     fps : int
-        Kept frames per second (``frames_per_clip = tr_s * fps``).
+        Kept frames per second (``frames_per_clip = clip_s * fps``).
     size : int
         Output frame side, pixels (frames are resized to ``size`` x ``size``).
     threads : int
         FFmpeg decoder threads.
+    window : dict, optional
+        Where the segment lies in ``video``: its ``name``, ``start_s``,
+        ``duration_s`` and ``whole_clips`` (:meth:`pipeline.datasets.Segment.to_dict`);
+        default the whole video, named after the file.
 
     Raises
     ------
@@ -207,12 +237,15 @@ def extract_frames(
         frame rate.
     """
     video = Path(video)
+    window = dict(window or {})
     info = read_stimulus_info(video)
-    schedule = frame_schedule(info.n_frames, info.fps, tr_s, fps, video)
+    schedule = frame_schedule(info.n_frames, info.fps, clip_s, fps, video, window)
     n_clips, per_clip = schedule.shape
     wanted = {int(idx): pos for pos, idx in enumerate(schedule.ravel())}
-    last_wanted = int(schedule.max())
-    params = {"tr_s": tr_s, "fps": fps, "size": size}
+    first_wanted, last_wanted = int(schedule.min()), int(schedule.max())
+    params = {"clip_s": clip_s, "fps": fps, "size": size}
+    if window:
+        params["window"] = window
     with atomic_output(output) as tmp:
         store = zarr.open_group(tmp, mode="w")
         frames = create_array(
@@ -238,6 +271,11 @@ def extract_frames(
                 rate = stream.time_base * info.fps
                 num, den = rate.numerator, rate.denominator
                 start_pts = None
+                if first_wanted > 0:  # a segment inside a longer video: start at a keyframe
+                    start_pts = stream.start_time or 0
+                    container.seek(
+                        start_pts + int(first_wanted / rate), backward=True, stream=stream
+                    )
                 pending = None
                 progress = tqdm(total=n_clips, desc=f"frames {video.name}", unit="clip")
                 for frame in container.decode(stream):
@@ -273,10 +311,10 @@ def extract_frames(
         create_array(store, "source_frame", data=schedule, dims=["clip", "frame"])
         store.attrs.update(
             {
-                "segment": video.stem,
+                "segment": window.get("name", video.stem),
                 "source_fps": float(info.fps),
                 "source_size": [info.width, info.height],
-                "tr_s": tr_s,
+                "clip_s": clip_s,
                 "fps": fps,
                 "provenance": provenance("extract_frames", params, [str(video)]),
             }

@@ -664,6 +664,12 @@ def interpret_subject(
     sel_columns = sel["grayordinate"][:].astype(np.int64)
     hemisphere, areas = _areas_of_columns(axis, columns)
     raw = _importances(perception, semantic, aligned, methods, device)
+    if aligned_store.attrs.get("combine") == "concat":  # features: volume after volume
+        per_clip = aligned_store.attrs["volumes_per_clip"]
+        raw = {
+            method: {name: v.reshape(per_clip, -1).sum(0) for name, v in by_model.items()}
+            for method, by_model in raw.items()
+        }
 
     maps: dict[str, np.ndarray] = {}  # name → values per selected voxel
     tables = {}

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ def _preprocess_run(
     targets: list[_Target],
     columns: np.ndarray,
     tr_s: float,
+    clip_s: float,
     trailing_volumes: int,
     max_leading_volumes: int,
     detrend_order: int,
@@ -147,7 +149,7 @@ def _preprocess_run(
             t.n_clips,
             t.onset_s,
             tr_s=tr_s,
-            clip_s=tr_s,
+            clip_s=clip_s,
             n_trailing=trailing_volumes,
             max_leading=max_leading_volumes,
             run_file=path,
@@ -162,8 +164,10 @@ def _preprocess_run(
             f"{min(onsets)}"
         )
     clean, valid = detrend_zscore(bold[drop:], detrend_order)
+    per_clip = round(clip_s / tr_s)
     for target, onset in zip(targets, onsets, strict=True):
-        window = clean[onset - drop : onset - drop + target.n_clips + trailing_volumes]
+        n_time = target.n_clips * per_clip + trailing_volumes
+        window = clean[onset - drop : onset - drop + n_time]
         zarr.open_array(target.array_path, mode="r+")[target.index] = window
     n_all_nan = int(np.isnan(bold[:, ~valid]).all(axis=0).sum())
     return _RunResult(valid, onsets, n_all_nan, file_tr)
@@ -175,6 +179,7 @@ def preprocess_subject(
     *,
     subject: str,
     tr_s: float,
+    clip_s: float | None = None,
     trailing_volumes: int,
     max_leading_volumes: int,
     detrend_order: int,
@@ -208,6 +213,9 @@ def preprocess_subject(
         Recorded in the store and named in messages.
     tr_s : float, seconds
         Repetition time.
+    clip_s : float, seconds, optional
+        Clip length, a whole number of TRs (``alignment.clip_s``); default one TR.
+        A segment of ``n_clips`` clips keeps ``n_clips * clip_s / tr_s`` volumes.
     trailing_volumes : int
         Volumes kept after each segment ends.
     max_leading_volumes : int
@@ -250,8 +258,13 @@ def preprocess_subject(
     if missing:
         raise DataError(f"{missing[0]}: fMRI run file not found ({len(missing)} missing in all)")
 
+    clip_s = tr_s if clip_s is None else clip_s
+    per_clip = Fraction(str(clip_s)) / Fraction(str(tr_s))
+    if per_clip.denominator != 1 or per_clip < 1:
+        raise ValueError(f"a clip of {clip_s} s is not a whole number of TRs ({tr_s} s)")
     settings = {
         "tr_s": tr_s,
+        "clip_s": clip_s,
         "trailing_volumes": trailing_volumes,
         "max_leading_volumes": max_leading_volumes,
         "detrend_order": detrend_order,
@@ -266,8 +279,8 @@ def preprocess_subject(
         targets: dict[Path, list[_Target]] = defaultdict(list)
         for name in order:
             segment = segments[name]
-            n_clips = segment.n_clips(read_stimulus_info(segment.stimulus), tr_s)
-            n_time = n_clips + trailing_volumes
+            n_clips = segment.n_clips(read_stimulus_info(segment.stimulus), clip_s)
+            n_time = n_clips * round(clip_s / tr_s) + trailing_volumes
             reps = shown[name]
             create_array(
                 store,

@@ -40,11 +40,12 @@ EXPLICIT = {
     ("interpretation", "border_areas"): [["V1", "FFC"]],
 }
 #: keys left out: their effect depends on what they name (a dataset, a folder of
-#: videos, model locations, ablations) rather than on a value of their own, or (the TR)
-#: no other value is valid without changing other keys with it
+#: videos, model locations, ablations) rather than on a value of their own, or (the TR,
+#: the clip length) no other value is valid without changing other keys with it
 SKIPPED = (
     ("dataset", "format"),
     ("dataset", "tr_s"),
+    ("alignment", "clip_s"),
     ("dataset", "root"),
     ("dataset", "subjects"),
     ("models", "root"),

@@ -31,7 +31,7 @@ else:
     # frames.fps against the stimuli's frame rate (the demo's is checked with the config);
     # one header read, so a bad rate stops the run here rather than in every frames job
     check_frame_rate(
-        DATASET.stimulus_files()[0], config["frames"]["fps"], DATASET_CONFIG["tr_s"]
+        DATASET.stimulus_files()[0], config["frames"]["fps"], config["alignment"]["clip_s"]
     )
 
 for message in DATASET.warnings:
@@ -75,6 +75,14 @@ def stimulus_videos(wildcards):
 def stimulus_video(wildcards):
     """The stimulus video of one segment."""
     return str(DATASET.stimulus(wildcards.segment))
+
+
+def segment_window(wildcards):
+    """Where a segment lies in its stimulus (the rule's input), as JSON: the fields of
+    pipeline.datasets.Segment.to_dict but the file."""
+    window = DATASET.segments[wildcards.segment].to_dict()
+    del window["stimulus"]
+    return json.dumps(window, separators=(",", ":"))
 
 
 def subject_plan(wildcards):

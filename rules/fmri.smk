@@ -23,13 +23,14 @@ rule preprocess:
         dataset=config_values(
             "dataset", "tr_s", "trailing_volumes", "max_leading_volumes"
         ),
+        alignment=config_values("alignment", "clip_s"),
         preprocess=config_values(
             "preprocess", "detrend_order", "max_dropped_fraction", "accept_tr_mismatch"
         ),
         plan=subject_plan,
     shell:
         "python -m pipeline preprocess --subject {wildcards.subject} --plan {params.plan:q}"
-        " --output {output:q} --tr-s {params.dataset[tr_s]}"
+        " --output {output:q} --tr-s {params.dataset[tr_s]} --clip-s {params.alignment[clip_s]}"
         " --trailing-volumes {params.dataset[trailing_volumes]}"
         " --max-leading-volumes {params.dataset[max_leading_volumes]}"
         " --detrend-order {params.preprocess[detrend_order]}"
@@ -73,7 +74,7 @@ rule align:
         "../envs/pipeline.yaml"
     threads: 1
     params:
-        alignment=config_values("alignment", "shift_s"),
+        alignment=config_values("alignment", "shift_s", "clip_s", "combine"),
         dataset=config_values("dataset", "tr_s"),
         train_segments=DATASET.train_segments,
         test_segments=DATASET.test_segments,
@@ -81,4 +82,5 @@ rule align:
         "python -m pipeline align --preprocessed {input.preprocessed:q}"
         " --selection {input.selection:q} --output {output:q}"
         " --train-segments {params.train_segments} --test-segments {params.test_segments}"
-        " --shift-s {params.alignment[shift_s]} --tr-s {params.dataset[tr_s]} > {log:q} 2>&1"
+        " --shift-s {params.alignment[shift_s]} --tr-s {params.dataset[tr_s]}"
+        " --clip-s {params.alignment[clip_s]} --combine {params.alignment[combine]} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 
 
 rule extract_frames:
-    """Decode one stimulus once and keep frames.fps frames per second, resized."""
+    """Decode one segment of its stimulus and keep frames.fps frames per second, resized."""
     input:
         stimulus_video,
     output:
@@ -15,9 +15,10 @@ rule extract_frames:
         "../envs/pipeline.yaml"
     threads: 1
     params:
-        dataset=config_values("dataset", "tr_s"),
+        alignment=config_values("alignment", "clip_s"),
         frames=config_values("frames", "fps", "size"),
+        window=segment_window,
     shell:
-        "python -m pipeline frames --video {input:q} --output {output:q}"
-        " --tr-s {params.dataset[tr_s]} --fps {params.frames[fps]} --size {params.frames[size]}"
+        "python -m pipeline frames --video {input:q} --output {output:q} --window {params.window:q}"
+        " --clip-s {params.alignment[clip_s]} --fps {params.frames[fps]} --size {params.frames[size]}"
         " --threads {threads} > {log:q} 2>&1"

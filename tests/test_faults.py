@@ -448,7 +448,7 @@ def test_truncated_mp4_is_a_clear_error_and_leaves_no_store(dataset_copy, tmp_pa
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"seg1\.mp4.*truncated"):
-        extract_frames(video, tmp_path / "out" / "f.zarr", tr_s=2.0, fps=3, size=32)
+        extract_frames(video, tmp_path / "out" / "f.zarr", clip_s=2.0, fps=3, size=32)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
@@ -512,7 +512,7 @@ def read_only(target: Path):
 
 def _extract_frames(workspace: Path, output: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline", "frames", "--video", str(workspace / STIMULUS)]
-    cmd += ["--output", str(output), "--tr-s", "2", "--fps", "3", "--size", "64"]
+    cmd += ["--output", str(output), "--clip-s", "2", "--fps", "3", "--size", "64"]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

@@ -28,7 +28,7 @@ def test_fps_that_does_not_divide_the_source_rate(fps):
 
 def test_frames_equal_a_direct_decode(demo_root, tmp_path):
     video = stimulus_path(demo_root, "seg1")
-    extract_frames(video, tmp_path / "f.zarr", tr_s=2.0, fps=3, size=32)
+    extract_frames(video, tmp_path / "f.zarr", clip_s=2.0, fps=3, size=32)
     store = open_store(tmp_path / "f.zarr", stage="extract_frames")
     frames = store["frames"][:]
     with av.open(str(video)) as container:
@@ -41,7 +41,7 @@ def test_frames_equal_a_direct_decode(demo_root, tmp_path):
         for k in range(6):
             np.testing.assert_array_equal(frames[clip, k], decoded[clip * 60 + k * 10])
     assert store["frames"].metadata.dimension_names == ("clip", "frame", "y", "x", "channel")
-    assert store.attrs["provenance"]["params"] == {"tr_s": 2.0, "fps": 3, "size": 32}
+    assert store.attrs["provenance"]["params"] == {"clip_s": 2.0, "fps": 3, "size": 32}
 
 
 def test_read_clips_stacks_the_stores_in_their_order_and_checks_them(demo_root, tmp_path):
@@ -50,7 +50,7 @@ def test_read_clips_stacks_the_stores_in_their_order_and_checks_them(demo_root, 
     paths = [tmp_path / f"{segment}.zarr" for segment in ("seg2", "seg1")]
     for path in paths:
         video = stimulus_path(demo_root, path.stem)
-        extract_frames(video, path, tr_s=2.0, fps=3, size=16)
+        extract_frames(video, path, clip_s=2.0, fps=3, size=16)
     parts = [open_store(p)["frames"][:] for p in paths]
     assert not np.array_equal(parts[0][:1], parts[1][:1])  # the order can show
     np.testing.assert_array_equal(read_clips(paths), np.concatenate(parts))

@@ -12,7 +12,6 @@ through the subject's :meth:`Dataset.plan`.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ __all__ = [
     "RunTiming",
     "Segment",
     "clip_count",
+    "clip_window",
     "natural_key",
     "onset_volume",
     "run_timing",
@@ -116,27 +116,85 @@ class Segment:
         Raises
         ------
         DataError
-            If the segment reaches past the end of the file, or (``whole_clips``)
-            is not a whole number of clips.
+            As :func:`clip_window`.
         """
-        available = stimulus.duration_s - self.start_s
-        duration = available if self.duration_s is None else self.duration_s
-        one_frame = float(1 / stimulus.fps)
-        if duration > available + one_frame:
-            raise DataError(
-                f"{stimulus.path}: segment {self.name} needs {self.start_s:g} + "
-                f"{duration:g} s, but the video lasts {stimulus.duration_s:.3f} s"
-            )
-        if self.whole_clips:
-            if self.duration_s is None and self.start_s == 0:
-                return clip_count(stimulus, clip_s)
-            clips = duration / clip_s
-            if clips - math.floor(clips) > one_frame / clip_s:
-                raise DataError(
-                    f"{stimulus.path}: segment {self.name} lasts {duration:.3f} s, not a whole "
-                    f"number of {clip_s:g}-s clips"
-                )
-        return math.floor(duration / clip_s + 1e-9)
+        return clip_window(
+            stimulus.n_frames,
+            stimulus.fps,
+            clip_s,
+            start_s=self.start_s,
+            duration_s=self.duration_s,
+            whole_clips=self.whole_clips,
+            path=stimulus.path,
+            name=self.name,
+        )[1]
+
+
+def clip_window(
+    n_frames: int,
+    fps: Fraction,
+    clip_s: float,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    whole_clips: bool = True,
+    path: str | os.PathLike = "",
+    name: str = "",
+) -> tuple[int, int]:
+    """The first frame and the number of clips of a segment of a video.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames in the video.
+    fps : Fraction
+        Its frame rate.
+    clip_s : float, seconds
+        Clip length.
+    start_s : float, seconds
+        Where the segment starts (rounded to the nearest frame).
+    duration_s : float or None, seconds
+        Its length; None: to the end of the video.
+    whole_clips : bool
+        Whether a length that is not a whole number of clips (one stray frame
+        tolerated) is an error; else the last partial clip is left out.
+    path : path, optional
+    name : str, optional
+        Named in error messages only.
+
+    Returns
+    -------
+    first_frame : int
+    n_clips : int
+
+    Raises
+    ------
+    DataError
+        If the segment reaches past the end of the video, holds no clip, or
+        (``whole_clips``) is not a whole number of clips.
+    """
+    fps = Fraction(fps)
+    first = round(Fraction(str(start_s)) * fps)
+    available = n_frames - first
+    length = available if duration_s is None else round(Fraction(str(duration_s)) * fps)
+    what = f"segment {name}" if name else "the stimulus"
+    if length > available + 1:
+        raise DataError(
+            f"{path}: {what} needs frames {first}..{first + length - 1} "
+            f"({start_s:g} s + {length / fps:.3f} s), but the video holds {n_frames} "
+            f"({n_frames / fps:.3f} s)"
+        )
+    per_clip = Fraction(str(clip_s)) * fps
+    clips = Fraction(min(length, available)) / per_clip
+    n_clips = int(clips)
+    if whole_clips and clips - n_clips > 1 / per_clip:
+        raise DataError(
+            f"{path}: {what} lasts {float(length / fps):.3f} s, not a whole number of "
+            f"{clip_s:g}-s clips"
+        )
+    if n_clips < 1:
+        raise DataError(f"{path}: {what} is shorter than one {clip_s:g}-s clip")
+    return first, n_clips
 
 
 @dataclass(frozen=True)

@@ -772,8 +772,16 @@ def _select_voxels(w: _Writer, runs: _Runs) -> str:
 
 
 def _align(w: _Writer, runs: _Runs) -> str:
+    def clip(r: StageRecord) -> str:
+        clip_s, tr_s = r.params.get("clip_s", r.params.get("tr_s")), r.params.get("tr_s")
+        per_clip = r.attrs.get("volumes_per_clip", 1)
+        if per_clip == 1:
+            return f"{_seconds(clip_s)} (one TR)"
+        how = {"mean": "averaged", "concat": "concatenated"}.get(r.params.get("combine"), "")
+        return f"{_seconds(clip_s)} ({per_clip} TRs of {_seconds(tr_s)}, {how})"
+
     return (
-        f"Each clip of {runs.param('tr_s', _seconds)} (one TR) was paired with the BOLD signal "
+        f"Each clip of {runs.get(clip, str)} was paired with the BOLD signal "
         f"of the selected vertices {runs.param('shift_s', _seconds)} later "
         f"({runs.attr('shift_volumes', _volumes)}), the hemodynamic delay of the paper "
         f"{w.cite('neuroclips')}; the volumes recorded after the stimulus end supply the "
@@ -786,7 +794,7 @@ def _align(w: _Writer, runs: _Runs) -> str:
 
 def _extract_frames(w: _Writer, runs: _Runs) -> str:
     def per_clip(r: StageRecord) -> float:
-        return float(r.params.get("fps", 0)) * float(r.params.get("tr_s", 0))
+        return float(r.params.get("fps", 0)) * float(r.params.get("clip_s", 0))
 
     def source_size(r: StageRecord) -> str:
         size = r.attrs.get("source_size") or []
@@ -795,7 +803,7 @@ def _extract_frames(w: _Writer, runs: _Runs) -> str:
     return (
         f"The {_plural(len(runs.records), 'stimulus video')} "
         f"({runs.attr('source_fps')} frames per second, {runs.get(source_size, str)}) were each "
-        f"decoded once; of every clip of {runs.param('tr_s', _seconds)}, {runs.get(per_clip)} "
+        f"decoded once; of every clip of {runs.param('clip_s', _seconds)}, {runs.get(per_clip)} "
         f"frames ({runs.param('fps')} per second) were kept, converted to RGB and resized to "
         f"{runs.param('size')} × {runs.param('size')} pixels (FFmpeg's area interpolation)."
     )

@@ -248,7 +248,7 @@ def write_tiny_video_classifier(
 
     if clips.shape[1] % 2:
         raise ValueError(
-            f"clips of {clips.shape[1]} frames (frames.fps x dataset.tr_s): VideoMAE's "
+            f"clips of {clips.shape[1]} frames (frames.fps x alignment.clip_s): VideoMAE's "
             "tubelets of 2 frames need an even number; change frames.fps"
         )
     processor = VideoMAEImageProcessor(do_center_crop=False, **_processor_kwargs())
