@@ -31,7 +31,9 @@ else:
     # frames.fps against the stimuli's frame rate (the demo's is checked with the config);
     # one header read, so a bad rate stops the run here rather than in every frames job
     check_frame_rate(
-        DATASET.stimulus_files()[0], config["frames"]["fps"], config["alignment"]["clip_s"]
+        DATASET.stimulus_files()[0],
+        config["frames"]["fps"],
+        config["alignment"]["clip_s"],
     )
 
 for message in DATASET.warnings:
