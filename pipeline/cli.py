@@ -449,6 +449,26 @@ def _sync_envs(env_files: list[str]) -> None:
             log.info("%s: pinned from %s", path, LOCK.name)
 
 
+def _select(
+    preprocessed: str,
+    output: str,
+    train_segments: list[str],
+    settings: dict,
+    frames: list[str] | None,
+    run: str | None,
+) -> None:
+    from pipeline.selection import select_vertices
+
+    select_vertices(
+        preprocessed,
+        output,
+        train_segments=train_segments,
+        frames=frames,
+        run=run,
+        **settings,
+    )
+
+
 def _lag_scan(preprocessed: str, selection: str, frames: list[str], lags: list[int]) -> None:
     from pipeline.analysis import lag_profile_from_stores
 
@@ -601,14 +621,18 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "select",
-        "reliability t-test with Bonferroni correction",
-        "pipeline.selection:select_vertices",
+        "select the vertices (selection.method)",
+        _select,
         (
             option("--preprocessed", required=True),
             OUTPUT,
             TRAIN_SEGMENTS,
-            option("--alpha", config="selection.alpha"),
-            option("--alternative", config="selection.alternative"),
+            SETTINGS.but(
+                help="JSON of the method and its selection keys (plus shift_s and tr_s for "
+                "encoding)"
+            ),
+            option("--frames", nargs="*", help="encoding: the training segments' frame stores"),
+            option("--run", help="roi: one CIFTI run of the subject (its brain model)"),
         ),
     ),
     Command(

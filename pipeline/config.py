@@ -59,19 +59,22 @@ def registries() -> dict[str, list[str]]:
     dict of str to list of str
         ``keyframe_generators`` (:data:`pipeline.generation.registry.KEYFRAME_GENERATORS`),
         ``model_presets`` (:data:`pipeline.models.presets.PRESETS`),
-        ``evaluation_protocols`` (:data:`pipeline.evaluation.protocols.PROTOCOLS`) and
-        ``dataset_formats`` (:data:`pipeline.datasets.FORMATS`).
+        ``evaluation_protocols`` (:data:`pipeline.evaluation.protocols.PROTOCOLS`),
+        ``dataset_formats`` (:data:`pipeline.datasets.FORMATS`) and
+        ``selection_methods`` (:data:`pipeline.selection.SELECTION_METHODS`).
     """
     from pipeline.datasets import FORMATS
     from pipeline.evaluation.protocols import PROTOCOLS
     from pipeline.generation.registry import KEYFRAME_GENERATORS
     from pipeline.models.presets import PRESETS
+    from pipeline.selection import SELECTION_METHODS
 
     return {
         "keyframe_generators": list(KEYFRAME_GENERATORS),
         "model_presets": list(PRESETS),
         "evaluation_protocols": list(PROTOCOLS),
         "dataset_formats": list(FORMATS),
+        "selection_methods": list(SELECTION_METHODS),
     }
 
 

@@ -302,6 +302,31 @@ def _cortex_vertices(axis: cifti2.BrainModelAxis) -> dict[str, tuple[np.ndarray,
     return out
 
 
+def grayordinate_areas(
+    run: str | os.PathLike, columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The hemisphere and MMP 1.0 area of grayordinate columns of a subject's runs.
+
+    Parameters
+    ----------
+    run : path
+        One CIFTI run; its brain model places the columns on the fs_LR 32k mesh.
+    columns : ndarray of int
+        Grayordinate indices.
+
+    Returns
+    -------
+    hemisphere, area : ndarray of shape (len(columns),), object
+        ``''`` off the cortex.
+
+    Raises
+    ------
+    ValueError
+        If the run's cortex is not on the fs_LR 32k mesh.
+    """
+    return _areas_of_columns(cortex_axis(run), columns)
+
+
 def _areas_of_columns(
     axis: cifti2.BrainModelAxis, columns: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -692,7 +717,10 @@ def interpret_subject(
         return full
 
     dense = {name: on_grayordinates(v, columns) for name, v in maps.items()}
-    dense["selection_t"] = on_grayordinates(sel["t"][:], sel_columns)
+    # the selection's own statistic (reliability t, encoding r), or its mask where it has none
+    statistic = sel.attrs.get("statistic", "t")
+    selection_values = sel[statistic][:] if statistic else sel["mask"][:].astype(np.float32)
+    dense["selection_t"] = on_grayordinates(selection_values, sel_columns)
     dense["selection_mask"] = on_grayordinates(sel["mask"][:].astype(np.float32), sel_columns)
     vertices = _cortex_vertices(axis)
     vmin, vmax = colour_range
@@ -731,7 +759,8 @@ def interpret_subject(
             if name == "selection_t":
                 finite = values[np.isfinite(values)]
                 low, high = (0.0, float(np.percentile(finite, 99))) if finite.size else (0, 1)
-                label, cmap = "reliability t", "viridis"
+                label = {"t": "reliability t", "r": "encoding r"}.get(statistic, "selected")
+                cmap = "viridis"
             elif name == "selection_mask":
                 low, high, label, cmap = 0.0, 1.0, "selected", "viridis"
             else:

@@ -60,7 +60,9 @@ def polynomial_basis(n_volumes: int, order: int) -> np.ndarray:
     return legendre.legvander(t, order)
 
 
-def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+def detrend_zscore(
+    bold: np.ndarray, order: int, fit: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Remove a polynomial trend of ``order`` and z-score every column.
 
     Parameters
@@ -68,6 +70,9 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
     bold : ndarray of shape (n_volumes, n_vertices)
     order : int
         Polynomial order (Wen et al. 2018: 4).
+    fit : ndarray of shape (n_volumes,), bool, optional
+        The volumes the trend, mean and standard deviation are estimated on (the
+        others are only transformed); default all.
 
     Returns
     -------
@@ -82,10 +87,18 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
         If there are ``order + 1`` volumes or fewer.
     """
     n_volumes = bold.shape[0]
-    if n_volumes <= order + 1:
-        raise ValueError(f"{n_volumes} volumes are too few for a detrend of order {order}")
-    # orthonormal basis of the trend space: the least-squares fit is q @ (q.T @ y)
-    q = np.linalg.qr(polynomial_basis(n_volumes, order))[0]
+    if fit is not None and fit.all():
+        fit = None
+    n_fit = n_volumes if fit is None else int(fit.sum())
+    if n_fit <= order + 1:
+        raise ValueError(f"{n_fit} volumes are too few for a detrend of order {order}")
+    basis = polynomial_basis(n_volumes, order)
+    if fit is None:
+        # orthonormal basis of the trend space: the least-squares fit is q @ (q.T @ y)
+        q = np.linalg.qr(basis)[0]
+    else:
+        # the least-squares fit on the fit volumes, extended to all: basis @ pinv @ y[fit]
+        trend = basis @ np.linalg.pinv(basis[fit])
     valid = np.isfinite(bold).all(axis=0)
     clean = np.empty(bold.shape, np.float32)
     for start in range(0, bold.shape[1], _BLOCK):
@@ -94,8 +107,13 @@ def detrend_zscore(bold: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray
             y = bold[:, block].astype(np.float64)
         y[:, ~valid[block]] = 0.0
         level = np.abs(y).max(axis=0)
-        y -= q @ (q.T @ y)
-        std = np.sqrt(np.einsum("ij,ij->j", y, y) / n_volumes)
+        if fit is None:
+            y -= q @ (q.T @ y)
+            std = np.sqrt(np.einsum("ij,ij->j", y, y) / n_volumes)
+        else:
+            y -= trend @ y[fit]
+            y -= y[fit].mean(axis=0)  # 0 up to rounding; the z-score is about the fit volumes
+            std = np.sqrt(np.einsum("ij,ij->j", y[fit], y[fit]) / n_fit)
         # a constant column leaves only rounding noise, far below 1e-6 of its level
         ok = valid[block] & (std > 1e-6 * np.maximum(level, 1e-12))
         valid[block] = ok
@@ -120,6 +138,7 @@ class _Target:
     n_clips: int
     array_path: Path
     index: int
+    test: bool
 
 
 def _preprocess_run(
@@ -163,8 +182,16 @@ def _preprocess_run(
             f"{path}: {drop} leading volumes are dropped, but a segment starts at volume "
             f"{min(onsets)}"
         )
-    clean, valid = detrend_zscore(bold[drop:], detrend_order)
     per_clip = round(clip_s / tr_s)
+    # a run that also presents training segments is normalised on its other volumes only,
+    # so that the test presentations' BOLD never reaches the training data
+    held_out = np.zeros(bold.shape[0] - drop, bool)
+    for target, onset in zip(targets, onsets, strict=True):
+        if target.test:
+            n_time = target.n_clips * per_clip + trailing_volumes
+            held_out[onset - drop : onset - drop + n_time] = True
+    trains = any(not target.test for target in targets)
+    clean, valid = detrend_zscore(bold[drop:], detrend_order, fit=~held_out if trains else None)
     for target, onset in zip(targets, onsets, strict=True):
         n_time = target.n_clips * per_clip + trailing_volumes
         window = clean[onset - drop : onset - drop + n_time]
@@ -300,7 +327,9 @@ def preprocess_subject(
             )
             for index, (_, run, onset_s) in enumerate(reps):
                 targets[run.path].append(
-                    _Target(name, onset_s, n_clips, tmp / "runs" / name, index)
+                    _Target(
+                        name, onset_s, n_clips, tmp / "runs" / name, index, segment.role == "test"
+                    )
                 )
         tasks = [(run, (run.path, run.drop_volumes, targets[run.path], columns)) for run in runs]
 

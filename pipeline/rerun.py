@@ -38,6 +38,7 @@ EXPLICIT = {
     ("evaluation", "ablation_protocols"): [["neuroclips", "mindvideo"]],
     ("interpretation", "colour_range"): [[0.0, 1.0]],
     ("interpretation", "border_areas"): [["V1", "FFC"]],
+    ("selection", "roi_areas"): [["V1", "MT"]],
 }
 #: keys left out: their effect depends on what they name (a dataset, a folder of
 #: videos, model locations, ablations) rather than on a value of their own, or (the TR,

@@ -104,6 +104,53 @@ def demo_settings_json():
     return DEMO.to_json()
 
 
+#: selection keys each method reads (the shift and the TR too, for encoding)
+SELECTION_KEYS = {
+    "repetition_ttest": ("alpha", "alternative"),
+    "roi": ("roi_areas",),
+    "encoding": ("alpha", "permutations", "correction", "ridge_alpha", "folds", "seed"),
+}
+
+
+def selection_settings():
+    """The configured selection method and the keys it reads, as JSON: changing a key
+    another method reads reruns nothing."""
+    method = config["selection"]["method"]
+    settings = {"method": method}
+    settings |= {k: config["selection"][k] for k in SELECTION_KEYS[method]}
+    if method == "encoding":
+        settings |= {
+            "shift_s": config["alignment"]["shift_s"],
+            "tr_s": DATASET_CONFIG["tr_s"],
+        }
+    return json.dumps(settings, sort_keys=True)
+
+
+def selection_inputs(wildcards):
+    """The preprocessed store, and what the selection method reads beside it."""
+    from pipeline.selection import SELECTION_METHODS
+
+    inputs = {"preprocessed": f"results/{wildcards.subject}/preprocessed.zarr"}
+    needs = SELECTION_METHODS[config["selection"]["method"]].inputs
+    if "frames" in needs:
+        inputs["frames"] = training_frame_stores(wildcards)
+    if "run" in needs:
+        inputs["run"] = first_fmri_run(wildcards)
+    return inputs
+
+
+def selection_arguments(wildcards, input):
+    """The select options naming the inputs of :func:`selection_inputs`."""
+    import shlex
+
+    args = []
+    if "frames" in input.keys():
+        args += ["--frames", *map(shlex.quote, input.frames)]
+    if "run" in input.keys():
+        args += ["--run", shlex.quote(str(input.run))]
+    return " ".join(args)
+
+
 def aligned_stores(wildcards):
     return expand("results/{subject}/aligned.zarr", subject=SUBJECTS)
 

@@ -40,9 +40,9 @@ rule preprocess:
 
 
 rule select_voxels:
-    """Reliability t-test (Fisher z, one-sample t, Bonferroni) over the training segments."""
+    """Choose the vertices by selection.method, from the training segments only."""
     input:
-        "results/{subject}/preprocessed.zarr",
+        unpack(selection_inputs),
     output:
         directory("results/{subject}/selection.zarr"),
     log:
@@ -52,12 +52,13 @@ rule select_voxels:
         "../envs/pipeline.yaml"
     threads: 1
     params:
-        selection=config_values("selection", "alpha", "alternative"),
+        selection=selection_settings(),
         train_segments=DATASET.train_segments,
+        extra=selection_arguments,
     shell:
-        "python -m pipeline select --preprocessed {input:q} --output {output:q}"
-        " --train-segments {params.train_segments} --alpha {params.selection[alpha]}"
-        " --alternative {params.selection[alternative]} > {log:q} 2>&1"
+        "python -m pipeline select --preprocessed {input.preprocessed:q} --output {output:q}"
+        " --train-segments {params.train_segments} --settings {params.selection:q}"
+        " {params.extra} > {log:q} 2>&1"
 
 
 rule align:

@@ -419,7 +419,7 @@ def test_nan_only_vertices_are_dropped_with_a_warning(dataset_copy, tmp_path, ca
         train_segments=[f"seg{k}" for k in range(1, 9)],
         alpha=0.05,
     )
-    assert not result.mask[[3, 700]].any() and np.isnan(result.p[[3, 700]]).all()
+    assert not result["mask"][[3, 700]].any() and np.isnan(result["p"][[3, 700]]).all()
 
 
 def test_truncated_stimulus_is_a_clear_error(dataset_copy):

@@ -5,7 +5,15 @@ import pytest
 import zarr
 from scipy import stats
 
-from pipeline.selection import pearson_columns, reliability_ttest
+from pipeline.analysis import clip_features
+from pipeline.selection import (
+    encoding_scores,
+    motion_energy,
+    pearson_columns,
+    permutation_threshold,
+    reliability_ttest,
+    select_vertices,
+)
 from pipeline.stores import open_store
 
 
@@ -73,3 +81,89 @@ def test_shuffled_repetitions_sit_at_chance(early_stores):
     valid = pre["valid"][:]
     assert reliability_ttest(r_true, 0.05, valid).mask.sum() > 100
     assert reliability_ttest(r_shuf, 0.05, valid).mask.sum() <= 0.005 * valid.sum()
+
+
+# -- encoding and roi selection --------------------------------------------------------
+
+
+def _training(early_stores):
+    pre = early_stores / "results/subject1/preprocessed.zarr"
+    segments = [s for s in open_store(pre).attrs["segments"] if s.startswith("seg")]
+    frames = [early_stores / f"results/frames/{s}.zarr" for s in segments]
+    return pre, segments, frames
+
+
+def test_encoding_selection_recovers_the_planted_vertices(early_stores, tmp_path):
+    """One repetition's worth of design: cross-validated encoding, permutation null, FDR."""
+    pre, segments, frames = _training(early_stores)
+    arrays = select_vertices(
+        pre,
+        tmp_path / "sel.zarr",
+        train_segments=segments,
+        alpha=0.05,
+        method="encoding",
+        frames=frames,
+    )
+    truth = zarr.open_group(early_stores / "resources/demo/ground_truth.zarr", mode="r")
+    recall, precision = _recall_precision(arrays["mask"], truth["subject1/driven"][:])
+    assert recall >= 0.9 and precision >= 0.9
+    store = open_store(tmp_path / "sel.zarr", stage="select_voxels")
+    assert store.attrs["method"] == "encoding" and store.attrs["statistic"] == "r"
+    assert store.attrs["n_selected"] == arrays["mask"].sum()
+
+
+def test_shuffled_features_sit_at_chance(early_stores):
+    """Control: each segment's clip features in a random order; the null's p is uniform."""
+    pre_path, segments, frames = _training(early_stores)
+    pre = open_store(pre_path)
+    valid = pre["valid"][:]
+    rng = np.random.default_rng(3)
+    features, bold = [], []
+    for segment, path in zip(segments, frames, strict=True):
+        clips = open_store(path)["frames"]
+        x = np.hstack([clip_features(clips), motion_energy(clips)])
+        features.append(x[rng.permutation(len(x))])
+        runs = pre[f"runs/{segment}"]
+        bold.append(runs[:, 2 : 2 + runs.attrs["n_clips"]][..., valid].mean(0))
+    _, p = encoding_scores(features, bold, n_folds=2, alpha=10.0, permutations=200, rng=rng)
+    assert abs((p < 0.05).mean() - 0.05) < 0.03
+    mask = permutation_threshold(p, 0.05, "fdr") < 0.05
+    assert mask.sum() <= 0.01 * valid.sum()
+
+
+def test_fdr_and_bonferroni_equal_scipy():
+    p = np.array([0.001, 0.01, 0.02, 0.5, np.nan])
+    fdr = permutation_threshold(p, 0.05, "fdr")
+    np.testing.assert_allclose(fdr[:4], stats.false_discovery_control(p[:4], method="bh"))
+    np.testing.assert_allclose(
+        permutation_threshold(p, 0.05, "bonferroni")[:4], [0.004, 0.04, 0.08, 1]
+    )
+    assert np.isnan(fdr[4])
+
+
+def test_roi_selection_keeps_the_areas_vertices(early_stores, tmp_path):
+    pre, segments, _ = _training(early_stores)
+    run = next((early_stores / "resources/demo/video_fmri_dataset/subject1/fmri").rglob("*.nii"))
+    arrays = select_vertices(
+        pre,
+        tmp_path / "sel.zarr",
+        train_segments=segments,
+        alpha=0.05,
+        method="roi",
+        run=run,
+        roi_areas=["V1", "MT"],
+    )
+    truth = zarr.open_group(early_stores / "resources/demo/ground_truth.zarr", mode="r")
+    expected = np.isin(truth["area"][:], ["V1", "MT"]) & open_store(pre)["valid"][:]
+    np.testing.assert_array_equal(arrays["mask"], expected)
+    assert expected.sum() > 0
+    with pytest.raises(ValueError, match=r"roi_areas: \['V99'\] are no MMP"):
+        select_vertices(
+            pre,
+            tmp_path / "x.zarr",
+            train_segments=segments,
+            alpha=0.05,
+            method="roi",
+            run=run,
+            roi_areas=["V99"],
+        )

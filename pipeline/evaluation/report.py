@@ -160,22 +160,28 @@ def _html_table(rows: list[dict], columns: list[str], published: dict | None = N
 
 
 def selection_figure(selections: dict[str, str | os.PathLike]) -> bytes:
-    """Histogram of the voxel-selection t statistics per subject, selected vertices marked."""
+    """Histogram of the voxel-selection statistic per subject, selected vertices marked."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(selections), figsize=(5 * len(selections), 3.2), squeeze=False)
     for ax, (subject, path) in zip(axes[0], selections.items(), strict=True):
         store = open_store(path, stage="select_voxels")
-        t, mask = store["t"][:], store["mask"][:]
-        bins = np.linspace(np.nanmin(t), np.nanmax(t), 60)
-        ax.hist(t[~mask], bins=bins, color="0.6", label="not selected")
-        ax.hist(t[mask], bins=bins, color="tab:red", label="selected")
-        ax.set(
-            title=f"{subject}: {int(mask.sum())} of {len(mask)} vertices "
-            f"(Bonferroni α {store.attrs['alpha']})",
-            xlabel="t (Fisher z across training segments)",
-            ylabel="vertices",
-        )
+        mask, method = store["mask"][:], store.attrs.get("method", "repetition_ttest")
+        statistic = store.attrs.get("statistic", "t")
+        title = f"{subject}: {int(mask.sum())} of {len(mask)} vertices ({method})"
+        if not statistic:  # an atlas selection: nothing to histogram
+            ax.text(0.5, 0.5, title, ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        values = store[statistic][:]
+        bins = np.linspace(np.nanmin(values), np.nanmax(values), 60)
+        ax.hist(values[~mask], bins=bins, color="0.6", label="not selected")
+        ax.hist(values[mask], bins=bins, color="tab:red", label="selected")
+        xlabel = {
+            "t": "t (Fisher z across training segments)",
+            "r": "cross-validated encoding r",
+        }.get(statistic, statistic)
+        ax.set(title=title, xlabel=xlabel, ylabel="vertices")
         ax.legend()
     return _png(fig)
 
