@@ -13,6 +13,7 @@ import functools
 import os
 from fractions import Fraction
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -169,6 +170,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _check_consistency(config: dict[str, Any]) -> None:
     """Checks that involve more than one key (the schema checks single keys)."""
+    from pipeline.datasets import dataset_format
+
+    fmt = dataset_format(config["dataset"]["format"])
+    foreign = [s for s in config["dataset"]["subjects"] if not fmt.subject_pattern.match(s)]
+    if foreign:
+        raise ConfigError(
+            f"config key 'dataset.subjects': {foreign} are not {fmt.name} subject names "
+            f"(pattern {fmt.subject_pattern.pattern})"
+        )
     tr = Fraction(str(config["dataset"]["tr_s"]))
     shift = Fraction(str(config["alignment"]["shift_s"]))
     if (shift / tr).denominator != 1:
@@ -235,6 +245,19 @@ def _check_consistency(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key 'demo.area_shares.{group}': every share is 0, so no feature "
                 "drives the responses of its areas"
+            )
+    if uses_demo(config) and fmt.demo_layout == "movies":
+        rest = Fraction(str(demo["rest_s"]))
+        if (rest / tr).denominator != 1 or rest < config["dataset"]["trailing_volumes"] * tr:
+            raise ConfigError(
+                f"config key 'demo.rest_s': {demo['rest_s']} s must be a whole number of TRs "
+                f"and hold the dataset.trailing_volumes = {config['dataset']['trailing_volumes']} "
+                "volumes that follow every clip"
+            )
+        if Path(config["dataset"]["hcp7t_movie"]["stimuli"]).is_absolute():
+            raise ConfigError(
+                "config key 'dataset.hcp7t_movie.stimuli': the demo writes its movies inside "
+                "dataset.root; give a relative folder"
             )
     if uses_demo(config) and demo["fps"] % config["frames"]["fps"] != 0:
         raise ConfigError(

@@ -158,6 +158,10 @@ class DemoSettings:
         Segment name prefixes.
     format : str
         The layout written (``dataset.format``).
+    rest_s : float, seconds
+        ``hcp7t_movie``: the still grey screen before, between and after a movie's clips.
+    stimuli : str
+        ``hcp7t_movie``: the movie folder, relative to the root.
     """
 
     tr_s: float
@@ -187,6 +191,8 @@ class DemoSettings:
     train_prefix: str = "seg"
     test_prefix: str = "test"
     format: str = "cc2017"
+    rest_s: float = 20.0
+    stimuli: str = "Post_20140821_version"
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DemoSettings:
@@ -214,6 +220,7 @@ class DemoSettings:
             train_prefix=dataset["train_prefix"],
             test_prefix=dataset["test_prefix"],
             format=dataset["format"],
+            stimuli=dataset["hcp7t_movie"]["stimuli"],
         )
 
     @classmethod
@@ -249,7 +256,28 @@ class DemoSettings:
 
     @property
     def subjects(self) -> list[str]:
-        return [f"subject{i + 1}" for i in range(self.n_subjects)]
+        return [dataset_format(self.format).demo_subject(i + 1) for i in range(self.n_subjects)]
+
+    def movie_clips(self) -> dict[str, list[tuple[float, float]]]:
+        """Movie layouts: per run, the (onset, duration) of its clips, the test clip last.
+
+        The training segments are dealt over the runs in turn; every clip lasts
+        ``segment_duration_s`` and follows ``rest_s`` of still screen.
+
+        Returns
+        -------
+        dict of str to list of (float, float)
+        """
+        runs = dataset_format(self.format).runs
+        clips = {}
+        for index, run in enumerate(runs):
+            n_train = len(range(index, self.n_train_segments, len(runs)))
+            onsets = [
+                self.rest_s + k * (self.segment_duration_s + self.rest_s)
+                for k in range(n_train + 1)
+            ]
+            clips[run] = [(float(t), float(self.segment_duration_s)) for t in onsets]
+        return clips
 
     @property
     def train_segments(self) -> list[str]:
@@ -317,6 +345,11 @@ def expected_dataset(settings: DemoSettings, root: str | os.PathLike) -> Dataset
     ValueError
         If ``missing_runs`` removes every repetition of a subject's segment.
     """
+    layout = dataset_format(settings.format)
+    if layout.demo_layout == "movies":
+        return layout.layout_dataset(
+            root, settings.subjects, settings.movie_clips(), settings.stimuli
+        )
     runs = {
         subject: {
             seg: settings.repetitions(subject, seg)
@@ -792,6 +825,201 @@ def _write_cifti(path: Path, bold: np.ndarray, axis: cifti2.BrainModelAxis, tr_s
     cifti2.Cifti2Image(bold.astype(np.float32), header=(series, axis)).to_filename(str(path))
 
 
+def _write_segments(
+    settings: DemoSettings,
+    tmp: Path,
+    dataset: Dataset,
+    cortex: _Cortex,
+    axis: cifti2.BrainModelAxis,
+    hrf: np.ndarray,
+    ground_truth: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One stimulus per segment and one run per segment and repetition (cc2017's layout);
+    the subjects' encoding models in ``ground_truth``. Returns each segment's features and
+    class areas per TR."""
+    from scipy import signal
+    from tqdm.auto import tqdm
+
+    from pipeline.stores import create_array
+
+    layout = dataset_format(settings.format)
+    frames_per_tr = round(settings.fps * settings.tr_s)
+    n_frames = settings.n_clips * frames_per_tr
+    n_gray = axis.size
+    # 1. stimuli, and their features per TR
+    tr_features, clip_classes = {}, {}
+    segments = dataset.segment_names
+    for index, segment in enumerate(tqdm(segments, desc="demo stimuli", unit="video")):
+        rng = np.random.default_rng([settings.seed, 0, index])
+        frames, features, area = render_segment(
+            rng,
+            n_frames,
+            settings.fps,
+            settings.frame_size,
+            settings.luminance_grid,
+            settings.object_speed,
+            settings.pan_speed,
+            settings.grating_cycles,
+        )
+        path = layout.stimulus_path(tmp, segment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_video(path, frames, settings.fps, settings.frame_size)
+        tr_features[segment] = _tr_features(features, frames_per_tr, settings.n_clips)
+        clip_classes[segment] = _tr_features(area, frames_per_tr, settings.n_clips)
+    train = np.concatenate([tr_features[s] for s in dataset.train_segments])
+    mean, std = train.mean(0), train.std(0) + 1e-6
+
+    # 2. neural responses per segment: features @ W, convolved with the HRF over the
+    #    clips and the trailing volumes, normalised to unit variance on training data
+    n_features = train.shape[1]
+    for s_index, subject in enumerate(dataset.subjects):
+        model = _subject_model(settings, s_index, n_features, n_gray, cortex)
+        responses = {}
+        for segment in segments:
+            drive = ((tr_features[segment] - mean) / std) @ model.weights
+            padded = np.concatenate([drive, np.zeros((settings.trailing_volumes, drive.shape[1]))])
+            responses[segment] = signal.lfilter(hrf, [1.0], padded, axis=0)
+        scale = np.concatenate([responses[s] for s in dataset.train_segments]).std(0)
+        runs = [(seg, rep) for seg in segments for rep in dataset.repetitions(subject, seg)]
+        for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
+            seg_index = segments.index(seg)
+            bold = _run_bold(
+                model,
+                (responses[seg] / scale).astype(np.float32),
+                settings.leading_volumes(seg),
+                n_gray,
+                [settings.seed, 2, s_index, seg_index, rep],
+            )
+            _write_cifti(layout.run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
+        g = ground_truth.create_group(subject)
+        create_array(g, "driven", data=model.driven, dims=["vertex"])
+        create_array(g, "snr", data=model.snr, dims=["vertex"])
+        create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+    return tr_features, clip_classes
+
+
+def _grey_features(settings: DemoSettings, level: float) -> np.ndarray:
+    """The features of a uniform grey frame of ``level`` (0-1): no object, no motion."""
+    n_cells = settings.luminance_grid**2
+    features = np.zeros(n_cells + 3 + len(CLASSES) + 1, np.float32)
+    features[:n_cells] = level * _LUMA.sum()
+    features[n_cells : n_cells + 3] = level
+    return features
+
+
+def _write_movies(
+    settings: DemoSettings,
+    tmp: Path,
+    dataset: Dataset,
+    cortex: _Cortex,
+    axis: cifti2.BrainModelAxis,
+    hrf: np.ndarray,
+    ground_truth: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One movie per run, clips between still grey rest blocks and the same test clip at
+    the end of every movie (the HCP 7T movie layout); each run's BOLD follows its whole
+    movie, rest included. The subjects' encoding models go to ``ground_truth``. Returns each
+    segment's features and class areas per TR."""
+    from scipy import signal
+    from tqdm.auto import tqdm
+
+    from pipeline.stores import create_array
+
+    layout = dataset_format(settings.format)
+    fps, size, tr = settings.fps, settings.frame_size, settings.tr_s
+    frames_per_tr = round(fps * tr)
+    clip_frames, rest_frames = (
+        round(settings.segment_duration_s * fps),
+        round(settings.rest_s * fps),
+    )
+    grey = np.full((size, size, 3), 128, np.uint8)
+    grey_features = _grey_features(settings, 128 / 255)
+    layouts = settings.movie_clips()
+    names = {
+        run: [p.segment for p in r.presentations]
+        for run, r in zip(layout.runs, next(iter(dataset.runs.values())), strict=True)
+    }
+
+    def clip(index: int):
+        rng = np.random.default_rng([settings.seed, 0, index])
+        return render_segment(
+            rng,
+            clip_frames,
+            fps,
+            size,
+            settings.luminance_grid,
+            settings.object_speed,
+            settings.pan_speed,
+            settings.grating_cycles,
+        )
+
+    # 1. the movies, and their features per TR (rest blocks included)
+    movie_features, movie_classes, rows = {}, {}, {}  # rows: segment -> TR range in its run
+    for r, run in enumerate(tqdm(layout.runs, desc="demo movies", unit="movie")):
+        parts = []  # (frames, features, class areas) in movie order, rest as grey
+
+        def rest():
+            return (
+                (grey for _ in range(rest_frames)),
+                np.tile(grey_features, (rest_frames, 1)),
+                np.zeros((rest_frames, len(CLASSES)), np.float32),
+            )
+
+        n_train = len(layouts[run]) - 1
+        for k in range(n_train + 1):
+            # training clips dealt over the runs in turn; the test clip drawn alike everywhere
+            index = r + k * len(layout.runs) if k < n_train else settings.n_train_segments
+            parts += [rest(), clip(index)]
+            name = names[run][k]
+            start = round(layouts[run][k][0] / tr)
+            rows.setdefault(name, slice(start, start + round(settings.segment_duration_s / tr)))
+        parts.append(rest())
+        path = layout.stimulus_path(tmp / settings.stimuli, run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_video(path, (f for part in parts for f in part[0]), fps, size)
+        features = np.concatenate([part[1] for part in parts])
+        n_volumes = len(features) // frames_per_tr
+        movie_features[run] = _tr_features(features, frames_per_tr, n_volumes)
+        movie_classes[run] = _tr_features(
+            np.concatenate([part[2] for part in parts]), frames_per_tr, n_volumes
+        )
+    first = {name: run for run in reversed(layout.runs) for name in names[run]}
+    tr_features = {n: movie_features[first[n]][rows[n]] for n in dataset.segment_names}
+    clip_classes = {n: movie_classes[first[n]][rows[n]] for n in dataset.segment_names}
+    train = np.concatenate([tr_features[s] for s in dataset.train_segments])
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train_rows = {
+        run: np.concatenate(
+            [np.arange(rows[n].start, rows[n].stop) for n in names[run][:-1]] or [[]]
+        ).astype(int)
+        for run in layout.runs
+    }
+
+    # 2. the responses to each whole movie, normalised to unit variance on the training clips
+    n_gray = axis.size
+    for s_index, subject in enumerate(dataset.subjects):
+        model = _subject_model(settings, s_index, train.shape[1], n_gray, cortex)
+        responses = {
+            run: signal.lfilter(hrf, [1.0], ((x - mean) / std) @ model.weights, axis=0)
+            for run, x in movie_features.items()
+        }
+        scale = np.concatenate([responses[run][train_rows[run]] for run in layout.runs]).std(0)
+        for r, run in enumerate(tqdm(layout.runs, desc=f"demo fMRI {subject}", unit="run")):
+            bold = _run_bold(
+                model,
+                (responses[run] / scale).astype(np.float32),
+                0,
+                n_gray,
+                [settings.seed, 2, s_index, r],
+            )
+            _write_cifti(layout.run_path(tmp, subject, run), bold, axis, tr)
+        g = ground_truth.create_group(subject)
+        create_array(g, "driven", data=model.driven, dims=["vertex"])
+        create_array(g, "snr", data=model.snr, dims=["vertex"])
+        create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+    return tr_features, clip_classes
+
+
 def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
     """Generate the demo dataset under ``root`` (``video_fmri_dataset/`` + ``ground_truth.zarr``).
 
@@ -811,73 +1039,20 @@ def generate_demo(settings: DemoSettings, root: str | os.PathLike) -> Dataset:
         What was written, as :func:`expected_dataset` describes it.
     """
     import zarr
-    from scipy import signal
-    from tqdm.auto import tqdm
 
     from pipeline.stores import atomic_output, create_array, provenance
 
     root = Path(root)
     dataset = expected_dataset(settings, root)
     layout = dataset_format(settings.format)
-    frames_per_tr = round(settings.fps * settings.tr_s)
-    n_frames = settings.n_clips * frames_per_tr
     hrf = canonical_hrf(settings.tr_s, settings.delay_s)
     cortex = _cortex(settings)
     axis = _brain_model(settings, cortex)
-    n_gray = axis.size
     with atomic_output(root) as tmp:
-        # 1. stimuli, and their features per TR
-        tr_features, clip_classes = {}, {}
-        segments = dataset.segment_names
-        for index, segment in enumerate(tqdm(segments, desc="demo stimuli", unit="video")):
-            rng = np.random.default_rng([settings.seed, 0, index])
-            frames, features, area = render_segment(
-                rng,
-                n_frames,
-                settings.fps,
-                settings.frame_size,
-                settings.luminance_grid,
-                settings.object_speed,
-                settings.pan_speed,
-                settings.grating_cycles,
-            )
-            path = layout.stimulus_path(tmp, segment)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_video(path, frames, settings.fps, settings.frame_size)
-            tr_features[segment] = _tr_features(features, frames_per_tr, settings.n_clips)
-            clip_classes[segment] = _tr_features(area, frames_per_tr, settings.n_clips)
-        train = np.concatenate([tr_features[s] for s in dataset.train_segments])
-        mean, std = train.mean(0), train.std(0) + 1e-6
-
-        # 2. neural responses per segment: features @ W, convolved with the HRF over the
-        #    clips and the trailing volumes, normalised to unit variance on training data
         ground_truth = zarr.open_group(tmp / "ground_truth.zarr", mode="w")
-        n_features = train.shape[1]
-        for s_index, subject in enumerate(dataset.subjects):
-            model = _subject_model(settings, s_index, n_features, n_gray, cortex)
-            responses = {}
-            for segment in segments:
-                drive = ((tr_features[segment] - mean) / std) @ model.weights
-                padded = np.concatenate(
-                    [drive, np.zeros((settings.trailing_volumes, drive.shape[1]))]
-                )
-                responses[segment] = signal.lfilter(hrf, [1.0], padded, axis=0)
-            scale = np.concatenate([responses[s] for s in dataset.train_segments]).std(0)
-            runs = [(seg, rep) for seg in segments for rep in dataset.repetitions(subject, seg)]
-            for seg, rep in tqdm(runs, desc=f"demo fMRI {subject}", unit="run"):
-                seg_index = segments.index(seg)
-                bold = _run_bold(
-                    model,
-                    (responses[seg] / scale).astype(np.float32),
-                    settings.leading_volumes(seg),
-                    n_gray,
-                    [settings.seed, 2, s_index, seg_index, rep],
-                )
-                _write_cifti(layout.run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
-            g = ground_truth.create_group(subject)
-            create_array(g, "driven", data=model.driven, dims=["vertex"])
-            create_array(g, "snr", data=model.snr, dims=["vertex"])
-            create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+        write = _write_movies if layout.demo_layout == "movies" else _write_segments
+        tr_features, clip_classes = write(settings, tmp, dataset, cortex, axis, hrf, ground_truth)
+        segments = dataset.segment_names
 
         left, right = cortex.vertices
         create_array(ground_truth, "vertex", data=np.concatenate([left, right]), dims=["vertex"])

@@ -56,7 +56,8 @@ def test_config_yaml_is_valid_and_matches_schema_defaults():
         ({"demo": {"snr": [3.0, 1.0]}}, "demo.snr"),
         ({"demo": {"grating_cycles": [2.0, 0.5]}}, "demo.grating_cycles"),
         ({"demo": {"grating_cycles": [0, 2.0]}}, "demo.grating_cycles.0"),
-        ({"dataset": {"subjects": ["sub_01"]}}, "dataset.subjects.0"),  # sub-01 is valid
+        ({"dataset": {"subjects": ["sub_01"]}}, "dataset.subjects"),  # sub-01 is valid
+        ({"dataset": {"subjects": ["sub 01"]}}, "dataset.subjects.0"),
         ({"keyframes": {"generator": "sd21_unclip"}}, "keyframes.generator"),  # tiny preset
         (
             {"models": {"preset": "paper"}, "keyframes": {"generator": "tiny"}},
@@ -236,9 +237,16 @@ def test_the_two_reproductions_and_the_documented_table_of_their_differences():
     assert paper["evaluation.ablations.no_keyframe.uncaptioned_prompt"] == "a smooth video"
 
 
-def test_the_schema_accepts_exactly_the_subject_folders_discovery_finds():
-    """One subject pattern: the schema's for dataset.subjects is discovery's."""
-    from pipeline.datasets.cc2017 import SUBJECT_RE
+@pytest.mark.parametrize(
+    ("fmt", "good", "bad"),
+    [("cc2017", ["subject1", "sub-01"], "100610"), ("hcp7t_movie", ["100610"], "subject1")],
+)
+def test_subjects_follow_the_formats_own_pattern(fmt, good, bad):
+    """One subject pattern per format: the one its discovery uses."""
+    from pipeline.datasets import dataset_format
 
-    items = load_schema()["properties"]["dataset"]["properties"]["subjects"]["items"]
-    assert items["pattern"] == SUBJECT_RE.pattern
+    pattern = dataset_format(fmt).subject_pattern
+    assert all(pattern.match(s) for s in good) and not pattern.match(bad)
+    validate_config({"dataset": {"format": fmt, "tr_s": 1.0, "subjects": good}})
+    with pytest.raises(ConfigError, match=rf"'dataset\.subjects': \['{bad}'\] are not {fmt}"):
+        validate_config({"dataset": {"format": fmt, "tr_s": 1.0, "subjects": [bad]}})

@@ -22,6 +22,7 @@ from pipeline.datasets.base import (
     natural_key,
 )
 from pipeline.datasets.cc2017 import CC2017
+from pipeline.datasets.hcp7t_movie import HCP7TMovie
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: ``dataset.format`` → the format (the schema's enum lists these names).
-FORMATS: dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (CC2017(),)}
+FORMATS: dict[str, DatasetFormat] = {fmt.name: fmt for fmt in (CC2017(), HCP7TMovie())}
 
 
 def dataset_format(name: str) -> DatasetFormat:

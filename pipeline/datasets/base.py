@@ -341,15 +341,26 @@ class DatasetFormat(Protocol):
     subject_pattern : re.Pattern
         What a subject folder is named.
     tr_s : float, seconds
-        The repetition time of its fMRI (``dataset.tr_s: null`` takes it).
+        The repetition time of its fMRI.
+    demo_layout : {"segments", "movies"}
+        How the demo writes it: one run per segment and repetition, each with its
+        own stimulus file (``stimulus_path(root, segment)``, ``run_path(root,
+        subject, segment, repetition)``); or runs that each show one movie of
+        several clips (``stimulus_path(stimuli, run)``, ``run_path(root, subject,
+        run)``, the run names in ``runs``).
     """
 
     name: str
     subject_pattern: re.Pattern
     tr_s: float
+    demo_layout: str
 
     def discover(self, root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
         """Find the subjects, runs and segments under ``root`` (the ``dataset`` section)."""
+        ...
+
+    def demo_subject(self, index: int) -> str:
+        """The demo's name of its subject ``index`` (1-based), one the format discovers."""
         ...
 
 

@@ -333,6 +333,12 @@ class CC2017:
     name = "cc2017"
     subject_pattern = SUBJECT_RE
     tr_s = 2.0
+    demo_layout = "segments"
+
+    @staticmethod
+    def demo_subject(index: int) -> str:
+        """The demo's name of subject ``index`` (1-based): ``subject{index}``."""
+        return f"subject{index}"
 
     @staticmethod
     def discover(root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
