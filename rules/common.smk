@@ -27,7 +27,7 @@ if uses_demo(config):
 else:
     from pipeline.frames import check_frame_rate
 
-    DATASET = discover(DATASET_CONFIG)
+    DATASET = discover(DATASET_CONFIG, cache=".snakemake/neuroclips")
     # frames.fps against the stimuli's frame rate (the demo's is checked with the config);
     # one header read, so a bad rate stops the run here rather than in every frames job
     check_frame_rate(

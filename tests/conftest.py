@@ -179,6 +179,8 @@ def _all_threads() -> None:
 WORKSPACE = "workspace"
 #: The fixture of its stores up to the embedding caches, ready before the run ends.
 EARLY_STORES = "early_stores"
+#: The fixture of the whole workflow on the demo in the HCP 7T movie layout.
+HCP_WORKSPACE = "hcp_workspace"
 
 
 def _uses(item, fixture: str) -> bool:
@@ -188,11 +190,13 @@ def _uses(item, fixture: str) -> bool:
 def pytest_collection_modifyitems(config, items):
     """Tests of the end-to-end run after the unit tests, in their collected order: the run
     itself starts with the session (:func:`_workspace_run`) and goes on beside them. Tests
-    of its early stores come first, so they run while the rest of the workflow does."""
+    of its early stores come first, so they run while the rest of the workflow does; the
+    tests of the HCP-layout run (:func:`hcp_workspace`) come last."""
     early = [i for i in items if _uses(i, EARLY_STORES) and not _uses(i, WORKSPACE)]
     later = [i for i in items if _uses(i, WORKSPACE)]
-    moved = set(map(id, early + later))
-    items[:] = [item for item in items if id(item) not in moved] + early + later
+    hcp = [i for i in items if _uses(i, HCP_WORKSPACE)]  # last: its run follows the other
+    moved = set(map(id, early + later + hcp))
+    items[:] = [item for item in items if id(item) not in moved] + early + later + hcp
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -232,6 +236,39 @@ def workspace(_workspace_run) -> Path:
     if process.wait() != 0:
         raise AssertionError(f"snakemake failed:\n{log.read_text()[-20000:]}")
     _all_threads()  # the run no longer shares the cores
+    return workdir
+
+
+#: The HCP 7T movie layout over the small demo's settings: 12 training clips of 80 s dealt
+#: over the four movies, an 80-s test clip closing each, TR 1 s, 2-s clips, 24 FPS movies,
+#: voxels selected by encoding (configs/hcp7t_movie.yaml, with 12-s rest blocks)
+HCP_OVERLAY = {
+    "dataset": {"format": "hcp7t_movie", "tr_s": 1.0},
+    "alignment": {"clip_s": 2.0, "shift_s": 4.0},
+    "selection": {"method": "encoding"},
+    "demo": {"fps": 24, "rest_s": 12, "n_train_segments": 12, "segment_duration_s": 80},
+}
+HCP_SUBJECT = "100001"
+
+
+@pytest.fixture(scope="session")
+def hcp_workspace(_workspace_run, tmp_path_factory) -> Path:
+    """A workdir where the whole workflow ran once on the demo in the HCP 7T movie layout,
+    after the small demo's run (if the session has one) ended: the two do not share cores."""
+    if _workspace_run is not None:
+        _workspace_run[1].wait()
+        _all_threads()
+    workdir = tmp_path_factory.mktemp("hcp_workspace")
+    log = workdir / "snakemake.log"
+    with log.open("w") as out:
+        result = subprocess.run(
+            snakemake_command(workdir, overlay=HCP_OVERLAY),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    if result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{log.read_text()[-20000:]}")
     return workdir
 
 

@@ -67,7 +67,11 @@ def dataset_format(name: str) -> DatasetFormat:
         ) from None
 
 
-def discover(settings: dict[str, Any], root: str | os.PathLike | None = None) -> Dataset:
+def discover(
+    settings: dict[str, Any],
+    root: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+) -> Dataset:
     """Discover the dataset that the ``dataset`` config section describes.
 
     Parameters
@@ -76,10 +80,13 @@ def discover(settings: dict[str, Any], root: str | os.PathLike | None = None) ->
         The validated ``dataset`` section (its ``format`` picks the reader).
     root : path, optional
         Overrides ``settings['root']``.
+    cache : path, optional
+        A folder where a format may keep what it read from the stimuli, so that the
+        next discovery is quick (the workflow's is ``.snakemake/neuroclips``).
 
     Returns
     -------
     Dataset
     """
     fmt = dataset_format(settings["format"])
-    return fmt.discover(settings["root"] if root is None else root, settings)
+    return fmt.discover(settings["root"] if root is None else root, settings, cache)

@@ -355,8 +355,11 @@ class DatasetFormat(Protocol):
     tr_s: float
     demo_layout: str
 
-    def discover(self, root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
-        """Find the subjects, runs and segments under ``root`` (the ``dataset`` section)."""
+    def discover(
+        self, root: str | os.PathLike, settings: dict[str, Any], cache: Path | None = None
+    ) -> Dataset:
+        """Find the subjects, runs and segments under ``root`` (the ``dataset`` section);
+        what is costly to read may be kept under ``cache``."""
         ...
 
     def demo_subject(self, index: int) -> str:

@@ -341,7 +341,9 @@ class CC2017:
         return f"subject{index}"
 
     @staticmethod
-    def discover(root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
+    def discover(
+        root: str | os.PathLike, settings: dict[str, Any], cache: Path | None = None
+    ) -> Dataset:
         """:func:`discover_dataset` with the ``dataset`` section's keys.
 
         Parameters
@@ -350,6 +352,8 @@ class CC2017:
         settings : dict
             The validated ``dataset`` section: ``subjects``, ``train_prefix``,
             ``test_prefix``, ``train_repetitions``, ``test_repetitions``, ``unmatched``.
+        cache : path, optional
+            Unused: the layout is read from file names alone.
 
         Returns
         -------

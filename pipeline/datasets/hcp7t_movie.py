@@ -465,7 +465,9 @@ class HCP7TMovie:
         return f"{100000 + index}"
 
     @staticmethod
-    def discover(root: str | os.PathLike, settings: dict[str, Any]) -> Dataset:
+    def discover(
+        root: str | os.PathLike, settings: dict[str, Any], cache: Path | None = None
+    ) -> Dataset:
         """:func:`discover_dataset` with the ``dataset`` section's keys.
 
         Parameters
@@ -475,6 +477,8 @@ class HCP7TMovie:
             The validated ``dataset`` section: ``subjects``, ``unmatched`` and the
             ``hcp7t_movie`` mapping (``stimuli``, ``resolution``, ``still_threshold``,
             ``min_rest_s``).
+        cache : path, optional
+            Where the movies' clip boundaries are kept (:func:`clips_of_movie`).
 
         Returns
         -------
@@ -489,7 +493,7 @@ class HCP7TMovie:
             still_threshold=hcp["still_threshold"],
             min_rest_s=hcp["min_rest_s"],
             unmatched=settings["unmatched"],
-            cache=Path(".snakemake", "neuroclips", "movie_clips"),
+            cache=Path(cache) / "movie_clips" if cache else None,
         )
 
     run_path = staticmethod(run_path)

@@ -760,6 +760,28 @@ def _select_voxels(w: _Writer, runs: _Runs) -> str:
             if r.attrs.get("n_selected") is not None
         ]
     )
+    method = runs.records[0].params.get("method", "repetition_ttest") if runs.records else ""
+    if method == "roi":
+        return (
+            "The vertices of the HCP MMP 1.0 areas "
+            f"{runs.get(lambda r: ', '.join(r.params.get('roi_areas', [])), str)} were "
+            f"selected {w.cite('glasser2016')}" + (f": {counts}." if counts else ".")
+        )
+    if method == "encoding":
+        correction = {"fdr": "Benjamini-Hochberg FDR", "bonferroni": "Bonferroni"}
+        return (
+            "Vertices were selected by how well simple features of the clips' frames (a 4 × 4 "
+            "luminance grid, the mean colour and the motion energy) predict their response "
+            f"{runs.param('shift_s', _seconds)} later: ridge regressions (penalty "
+            f"{runs.param('ridge_alpha')}) fitted on {runs.param('folds')} folds of the "
+            f"{runs.get(n_segments)} training segments, scored by the correlation of the "
+            "held-out predictions, and tested against "
+            f"{runs.param('permutations')} fits with each segment's features shifted "
+            "circularly; the vertices with a "
+            f"{runs.param('correction', lambda c: correction.get(c, c))}-corrected "
+            f"p < {runs.param('alpha')} and a positive correlation were kept"
+            + (f": {counts}." if counts else ".")
+        )
     return (
         "Vertices were selected by the reliability of their responses across repetitions "
         f"{w.cite('wen2018', 'neuroclips')}: for each of the {runs.get(n_segments)} training "
@@ -801,7 +823,7 @@ def _extract_frames(w: _Writer, runs: _Runs) -> str:
         return " × ".join(map(str, size)) + " pixels" if size else "unknown size"
 
     return (
-        f"The {_plural(len(runs.records), 'stimulus video')} "
+        f"The {_plural(len(runs.records), 'stimulus segment')} "
         f"({runs.attr('source_fps')} frames per second, {runs.get(source_size, str)}) were each "
         f"decoded once; of every clip of {runs.param('clip_s', _seconds)}, {runs.get(per_clip)} "
         f"frames ({runs.param('fps')} per second) were kept, converted to RGB and resized to "
