@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import report  # noqa: E402
-from pipeline.datasets.hcp7t_movie import still_blocks  # noqa: E402
+from pipeline.io.stimulus import still_blocks  # noqa: E402
 from pipeline.selection import encoding_scores  # noqa: E402
 
 #: seconds of unique movie per clip of the four runs, the test-retest clip left out

@@ -29,7 +29,7 @@ they come from:
 What was not verified against the files (they are not public) is read from the
 data instead: the clips' onsets and lengths come from the movies themselves,
 whose rest blocks are found as stretches where the picture stays still
-(:func:`still_blocks`); the closing clips must have equal lengths, and the
+(:func:`pipeline.io.stimulus.still_blocks`); the closing clips must have equal lengths, and the
 runs' volume counts must cover their movies. The repeated closing clip is the
 test set, its four presentations averaged as cc2017's test repetitions are;
 every other clip is training data.
@@ -47,10 +47,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.datasets.base import Dataset, Presentation, Run, Segment, natural_key
 from pipeline.errors import DataError
+from pipeline.io.stimulus import still_blocks
 
 __all__ = [
     "HCP7TMovie",
@@ -62,7 +61,6 @@ __all__ = [
     "discover_dataset",
     "layout_dataset",
     "run_path",
-    "still_blocks",
     "stimulus_path",
 ]
 
@@ -123,73 +121,6 @@ def stimulus_path(stimuli: str | os.PathLike, run: str) -> Path:
     return Path(stimuli) / f"{MOVIES[RUNS.index(run)]}.mp4"
 
 
-def still_blocks(
-    path: str | os.PathLike, *, threshold: float, min_s: float, size: int = 32
-) -> tuple[Fraction, int, list[tuple[int, int]]]:
-    """The stretches of a video where the picture stays still: its rest blocks.
-
-    Every frame is reduced to a ``size`` x ``size`` grey image; a frame is still
-    when its mean absolute difference from the previous frame is below
-    ``threshold`` (grey levels 0-1). A block is a run of still frames lasting at
-    least ``min_s``, together with the frame that starts it.
-
-    Parameters
-    ----------
-    path : path
-        The video.
-    threshold : float
-        Largest mean absolute change of a still frame.
-    min_s : float, seconds
-        Shortest block.
-    size : int
-        Side of the grey images compared.
-
-    Returns
-    -------
-    fps : Fraction
-    n_frames : int
-        Frames decoded.
-    blocks : list of (int, int)
-        ``[first, stop)`` frame ranges, in order.
-
-    Raises
-    ------
-    DataError
-        If the video cannot be decoded.
-    """
-    import av
-
-    path = Path(path)
-    changes = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps = Fraction(stream.average_rate)
-            previous = None
-            for frame in container.decode(stream):
-                grey = frame.reformat(width=size, height=size, format="gray").to_ndarray()
-                grey = grey.astype(np.float32) / 255.0
-                changes.append(
-                    np.inf if previous is None else float(np.abs(grey - previous).mean())
-                )
-                previous = grey
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise DataError(f"{path}: cannot decode the movie ({exc})") from exc
-    still = np.asarray(changes) < threshold
-    blocks = []
-    start = None
-    for i, is_still in enumerate([*still, False]):
-        if is_still and start is None:
-            start = i
-        elif not is_still and start is not None:
-            first = start - 1 if start > 0 else 0  # the frame that starts the still picture
-            if (i - first) / fps >= min_s:
-                blocks.append((first, i))
-            start = None
-    return fps, len(changes), blocks
-
-
 def clips_of_movie(
     path: str | os.PathLike, *, threshold: float, min_s: float, cache: Path | None = None
 ) -> tuple[Fraction, int, list[tuple[int, int]]]:
@@ -200,7 +131,7 @@ def clips_of_movie(
     path : path
         A movie that opens with a rest block and separates its clips by rest blocks.
     threshold, min_s : float
-        As :func:`still_blocks`.
+        As :func:`pipeline.io.stimulus.still_blocks`.
     cache : Path, optional
         Folder of JSON files keyed by the movie's size, time and the settings: a
         movie is decoded once.
@@ -283,7 +214,7 @@ def discover_dataset(
     resolution : {"2mm", "1.6mm"}
         Which dense time series to read.
     still_threshold, min_rest_s : float
-        How rest blocks are found (:func:`still_blocks`).
+        How rest blocks are found (:func:`pipeline.io.stimulus.still_blocks`).
     unmatched : {"error", "drop"}
         A subject without all four runs: an error naming the missing files, or
         left out with a warning.

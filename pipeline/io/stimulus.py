@@ -1,4 +1,5 @@
-"""Stream properties of stimulus videos, read from the container without decoding."""
+"""Stimulus videos: stream properties read from the container without decoding, and the
+still stretches (rest blocks) found by decoding."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import DataError
 
-__all__ = ["StimulusInfo", "read_stimulus_info"]
+__all__ = ["StimulusInfo", "read_stimulus_info", "still_blocks"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,70 @@ def read_stimulus_info(path: str | os.PathLike) -> StimulusInfo:
     if not fps or not n_frames:
         raise DataError(f"{path}: the container declares no frame rate or frame count")
     return StimulusInfo(path, Fraction(fps), int(n_frames), width, height)
+
+
+def still_blocks(
+    path: str | os.PathLike, *, threshold: float, min_s: float, size: int = 32
+) -> tuple[Fraction, int, list[tuple[int, int]]]:
+    """The stretches of a video where the picture stays still: its rest blocks.
+
+    Every frame is reduced to a ``size`` x ``size`` grey image; a frame is still
+    when its mean absolute difference from the previous frame is below
+    ``threshold`` (grey levels 0-1). A block is a run of still frames lasting at
+    least ``min_s``, together with the frame that starts it.
+
+    Parameters
+    ----------
+    path : path
+        The video.
+    threshold : float
+        Largest mean absolute change of a still frame.
+    min_s : float, seconds
+        Shortest block.
+    size : int
+        Side of the grey images compared.
+
+    Returns
+    -------
+    fps : Fraction
+    n_frames : int
+        Frames decoded.
+    blocks : list of (int, int)
+        ``[first, stop)`` frame ranges, in order.
+
+    Raises
+    ------
+    DataError
+        If the video cannot be decoded.
+    """
+    import av
+
+    path = Path(path)
+    changes = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = Fraction(stream.average_rate)
+            previous = None
+            for frame in container.decode(stream):
+                grey = frame.reformat(width=size, height=size, format="gray").to_ndarray()
+                grey = grey.astype(np.float32) / 255.0
+                changes.append(
+                    np.inf if previous is None else float(np.abs(grey - previous).mean())
+                )
+                previous = grey
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise DataError(f"{path}: cannot decode the movie ({exc})") from exc
+    still = np.asarray(changes) < threshold
+    blocks = []
+    start = None
+    for i, is_still in enumerate([*still, False]):
+        if is_still and start is None:
+            start = i
+        elif not is_still and start is not None:
+            first = start - 1 if start > 0 else 0  # the frame that starts the still picture
+            if (i - first) / fps >= min_s:
+                blocks.append((first, i))
+            start = None
+    return fps, len(changes), blocks
