@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.datasets import FORMATS, Dataset, dataset_format, discover
 from pipeline.datasets.base import Presentation, Run, Segment
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from tests.conftest import REPO, small_config
 
 
@@ -89,3 +89,13 @@ def _imported_modules_of_text(text: str) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return names
+
+
+def test_a_renamed_cc2017_subject_is_an_error_naming_the_folder(dataset_copy):
+    base = dataset_copy / "video_fmri_dataset"
+    (base / "subject1").rename(base / "Subject_1")
+    settings = small_config()["dataset"]
+    with pytest.raises(DataError, match=rf"{base}: no subject folders \(subjectN or sub-<label>\)"):
+        discover(settings, dataset_copy)
+    with pytest.raises(DataError, match=r"subject folder\(s\) not found: subject1"):
+        discover(settings | {"subjects": ["subject1"]}, dataset_copy)

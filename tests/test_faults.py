@@ -750,10 +750,8 @@ def _select(workdir: Path) -> subprocess.CompletedProcess:
         "results/subject1/selection-again.zarr",
         "--train-segments",
         *[f"seg{i}" for i in range(1, 13)],
-        "--alpha",
-        "0.05",
-        "--alternative",
-        "two-sided",
+        "--settings",
+        '{"method": "repetition_ttest", "alpha": 0.05, "alternative": "two-sided"}',
     )
 
 

@@ -29,8 +29,8 @@ they come from:
 What was not verified against the files (they are not public) is read from the
 data instead: the clips' onsets and lengths come from the movies themselves,
 whose rest blocks are found as stretches where the picture stays still
-(:func:`pipeline.io.stimulus.still_blocks`); the closing clips must have equal lengths, and the
-runs' volume counts must cover their movies. The repeated closing clip is the
+(:func:`pipeline.io.stimulus.still_blocks`); the closing clips must have equal
+lengths, and the runs' volume counts must cover their movies. The repeated closing clip is the
 test set, its four presentations averaged as cc2017's test repetitions are;
 every other clip is training data.
 """
@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -180,14 +179,6 @@ def clips_of_movie(
     if not clips:
         raise DataError(f"{path}: no clip between the rest blocks")
     return fps, n_frames, clips
-
-
-@dataclass(frozen=True)
-class _Settings:
-    resolution: str
-    stimuli: Path
-    threshold: float
-    min_rest_s: float
 
 
 def discover_dataset(
