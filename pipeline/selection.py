@@ -42,7 +42,7 @@ __all__ = [
     "encoding_scores",
     "motion_energy",
     "pearson_columns",
-    "permutation_threshold",
+    "corrected_p_values",
     "reliability_ttest",
     "select_vertices",
 ]
@@ -297,15 +297,14 @@ def encoding_scores(
     return r, (1 + exceed) / (1 + permutations)
 
 
-def permutation_threshold(p: np.ndarray, alpha: float, correction: str) -> np.ndarray:
-    """Vertices whose corrected p lies below ``alpha``.
+def corrected_p_values(p: np.ndarray, correction: str) -> np.ndarray:
+    """p values corrected for testing every vertex: below alpha, they control the false
+    discovery rate (``fdr``) or the family-wise error rate (``bonferroni``) at alpha.
 
     Parameters
     ----------
     p : ndarray of shape (n_vertices,)
         Uncorrected p values, NaN where not tested.
-    alpha : float
-        False discovery rate (``fdr``) or family-wise error rate (``bonferroni``).
     correction : {"fdr", "bonferroni"}
 
     Returns
@@ -384,7 +383,7 @@ def select_vertices(
     permutations : int
         ``encoding``: null fits.
     correction : {'fdr', 'bonferroni'}
-        ``encoding``: multiple-comparison correction (:func:`permutation_threshold`).
+        ``encoding``: multiple-comparison correction (:func:`corrected_p_values`).
     ridge_alpha : float
         ``encoding``: ridge penalty on standardised features.
     folds : int
@@ -573,7 +572,7 @@ def _encoding(pre, preprocessed, train_segments, frames, alpha, *, shift_s, tr_s
     r = np.full(valid.size, np.nan)
     p = np.full(valid.size, np.nan)
     r[valid], p[valid] = r_valid, p_valid
-    p_corrected = permutation_threshold(p, alpha, options["correction"])
+    p_corrected = corrected_p_values(p, options["correction"])
     mask = np.zeros(valid.size, bool)
     mask[valid] = (p_corrected[valid] < alpha) & (r[valid] > 0)
     attrs = {

@@ -23,9 +23,9 @@ from pipeline.evaluation.evaluate import read_summary
 from pipeline.frames import extract_frames
 from pipeline.preprocess import preprocess_subject
 from pipeline.selection import (
+    corrected_p_values,
     encoding_scores,
     motion_energy,
-    permutation_threshold,
     select_vertices,
 )
 from pipeline.stores import open_store
@@ -284,7 +284,7 @@ def test_shuffled_features_select_at_chance(hcp_workspace):
         bold.append(combine_volumes(volumes, 2, "mean"))
     _, p = encoding_scores(features, bold, n_folds=2, alpha=10.0, permutations=200, rng=rng)
     assert abs((p < 0.05).mean() - 0.05) < 0.03
-    assert (permutation_threshold(p, 0.05, "fdr") < 0.05).sum() <= 0.01 * valid.sum()
+    assert (corrected_p_values(p, "fdr") < 0.05).sum() <= 0.01 * valid.sum()
 
 
 def test_the_lag_scan_peaks_at_the_planted_delay(hcp_workspace):

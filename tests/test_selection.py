@@ -7,10 +7,10 @@ from scipy import stats
 
 from pipeline.analysis import clip_features
 from pipeline.selection import (
+    corrected_p_values,
     encoding_scores,
     motion_energy,
     pearson_columns,
-    permutation_threshold,
     reliability_ttest,
     select_vertices,
 )
@@ -127,17 +127,15 @@ def test_shuffled_features_sit_at_chance(early_stores):
         bold.append(runs[:, 2 : 2 + runs.attrs["n_clips"]][..., valid].mean(0))
     _, p = encoding_scores(features, bold, n_folds=2, alpha=10.0, permutations=200, rng=rng)
     assert abs((p < 0.05).mean() - 0.05) < 0.03
-    mask = permutation_threshold(p, 0.05, "fdr") < 0.05
+    mask = corrected_p_values(p, "fdr") < 0.05
     assert mask.sum() <= 0.01 * valid.sum()
 
 
 def test_fdr_and_bonferroni_equal_scipy():
     p = np.array([0.001, 0.01, 0.02, 0.5, np.nan])
-    fdr = permutation_threshold(p, 0.05, "fdr")
+    fdr = corrected_p_values(p, "fdr")
     np.testing.assert_allclose(fdr[:4], stats.false_discovery_control(p[:4], method="bh"))
-    np.testing.assert_allclose(
-        permutation_threshold(p, 0.05, "bonferroni")[:4], [0.004, 0.04, 0.08, 1]
-    )
+    np.testing.assert_allclose(corrected_p_values(p, "bonferroni")[:4], [0.004, 0.04, 0.08, 1])
     assert np.isnan(fdr[4])
 
 
