@@ -825,6 +825,16 @@ def _write_cifti(path: Path, bold: np.ndarray, axis: cifti2.BrainModelAxis, tr_s
     cifti2.Cifti2Image(bold.astype(np.float32), header=(series, axis)).to_filename(str(path))
 
 
+def _write_model(ground_truth: Any, subject: str, model: _SubjectModel) -> None:
+    """A subject's encoding model in the ground-truth store."""
+    from pipeline.stores import create_array
+
+    g = ground_truth.create_group(subject)
+    create_array(g, "driven", data=model.driven, dims=["vertex"])
+    create_array(g, "snr", data=model.snr, dims=["vertex"])
+    create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+
+
 def _write_segments(
     settings: DemoSettings,
     tmp: Path,
@@ -839,8 +849,6 @@ def _write_segments(
     class areas per TR."""
     from scipy import signal
     from tqdm.auto import tqdm
-
-    from pipeline.stores import create_array
 
     layout = dataset_format(settings.format)
     frames_per_tr = round(settings.fps * settings.tr_s)
@@ -891,10 +899,7 @@ def _write_segments(
                 [settings.seed, 2, s_index, seg_index, rep],
             )
             _write_cifti(layout.run_path(tmp, subject, seg, rep), bold, axis, settings.tr_s)
-        g = ground_truth.create_group(subject)
-        create_array(g, "driven", data=model.driven, dims=["vertex"])
-        create_array(g, "snr", data=model.snr, dims=["vertex"])
-        create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+        _write_model(ground_truth, subject, model)
     return tr_features, clip_classes
 
 
@@ -922,8 +927,6 @@ def _write_movies(
     segment's features and class areas per TR."""
     from scipy import signal
     from tqdm.auto import tqdm
-
-    from pipeline.stores import create_array
 
     layout = dataset_format(settings.format)
     fps, size, tr = settings.fps, settings.frame_size, settings.tr_s
@@ -1013,10 +1016,7 @@ def _write_movies(
                 [settings.seed, 2, s_index, r],
             )
             _write_cifti(layout.run_path(tmp, subject, run), bold, axis, tr)
-        g = ground_truth.create_group(subject)
-        create_array(g, "driven", data=model.driven, dims=["vertex"])
-        create_array(g, "snr", data=model.snr, dims=["vertex"])
-        create_array(g, "weights", data=model.weights, dims=["feature", "driven_vertex"])
+        _write_model(ground_truth, subject, model)
     return tr_features, clip_classes
 
 

@@ -600,15 +600,28 @@ def _importances(
     return out
 
 
-def _check_areas(names: Iterable[str]) -> None:
-    """Raise ValueError for names that are no MMP 1.0 area (``V1``, ``FFC``, …)."""
+def check_areas(names: Iterable[str], key: str = "interpretation.border_areas") -> None:
+    """Refuse names that are no MMP 1.0 area (``V1``, ``FFC``, …).
+
+    Parameters
+    ----------
+    names : iterable of str
+        Area names without the hemisphere's ``L_`` or ``R_``.
+    key : str
+        The config key named in the error.
+
+    Raises
+    ------
+    ValueError
+        Naming ``key`` and the unknown names.
+    """
     from pipeline.anatomy import mmp_areas
 
     known = {label.split("_", 1)[1] for label in mmp_areas()[1] if label.startswith("L_")}
     unknown = sorted(set(names) - known)
     if unknown:
         raise ValueError(
-            f"interpretation.border_areas: {unknown} are no MMP 1.0 areas (names as in V1, "
+            f"{key}: {unknown} are no MMP 1.0 areas (names as in V1, "
             "MT, FFC, without the hemisphere's L_ or R_)"
         )
 
@@ -678,7 +691,7 @@ def interpret_subject(
     unknown = set(methods) - set(METHODS)
     if unknown or not methods:
         raise ValueError(f"interpretation methods {sorted(unknown) or methods}; known: {METHODS}")
-    _check_areas(border_areas)
+    check_areas(border_areas)
     axis = cortex_axis(run)
     n_gray = len(axis)
     aligned_store = open_store(aligned, stage="align")

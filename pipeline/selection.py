@@ -508,15 +508,9 @@ def _repetition_ttest(pre, preprocessed, train_segments, alpha, alternative):
 
 
 def _roi(pre, run, areas):
-    from pipeline.anatomy import mmp_areas
-    from pipeline.interpretation import grayordinate_areas
+    from pipeline.interpretation import check_areas, grayordinate_areas
 
-    known = {label.split("_", 1)[1] for label in mmp_areas()[1] if label.startswith("L_")}
-    unknown = sorted(set(areas) - known)
-    if unknown:
-        raise ValueError(
-            f"selection.roi_areas: {unknown} are no MMP 1.0 areas (names as in V1, MT, FFC)"
-        )
+    check_areas(areas, "selection.roi_areas")
     area = grayordinate_areas(run, pre["grayordinate"][:].astype(np.int64))[1]
     valid = pre["valid"][:]
     mask = valid & np.isin(area, areas)

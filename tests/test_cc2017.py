@@ -10,7 +10,7 @@ import pytest
 from nibabel import cifti2
 
 from pipeline.alignment import align_subject
-from pipeline.datasets.base import run_timing
+from pipeline.datasets.base import Segment, onset_volume
 from pipeline.datasets.cc2017 import discover_dataset, run_path
 from pipeline.errors import DataError
 from pipeline.io.cifti import read_cortex_bold
@@ -22,16 +22,31 @@ from pipeline.stores import open_store
 STIMULUS = StimulusInfo(Path("seg1.mp4"), Fraction(30), 14400, 64, 64)
 
 
+def _leading(n_volumes: int) -> int:
+    n_clips = Segment("seg1", "train", STIMULUS.path).n_clips(STIMULUS, 2.0)
+    return onset_volume(
+        n_volumes,
+        n_clips,
+        None,
+        tr_s=2.0,
+        clip_s=2.0,
+        n_trailing=4,
+        max_leading=3,
+        run_file="run.nii",
+        stimulus="seg1.mp4",
+    )
+
+
 @pytest.mark.parametrize(("n_volumes", "leading"), [(245, 1), (246, 2)])
 def test_cc2017_run_lengths(n_volumes, leading):
-    timing = run_timing(n_volumes, STIMULUS, 2.0, 4, 3, "run.nii")
-    assert (timing.n_leading, timing.n_clips, timing.n_trailing) == (leading, 240, 4)
+    assert Segment("seg1", "train", STIMULUS.path).n_clips(STIMULUS, 2.0) == 240
+    assert _leading(n_volumes) == leading
 
 
 @pytest.mark.parametrize("n_volumes", [243, 250])
 def test_fmri_and_stimulus_lengths_that_disagree(n_volumes):
     with pytest.raises(DataError, match=r"run\.nii: .*lengths disagree"):
-        run_timing(n_volumes, STIMULUS, 2.0, 4, 3, "run.nii")
+        _leading(n_volumes)
 
 
 def test_cortex_found_by_structure_not_position(tmp_path):

@@ -17,10 +17,11 @@ from pipeline.alignment import combine_volumes
 from pipeline.analysis import clip_features, lag_profile_from_stores
 from pipeline.datasets import discover
 from pipeline.datasets.hcp7t_movie import RUNS, TEST_SEGMENT, run_path, stimulus_path
-from pipeline.demo import DemoSettings, expected_dataset, generate_demo
+from pipeline.demo import DemoSettings, _write_video, expected_dataset, generate_demo
 from pipeline.errors import DataError
 from pipeline.evaluation.evaluate import read_summary
 from pipeline.frames import extract_frames
+from pipeline.io import read_video
 from pipeline.preprocess import preprocess_subject
 from pipeline.selection import (
     corrected_p_values,
@@ -102,46 +103,29 @@ def test_a_renamed_subject_is_an_error_naming_the_folder(hcp_copy):
         _discover(hcp_copy, subjects=["100001"])
 
 
-def test_a_movie_without_rest_blocks_is_an_error_naming_it(hcp_copy):
-    import av
+def _rewrite_movie(movie: Path, edit) -> None:
+    """Replace a demo movie by ``edit`` of its frames, at its rate and size."""
+    frames = list(read_video(movie))
+    fps = DemoSettings.from_config(_config()).fps
+    _write_video(movie, edit(frames, fps), fps, frames[0].shape[0])
 
+
+def test_a_movie_without_rest_blocks_is_an_error_naming_it(hcp_copy):
     movie = stimulus_path(hcp_copy / "Post_20140821_version", RUNS[1])
-    frames = []
-    with av.open(str(movie)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-    moving = [f for f in frames if f.std() > 5]  # the clips alone, back to back
-    with av.open(str(movie), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = moving[0].shape[1], moving[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        for array in moving:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode(None))
+    # the clips alone, back to back
+    _rewrite_movie(movie, lambda frames, fps: [f for f in frames if f.std() > 5])
     with pytest.raises(DataError, match=rf"{movie.name}: no rest block found"):
         _discover(hcp_copy)
 
 
 def test_closing_clips_of_different_lengths_are_an_error(hcp_copy):
     """Only the same test clip in every run can be averaged as repetitions."""
-    import av
+
+    def shorten(frames, fps):  # 4 s off the closing clip, before the final 12-s rest
+        return frames[: len(frames) - 16 * fps] + frames[-12 * fps :]
 
     movie = stimulus_path(hcp_copy / "Post_20140821_version", RUNS[3])
-    with av.open(str(movie)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    cut = len(frames) - round(12 * rate) - round(4 * rate)  # 4 s off the closing clip
-    frames = frames[:cut] + frames[-round(12 * rate) :]
-    with av.open(str(movie), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode(None))
+    _rewrite_movie(movie, shorten)
     with pytest.raises(DataError, match="closing clips of the movies differ in length"):
         _discover(hcp_copy)
 

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from pipeline.datasets.base import (
-    ROLES,
     Dataset,
     DatasetFormat,
     Presentation,
@@ -27,7 +26,6 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "FORMATS",
-    "ROLES",
     "Dataset",
     "DatasetFormat",
     "Presentation",

@@ -23,22 +23,15 @@ from pipeline.errors import DataError
 from pipeline.io.stimulus import StimulusInfo
 
 __all__ = [
-    "ROLES",
     "Dataset",
     "DatasetFormat",
     "Presentation",
     "Run",
-    "RunTiming",
     "Segment",
-    "clip_count",
     "clip_window",
     "natural_key",
     "onset_volume",
-    "run_timing",
 ]
-
-#: The two roles of a segment: fitted on, or held out and averaged over its repetitions.
-ROLES = ("train", "test")
 
 
 def natural_key(name: str) -> tuple[str, int]:
@@ -367,54 +360,6 @@ class DatasetFormat(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class RunTiming:
-    """Volumes before (``n_leading``), during (``n_clips``), after (``n_trailing``) a stimulus.
-
-    Attributes
-    ----------
-    n_volumes : int
-        ``n_leading + n_clips + n_trailing``.
-    n_leading, n_clips, n_trailing : int
-        Volume counts; one clip per TR.
-    """
-
-    n_volumes: int
-    n_leading: int
-    n_clips: int
-    n_trailing: int
-
-
-def clip_count(stimulus: StimulusInfo, tr_s: float) -> int:
-    """Clips of one TR in a stimulus: its duration over the TR (cc2017: 480 s / 2 s = 240).
-
-    Parameters
-    ----------
-    stimulus : StimulusInfo
-        Frame count and frame rate of the stimulus video.
-    tr_s : float, seconds
-        Repetition time; one clip per TR.
-
-    Returns
-    -------
-    int
-        Number of clips, ``n_frames / fps / tr_s`` rounded down.
-
-    Raises
-    ------
-    DataError
-        If the duration is not a whole number of TRs (one stray frame is tolerated).
-    """
-    clips = Fraction(stimulus.n_frames) / stimulus.fps / Fraction(str(tr_s))
-    n_clips = int(clips)
-    if clips - n_clips > 1 / stimulus.fps / Fraction(str(tr_s)):
-        raise DataError(
-            f"{stimulus.path}: duration {stimulus.duration_s:.3f} s is not a whole number of "
-            f"TRs ({tr_s} s)"
-        )
-    return n_clips
-
-
 def onset_volume(
     n_volumes: int,
     n_clips: int,
@@ -479,57 +424,3 @@ def onset_volume(
             f"{n_trailing} trailing volumes): the run is shorter than its stimulus"
         )
     return onset
-
-
-def run_timing(
-    n_volumes: int,
-    stimulus: StimulusInfo,
-    tr_s: float,
-    n_trailing: int,
-    max_leading: int,
-    run_file: str | os.PathLike = "",
-) -> RunTiming:
-    """Split a run holding one whole stimulus into leading, clip and trailing volumes.
-
-    ``n_clips = stimulus duration / TR``; ``n_leading = n_volumes - n_clips -
-    n_trailing``. cc2017: 245 volumes → 1 leading, 246 → 2, both 240 clips.
-
-    Parameters
-    ----------
-    n_volumes : int
-        Volumes in the run.
-    stimulus : StimulusInfo
-        The run's stimulus video.
-    tr_s : float, seconds
-        Repetition time; one clip per TR.
-    n_trailing : int
-        Volumes kept after the stimulus ends (for the hemodynamic delay).
-    max_leading : int
-        Most leading volumes accepted before the stimulus onset.
-    run_file : path, optional
-        Named in error messages only.
-
-    Returns
-    -------
-    RunTiming
-        ``n_volumes == n_leading + n_clips + n_trailing``.
-
-    Raises
-    ------
-    DataError
-        If the stimulus is not a whole number of TRs, or the fMRI is too short
-        or too long for it.
-    """
-    n_clips = clip_count(stimulus, tr_s)
-    n_leading = onset_volume(
-        n_volumes,
-        n_clips,
-        None,
-        tr_s=tr_s,
-        clip_s=tr_s,
-        n_trailing=n_trailing,
-        max_leading=max_leading,
-        run_file=run_file,
-        stimulus=stimulus.path.name,
-    )
-    return RunTiming(n_volumes, n_leading, n_clips, n_trailing)

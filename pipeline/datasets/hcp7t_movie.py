@@ -162,7 +162,9 @@ def clips_of_movie(
         fps, n_frames, blocks = still_blocks(path, threshold=threshold, min_s=min_s)
         if record is not None:
             record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps([str(fps), n_frames, blocks]))
+            partial = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps([str(fps), n_frames, blocks]))
+            partial.replace(record)  # an interrupted write never passes for a record
     if not blocks:
         raise DataError(
             f"{path}: no rest block found (no still stretch of {min_s:g} s or more, frame "
